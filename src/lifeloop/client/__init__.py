@@ -1,0 +1,15 @@
+"""Typed clients for lifeloop's served classifiers, over tritonclient HTTP or gRPC."""
+
+from lifeloop.client._async import AsyncLifeloopClient
+from lifeloop.client._codec import Classification, ModelInfo
+from lifeloop.client._sync import LifeloopClient, ServerControl
+from lifeloop.client.errors import ClientError
+
+__all__ = [
+    "AsyncLifeloopClient",
+    "Classification",
+    "ClientError",
+    "LifeloopClient",
+    "ModelInfo",
+    "ServerControl",
+]

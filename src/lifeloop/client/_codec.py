@@ -1,0 +1,156 @@
+"""Transport-free client logic: what a served classifier expects (read from its config) and
+how images become batches and logits become labelled answers. Sync and async clients share it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lifeloop.client.errors import ClientError
+from lifeloop.preprocessing import Preprocessing, PreprocessingError
+from lifeloop.repository import config as cfg
+from lifeloop.repository.publish import LABELS_PARAM, PREPROCESSING_PARAM
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """What the client needs to talk to one served classifier."""
+
+    name: str
+    input_name: str
+    input_dims: tuple[int, ...]
+    input_dtype: str
+    output_name: str
+    max_batch_size: int
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing | None
+
+    @classmethod
+    def from_config(cls, config: cfg.ModelConfig) -> ModelInfo:
+        if len(config.inputs) != 1 or len(config.outputs) < 1:
+            raise ClientError(
+                f"model {config.name!r} has {len(config.inputs)} inputs; lifeloop's classifier "
+                "client needs exactly one image input"
+            )
+        pre = config.json_parameter(PREPROCESSING_PARAM)
+        return cls(
+            name=config.name,
+            input_name=config.inputs[0].name,
+            input_dims=config.inputs[0].dims,
+            input_dtype=config.inputs[0].data_type.triton_name,
+            output_name=config.outputs[0].name,
+            max_batch_size=config.max_batch_size,
+            labels=tuple(config.json_parameter(LABELS_PARAM, [])),
+            preprocessing=Preprocessing.from_dict(pre) if pre else None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Classification:
+    """Top-k answer for one input, and which model version gave it."""
+
+    model: str
+    version: int
+    labels: tuple[str, ...]
+    indices: tuple[int, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+
+def config_from_json(data: dict[str, Any]) -> cfg.ModelConfig:
+    """A model config as Triton's HTTP API returns it -> ModelConfig."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    message = json_format.ParseDict(data, pb.ModelConfig(), ignore_unknown_fields=True)
+    return cfg.from_proto(message)
+
+
+def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
+    """Images, image files or arrays -> one float32 batch of the model's input shape.
+
+    An array already shaped like the model's input (CHW, or NCHW) is taken as preprocessed;
+    any other array is taken as image pixels (HW or HWC, uint8)."""
+    samples = []
+    for item in inputs:
+        if isinstance(item, np.ndarray) and item.shape[-len(info.input_dims) :] == info.input_dims:
+            batch = item.reshape((-1, *info.input_dims))
+            samples.extend(batch.astype(np.float32, copy=False))
+            continue
+        pre = _preprocessing(info)
+        try:
+            if isinstance(item, np.ndarray):
+                samples.append(pre.to_array(Image.fromarray(item)))
+            elif isinstance(item, Image.Image):
+                samples.append(pre.to_array(item))
+            else:
+                samples.append(pre.load(item))
+        except PreprocessingError as exc:
+            raise ClientError(str(exc)) from exc
+        except (TypeError, ValueError) as exc:
+            raise ClientError(
+                f"cannot use an array of shape {getattr(item, 'shape', '?')} as an image for "
+                f"{info.name!r} ({exc}); pass HxW or HxWxC uint8 pixels, or {info.input_dims}"
+            ) from exc
+    if not samples:
+        raise ClientError("classify() got no inputs; pass at least one image or array")
+    return np.stack(samples).astype(np.float32, copy=False)
+
+
+def chunks(batch: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    size = max(size, 1)
+    for start in range(0, len(batch), size):
+        yield batch[start : start + size]
+
+
+def decode(
+    logits: np.ndarray, *, info: ModelInfo, version: int, top_k: int
+) -> list[Classification]:
+    """Logits [n, classes] -> softmax top-k per row, labelled with the model's labels."""
+    if logits.ndim != 2:
+        raise ClientError(f"model {info.name!r} returned logits of shape {logits.shape}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = max(1, min(top_k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    answers = []
+    for row, idx in zip(probs, order, strict=True):
+        answers.append(
+            Classification(
+                model=info.name,
+                version=version,
+                labels=tuple(label_of(info.labels, int(i)) for i in idx),
+                indices=tuple(int(i) for i in idx),
+                scores=tuple(float(row[i]) for i in idx),
+            )
+        )
+    return answers
+
+
+def label_of(labels: Sequence[str], index: int) -> str:
+    return labels[index] if index < len(labels) else str(index)
+
+
+def check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise ClientError(f"top_k must be >= 1, got {top_k}")
+
+
+def _preprocessing(info: ModelInfo) -> Preprocessing:
+    if info.preprocessing is None:
+        raise ClientError(
+            f"model {info.name!r} has no lifeloop preprocessing in its config; pass arrays "
+            f"shaped {info.input_dims}, or publish it with `lifeloop export`"
+        )
+    return info.preprocessing

@@ -1,0 +1,140 @@
+"""One seam over tritonclient's HTTP and gRPC clients, so the rest of lifeloop is written once.
+
+Triton answers the two protocols with different types (dicts over HTTP, protobufs over gRPC);
+this module turns both into plain dicts and ints, and every failure into a one-line ClientError
+that names the URL and the model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from lifeloop.client.errors import ClientError
+
+Protocol = Literal["grpc", "http"]
+
+
+def split_url(url: str, protocol: str | None = None) -> tuple[str, Protocol]:
+    """"grpc://host:8001" or "host:8000" (+ protocol) -> ("host:port", protocol)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        if scheme not in ("http", "grpc"):
+            raise ClientError(f"URL {url!r} has scheme {scheme!r}; use http:// or grpc://")
+        url, protocol = rest, protocol or scheme
+    protocol = protocol or "grpc"
+    if protocol not in ("http", "grpc"):
+        raise ClientError(f"protocol {protocol!r} is not http or grpc")
+    if ":" not in url:
+        url = f"{url}:{8001 if protocol == 'grpc' else 8000}"
+    return url.rstrip("/"), protocol  # type: ignore[return-value]
+
+
+class Transport:
+    """A synchronous tritonclient for one server over one protocol."""
+
+    def __init__(self, url: str, protocol: str | None = None, *, timeout_s: float = 60.0) -> None:
+        self.url, self.protocol = split_url(url, protocol)
+        self.timeout_s = timeout_s
+        if self.protocol == "grpc":
+            import tritonclient.grpc as triton
+
+            self.triton: Any = triton
+            self.client: Any = triton.InferenceServerClient(self.url)
+        else:
+            import tritonclient.http as triton
+
+            self.triton = triton
+            self.client = triton.InferenceServerClient(
+                self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise _as_client_error(exc, self.url, what) from exc
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self.client.is_server_ready())
+        except Exception:
+            return False
+
+    def is_model_ready(self, model: str, version: str = "") -> bool:
+        try:
+            return bool(self.client.is_model_ready(model, version))
+        except Exception:
+            return False
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            return self._call(f"config of {model!r}", self.client.get_model_config, model, as_json=True)["config"]
+        return self._call(f"config of {model!r}", self.client.get_model_config, model)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        if self.protocol == "grpc":
+            data = self._call("repository index", self.client.get_model_repository_index, as_json=True)
+            return list(data.get("models", []))
+        return list(self._call("repository index", self.client.get_model_repository_index))
+
+    def statistics(self, model: str = "") -> list[dict[str, Any]]:
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        data = self._call(f"statistics of {model!r}", self.client.get_inference_statistics, model, **kwargs)
+        return list(data.get("model_stats", []))
+
+    def load_model(self, model: str) -> None:
+        self._call(f"load of {model!r}", self.client.load_model, model)
+
+    def unload_model(self, model: str) -> None:
+        self._call(f"unload of {model!r}", self.client.unload_model, model)
+
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, tuple[np.ndarray, str]],
+        outputs: list[str],
+        *,
+        version: str = "",
+        request_id: str = "",
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """One request -> (outputs by name, the version that answered)."""
+        request = []
+        for name, (array, dtype) in inputs.items():
+            tensor = self.triton.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            request.append(tensor)
+        wanted = [self.triton.InferRequestedOutput(n) for n in outputs]
+        extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        result = self._call(
+            f"inference on {model!r}",
+            self.client.infer,
+            model,
+            request,
+            model_version=version,
+            outputs=wanted,
+            request_id=request_id,
+            **extra,
+        )
+        return {n: result.as_numpy(n) for n in outputs}, answered_version(result, self.protocol)
+
+
+def answered_version(result: Any, protocol: str) -> int:
+    response = result.get_response()
+    raw = response.model_version if protocol == "grpc" else response.get("model_version", "0")
+    return int(raw or 0)
+
+
+def _as_client_error(exc: Exception, url: str, what: str) -> ClientError:
+    message = exc.message() if callable(getattr(exc, "message", None)) else None
+    text = " ".join(str(message or exc).split())
+    refused = isinstance(exc, ConnectionError | OSError) or "failed to connect" in text.lower()
+    refused = refused or "unavailable" in text.lower() and "model" not in text.lower()
+    if refused:
+        return ClientError(
+            f"cannot reach Triton at {url} ({text}); start it with `lifeloop serve` or fix --url"
+        )
+    return ClientError(f"{what} failed at {url}: {text}")

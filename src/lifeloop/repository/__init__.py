@@ -1,0 +1,37 @@
+"""The Triton model repository: typed configs, manifests, the atomic publisher, listings."""
+
+from lifeloop.repository.config import ModelConfig, classifier_config, parse, render
+from lifeloop.repository.errors import ManifestMismatchError, RepositoryError, VersionExistsError
+from lifeloop.repository.manifest import Manifest, TensorInfo, verify
+from lifeloop.repository.publish import (
+    PublishedVersion,
+    VersionDraft,
+    ensure_repository,
+    publish,
+    read_config,
+    version_numbers,
+    write_config,
+)
+from lifeloop.repository.versions import VersionRow, list_versions
+
+__all__ = [
+    "Manifest",
+    "ManifestMismatchError",
+    "ModelConfig",
+    "PublishedVersion",
+    "RepositoryError",
+    "TensorInfo",
+    "VersionDraft",
+    "VersionExistsError",
+    "VersionRow",
+    "classifier_config",
+    "ensure_repository",
+    "list_versions",
+    "parse",
+    "publish",
+    "read_config",
+    "render",
+    "verify",
+    "version_numbers",
+    "write_config",
+]

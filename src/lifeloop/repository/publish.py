@@ -1,0 +1,223 @@
+"""The one writer of the model repository.
+
+A version is written into `<model>/.staging-<id>/` (Triton ignores non-numeric folders), every
+file is fsynced, the manifest is written last, and the folder is renamed to the next version
+number. Triton therefore never sees a half-written version, in POLL or EXPLICIT mode.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifeloop.repository import config as cfg
+from lifeloop.repository.errors import RepositoryError, VersionExistsError
+from lifeloop.repository.manifest import MANIFEST_NAME, Manifest, TensorInfo, describe_files
+
+CONFIG_NAME = "config.pbtxt"
+STAGING_PREFIX = ".staging-"
+LABELS_PARAM = "lifeloop.labels"
+PREPROCESSING_PARAM = "lifeloop.preprocessing"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VersionDraft:
+    """Everything a manifest records except what publishing decides (version, files, time)."""
+
+    format: str
+    labels: tuple[str, ...]
+    input: TensorInfo
+    output_name: str
+    preprocessing: dict[str, Any]
+    source: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    model: str
+    version: int
+    path: Path
+    manifest: Manifest
+
+
+def ensure_repository(repository: Path) -> Path:
+    """The repository folder, created if missing; a path that is a file is an error."""
+    repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise RepositoryError(
+            f"repository path {repository} is a file; pass a folder (it is created if missing)"
+        )
+    repository.mkdir(parents=True, exist_ok=True)
+    return repository
+
+
+def version_numbers(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_config(model_dir: Path) -> cfg.ModelConfig | None:
+    path = model_dir / CONFIG_NAME
+    return cfg.parse(path.read_text(), source=str(path)) if path.is_file() else None
+
+
+def write_config(repository: Path, config: cfg.ModelConfig) -> Path:
+    """Replace a model's config.pbtxt atomically (Triton reloads the model on its next poll)."""
+    model_dir = ensure_repository(repository) / config.name
+    model_dir.mkdir(exist_ok=True)
+    with _model_lock(model_dir):
+        return _write_config(model_dir, config)
+
+
+def publish(
+    repository: Path,
+    config: cfg.ModelConfig,
+    files: dict[str, Path],
+    draft: VersionDraft,
+    *,
+    version: int | None = None,
+    server_url: str | None = None,
+) -> PublishedVersion:
+    """Publish one version of `config.name`: `files` maps names inside the version folder to
+    source files. The config is written when missing and its labels are extended when this
+    version adds classes. With `server_url`, the server is asked to load the model afterwards
+    (EXPLICIT mode); in POLL mode the rename is enough."""
+    repository = ensure_repository(repository)
+    model_dir = repository / config.name
+    model_dir.mkdir(exist_ok=True)
+    with _model_lock(model_dir):
+        _remove_stale_staging(model_dir)
+        existing = version_numbers(model_dir)
+        if version is not None and version in existing:
+            raise VersionExistsError(
+                f"version {version} of model {config.name!r} already exists in {repository}; "
+                "omit --version to take the next number, or pick an unused one"
+            )
+        if version is not None and version < 1:
+            raise RepositoryError(f"version must be >= 1, got {version}")
+        number = version if version is not None else (max(existing, default=0) + 1)
+        current = read_config(model_dir)
+        updated = _merge_config(current or config, draft, model_dir)
+        if updated != current:
+            _write_config(model_dir, updated)
+        staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        try:
+            staging.mkdir()
+            for name, source in files.items():
+                target = staging / name
+                shutil.copyfile(source, target)
+                _fsync_file(target)
+            manifest = Manifest(
+                model=config.name,
+                version=number,
+                files=describe_files(staging, list(files)),
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                **vars(draft),
+            )
+            _write_durably(staging / MANIFEST_NAME, manifest.to_json())
+            _fsync_dir(staging)
+            os.rename(staging, model_dir / str(number))
+            _fsync_dir(model_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    published = PublishedVersion(config.name, number, model_dir / str(number), manifest)
+    if server_url:
+        from lifeloop.client import ServerControl
+
+        with ServerControl(server_url) as server:
+            server.load_model(config.name)
+    return published
+
+
+def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path) -> cfg.ModelConfig:
+    """Check the version fits the model's config and carry its labels and preprocessing into
+    the config's parameters, where any remote client can read them. Class indices are stable
+    across versions: a new version may only append classes."""
+    declared = next((t for t in config.inputs if t.name == draft.input.name), None)
+    if declared is None or declared.dims != tuple(draft.input.shape):
+        have = [(t.name, list(t.dims)) for t in config.inputs]
+        raise RepositoryError(
+            f"version input {draft.input.name} {list(draft.input.shape)} does not match "
+            f"{model_dir / CONFIG_NAME} inputs {have}; export at the model's input size or "
+            "publish under a new model name"
+        )
+    labels = tuple(config.json_parameter(LABELS_PARAM, []))
+    new = tuple(draft.labels)
+    if new[: len(labels)] != labels[: len(new)]:
+        raise RepositoryError(
+            f"labels of the new version {list(new)[:6]}… reorder the model's labels "
+            f"{list(labels)[:6]}…; keep class indices and append new classes at the end"
+        )
+    merged = new if len(new) > len(labels) else labels
+    return config.with_parameters(
+        **{
+            LABELS_PARAM: _json(list(merged)),
+            PREPROCESSING_PARAM: _json(draft.preprocessing),
+        }
+    )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _write_config(model_dir: Path, config: cfg.ModelConfig) -> Path:
+    path = model_dir / CONFIG_NAME
+    tmp = model_dir / f".{CONFIG_NAME}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        _write_durably(tmp, cfg.render(config))
+        os.rename(tmp, path)
+        _fsync_dir(model_dir)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _remove_stale_staging(model_dir: Path) -> None:
+    # We hold the model's lock, so no other publisher is writing into these.
+    for stale in model_dir.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextmanager
+def _model_lock(model_dir: Path) -> Iterator[None]:
+    with open(model_dir / ".lifeloop.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

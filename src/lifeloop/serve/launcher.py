@@ -1,0 +1,227 @@
+"""Start and stop a real tritonserver from a typed config.
+
+    with TritonServer(ServerConfig(repository=Path("model_repository"))) as server:
+        print(server.http_url, server.grpc_url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+
+from lifeloop.serve.errors import ServerError
+from lifeloop.serve.runtime import Runtime, prepare_runtime
+
+
+class ControlMode(str, Enum):
+    EXPLICIT = "explicit"
+    POLL = "poll"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    repository: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    control_mode: ControlMode = ControlMode.EXPLICIT
+    poll_secs: int = 5
+    # EXPLICIT mode: models loaded at start ("*" = every model in the repository).
+    load_models: tuple[str, ...] = ("*",)
+    log_file: Path | None = None
+    log_verbose: int = 0
+    startup_timeout_s: float = 180.0
+    exit_timeout_s: int = 10
+    # Per-stub shared memory for the python backend: room for a batch of 224x224 images
+    # without growing the region request by request.
+    python_shm_bytes: int = 64 << 20
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "repository", Path(self.repository))
+        object.__setattr__(self, "control_mode", ControlMode(self.control_mode))
+        ports = (self.http_port, self.grpc_port, self.metrics_port)
+        if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
+            raise ServerError(
+                f"http, grpc and metrics ports must be three different ports in 1..65535, got {ports}"
+            )
+        if self.poll_secs < 1:
+            raise ServerError(f"--poll-secs must be >= 1, got {self.poll_secs}")
+
+    @property
+    def log_path(self) -> Path:
+        if self.log_file is not None:
+            return Path(self.log_file)
+        return self.repository.parent / f"tritonserver-{self.http_port}.log"
+
+    def argv(self, runtime: Runtime) -> list[str]:
+        args = [
+            str(runtime.tritonserver),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={runtime.backends}",
+            f"--cache-directory={runtime.caches}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--model-control-mode={self.control_mode.value}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--log-verbose={self.log_verbose}",
+            f"--backend-config=python,shm-default-byte-size={self.python_shm_bytes}",
+            f"--backend-config=python,shm-growth-byte-size={self.python_shm_bytes}",
+        ]
+        if self.control_mode is ControlMode.POLL:
+            args.append(f"--repository-poll-secs={self.poll_secs}")
+        else:
+            args += [f"--load-model={m}" for m in self.load_models]
+        return args + list(self.extra_args)
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServerError(
+                f"{what} port {port} is in use; pick another with --{what}-port or stop the "
+                "process that holds it"
+            ) from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class TritonServer:
+    """A tritonserver process: started on __enter__ (returns once ready), stopped on __exit__."""
+
+    def __init__(self, config: ServerConfig, *, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self._runtime = runtime
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.config.host}:{self.config.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.log_path
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        config = self.config
+        if not config.repository.is_dir():
+            hint = "it is a file" if config.repository.exists() else "it does not exist"
+            raise ServerError(
+                f"model repository {config.repository} is not a folder ({hint}); create it or "
+                "publish a model there with `lifeloop export`"
+            )
+        for port, what in (
+            (config.http_port, "http"),
+            (config.grpc_port, "grpc"),
+            (config.metrics_port, "metrics"),
+        ):
+            check_port_free(config.host, port, what)
+        runtime = self._runtime or prepare_runtime()
+        config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(config.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                config.argv(runtime),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=runtime.env(),
+                start_new_session=True,  # its stubs share its group, which stop() sweeps
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(
+                    f"tritonserver exited during start-up with code {code}; see {self.log_path}. "
+                    f"Last log lines:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.2)
+        raise ServerError(
+            f"tritonserver was not ready within {self.config.startup_timeout_s:g}s; see "
+            f"{self.log_path}. Last log lines:\n{self.log_tail()}"
+        )
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, errors="replace") as handle:
+                return "".join(deque(handle, maxlen=lines)).rstrip()
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (Triton drains in-flight requests and unloads), then SIGKILL if it hangs."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        timeout_s = timeout_s if timeout_s is not None else self.config.exit_timeout_s + 20
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # any stub left behind
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no draining, no unloading."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
