@@ -1,0 +1,3 @@
+from lifeloop.cli import main
+
+main()
