@@ -63,8 +63,21 @@ class ParityReport:
 def sample_inputs(
     input_shape: tuple[int, ...], batch_sizes: tuple[int, ...], seed: int = 0
 ) -> list[np.ndarray]:
+    """Seeded inputs that differ in more than fine noise: per-sample contrast and per-channel
+    offset, plus coarse spatial structure, so that models answer differently across them."""
     generator = np.random.default_rng(seed)
-    return [generator.standard_normal((b, *input_shape)).astype(np.float32) for b in batch_sizes]
+    batches = []
+    for size in batch_sizes:
+        noise = generator.standard_normal((size, *input_shape)).astype(np.float32)
+        if len(input_shape) == 3:
+            channels, height, width = input_shape
+            contrast = generator.uniform(0.1, 1.5, (size, 1, 1, 1))
+            offset = generator.uniform(-2, 2, (size, channels, 1, 1))
+            coarse = torch.from_numpy(generator.standard_normal((size, channels, 4, 4)).astype(np.float32))
+            structure = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear").numpy()
+            noise = noise * contrast + offset + 2 * structure
+        batches.append(noise.astype(np.float32))
+    return batches
 
 
 def check_parity(

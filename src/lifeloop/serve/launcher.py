@@ -14,7 +14,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -195,12 +194,18 @@ class TritonServer:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 12) -> str:
+        """The log's error lines (Triton prefixes them with E) and its last lines: the part
+        of a failed start-up that says why."""
         try:
             with open(self.log_path, errors="replace") as handle:
-                return "".join(deque(handle, maxlen=lines)).rstrip()
+                text = handle.read().splitlines()
         except OSError:
             return "(no log)"
+        errors = [line for line in text if line.startswith("E") and line[1:5].isdigit()]
+        tail = [line for line in text[-lines:] if not line.startswith(("|", "+"))]
+        picked = list(dict.fromkeys(errors[-lines:] + tail))
+        return "\n".join(picked).rstrip() or "(empty log)"
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM (Triton drains in-flight requests and unloads), then SIGKILL if it hangs."""

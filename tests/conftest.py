@@ -1,0 +1,36 @@
+"""Shared fixtures: the digits data, a small trained checkpoint, and helpers to publish it.
+
+Training and export happen once per session; tests copy what they need into their own
+repositories so they never share mutable state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifeloop.export import Checkpoint, export_checkpoint
+from lifeloop.retrain import ImageFolder, TrainResult, train, write_digits
+from lifeloop.retrain.datasets import load_arrays
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> ImageFolder:
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def trained(digits: ImageFolder, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("ckpt") / "small_cnn.pt"
+    return train(digits.root, arch="small_cnn", epochs=3, out=out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def held_out(digits: ImageFolder, trained: TrainResult) -> tuple[np.ndarray, np.ndarray]:
+    _, held = digits.split()
+    return load_arrays(held, trained.checkpoint.preprocessing)
+
+
+def publish_trained(checkpoint: Checkpoint, repository: Path, model: str = "classifier", **kwargs):
+    return export_checkpoint(checkpoint, repository, model, **kwargs)
