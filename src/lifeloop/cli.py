@@ -40,7 +40,9 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-Repository = Annotated[Path, typer.Option("--repository", "-r", help="Triton model repository folder.")]
+Repository = Annotated[
+    Path, typer.Option("--repository", "-r", help="Triton model repository folder.")
+]
 ModelName = Annotated[str, typer.Option("--model", "-m", help="Model name in the repository.")]
 
 
@@ -52,9 +54,13 @@ def serve(
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    control_mode: Annotated[str, typer.Option(help="explicit (load on request) or poll.")] = "explicit",
+    control_mode: Annotated[
+        str, typer.Option(help="explicit (load on request) or poll.")
+    ] = "explicit",
     poll_secs: Annotated[int, typer.Option(help="Poll interval in poll mode.")] = 5,
-    log_file: Annotated[Path | None, typer.Option(help="Server log (default beside the repository).")] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Server log (default beside the repository).")
+    ] = None,
 ) -> None:
     """Run the real tritonserver on a repository until Ctrl-C or SIGTERM."""
     from lifeloop.serve import ControlMode, ServerConfig, ServerError, TritonServer
@@ -62,8 +68,14 @@ def serve(
     if control_mode not in ("explicit", "poll"):
         raise ServerError(f"--control-mode {control_mode!r} is not explicit or poll")
     config = ServerConfig(
-        repository=repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        host=host, control_mode=ControlMode(control_mode), poll_secs=poll_secs, log_file=log_file,
+        repository=repository,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        host=host,
+        control_mode=ControlMode(control_mode),
+        poll_secs=poll_secs,
+        log_file=log_file,
     )
     stopping = False
 
@@ -84,7 +96,9 @@ def serve(
             except KeyboardInterrupt:
                 pass
             if not server.is_running():
-                raise ServerError(f"tritonserver exited unexpectedly; last log lines:\n{server.log_tail()}")
+                raise ServerError(
+                    f"tritonserver exited unexpectedly; last log lines:\n{server.log_tail()}"
+                )
             console.print("stopping tritonserver")
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -96,16 +110,30 @@ def export(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint: lifeloop's, or a bare state_dict.")],
     repository: Repository = Path("model_repository"),
     model: ModelName = "classifier",
-    arch: Annotated[str | None, typer.Option(help="Architecture: small_cnn or a torchvision classifier.")] = None,
-    num_classes: Annotated[int | None, typer.Option(help="Class count of a bare state_dict.")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture: small_cnn or a torchvision classifier.")
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Class count of a bare state_dict.")
+    ] = None,
     labels: Annotated[Path | None, typer.Option(help="File with one label per line.")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Input height and width in pixels.")] = None,
-    version: Annotated[int | None, typer.Option(help="Version number (default: the next one).")] = None,
-    server_url: Annotated[str | None, typer.Option(help="Ask this server (HTTP) to load the model after publishing.")] = None,
-    samples: Annotated[Path | None, typer.Option(help="Image folder whose images join the parity check.")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input height and width in pixels.")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version number (default: the next one).")
+    ] = None,
+    server_url: Annotated[
+        str | None, typer.Option(help="Ask this server (HTTP) to load the model after publishing.")
+    ] = None,
+    samples: Annotated[
+        Path | None, typer.Option(help="Image folder whose images join the parity check.")
+    ] = None,
     atol: Annotated[float, typer.Option(help="Parity: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Parity: relative tolerance.")] = 1e-3,
-    max_batch_size: Annotated[int, typer.Option(help="Config max_batch_size when the model is new.")] = 32,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Config max_batch_size when the model is new.")
+    ] = 32,
 ) -> None:
     """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version."""
     from lifeloop.export import CheckpointError, Tolerance, export_checkpoint, load
@@ -123,13 +151,23 @@ def export(
         from lifeloop.retrain.datasets import load_arrays, scan
 
         folder = scan(samples)
-        sample_arrays, _ = load_arrays(list(folder.samples[::max(1, len(folder.samples) // 64)]), loaded.preprocessing)
+        sample_arrays, _ = load_arrays(
+            list(folder.samples[:: max(1, len(folder.samples) // 64)]), loaded.preprocessing
+        )
     result = export_checkpoint(
-        loaded, repository, model, samples=sample_arrays, tolerance=Tolerance(atol, rtol),
-        version=version, server_url=server_url, max_batch_size=max_batch_size,
+        loaded,
+        repository,
+        model,
+        samples=sample_arrays,
+        tolerance=Tolerance(atol, rtol),
+        version=version,
+        server_url=server_url,
+        max_batch_size=max_batch_size,
     )
     console.print(result.parity.summary())
-    console.print(f"published {model} version {result.published.version} at {result.published.path}")
+    console.print(
+        f"published {model} version {result.published.version} at {result.published.path}"
+    )
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:
@@ -138,7 +176,9 @@ def _read_labels(path: Path) -> tuple[str, ...]:
     try:
         names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     except OSError as exc:
-        raise CheckpointError(f"cannot read labels file {path} ({exc}); pass a text file, one label per line") from exc
+        raise CheckpointError(
+            f"cannot read labels file {path} ({exc}); pass a text file, one label per line"
+        ) from exc
     if len(names) < 2 or len(set(names)) != len(names):
         raise CheckpointError(f"labels file {path} needs at least 2 unique labels, one per line")
     return names
@@ -149,18 +189,31 @@ def _read_labels(path: Path) -> tuple[str, ...]:
 def versions(
     repository: Repository = Path("model_repository"),
     model: ModelName = "classifier",
-    url: Annotated[str | None, typer.Option(help="Server (HTTP) to ask for each version's state.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Server (HTTP) to ask for each version's state.")
+    ] = None,
 ) -> None:
     """List a model's versions: state, labels, parity and creation time."""
     from lifeloop.repository import list_versions
 
     rows = list_versions(repository, model, server_url=url)
     table = Table(title=f"{model} in {repository}")
-    for column in ("version", "state", "labels", "format", "parity max|diff|", "top-1 agree", "created"):
+    for column in (
+        "version",
+        "state",
+        "labels",
+        "format",
+        "parity max|diff|",
+        "top-1 agree",
+        "created",
+    ):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            str(row.version), row.state, str(row.labels), row.format,
+            str(row.version),
+            row.state,
+            str(row.labels),
+            row.format,
             "-" if row.parity_max_abs_diff is None else f"{row.parity_max_abs_diff:.2g}",
             "-" if row.parity_top1_agreement is None else f"{row.parity_top1_agreement:.1%}",
             row.created_at or row.problem,
@@ -174,7 +227,9 @@ def versions(
 @_errors
 def classify(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    url: Annotated[str, typer.Option(help="Triton URL (host:port, or grpc:// / http://).")] = "localhost:8001",
+    url: Annotated[
+        str, typer.Option(help="Triton URL (host:port, or grpc:// / http://).")
+    ] = "localhost:8001",
     model: ModelName = "classifier",
     protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
     top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
@@ -185,7 +240,10 @@ def classify(
     with LifeloopClient(url, protocol, model=model) as client:
         answers = client.classify(images, top_k=top_k)
     for path, answer in zip(images, answers, strict=True):
-        ranked = ", ".join(f"{label} {score:.3f}" for label, score in zip(answer.labels, answer.scores, strict=True))
+        ranked = ", ".join(
+            f"{label} {score:.3f}"
+            for label, score in zip(answer.labels, answer.scores, strict=True)
+        )
         console.print(f"{path}: {ranked}  (v{answer.version})")
 
 
@@ -196,23 +254,38 @@ def train(
     out: Annotated[Path, typer.Option(help="Checkpoint to write.")],
     arch: Annotated[str, typer.Option(help="small_cnn or a torchvision classifier.")] = "small_cnn",
     epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 4,
-    input_size: Annotated[int | None, typer.Option(help="Input size in pixels (default 32 for small_cnn, else 224).")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input size in pixels (default 32 for small_cnn, else 224).")
+    ] = None,
     batch_size: int = 64,
     lr: float = 2e-3,
-    holdout: Annotated[float, typer.Option(help="Share of each class held out for evaluation.")] = 0.2,
+    holdout: Annotated[
+        float, typer.Option(help="Share of each class held out for evaluation.")
+    ] = 0.2,
     seed: int = 0,
 ) -> None:
     """Train a classifier on CPU and save a lifeloop checkpoint."""
     from lifeloop.retrain import train as run_train
 
-    result = run_train(data, arch=arch, epochs=epochs, out=out, input_size=input_size,
-                       batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
+    result = run_train(
+        data,
+        arch=arch,
+        epochs=epochs,
+        out=out,
+        input_size=input_size,
+        batch_size=batch_size,
+        lr=lr,
+        holdout=holdout,
+        seed=seed,
+    )
     console.print(f"held-out accuracy {result.holdout_accuracy:.3f}; checkpoint {result.path}")
 
 
 @app.command()
 @_errors
-def digits(out: Annotated[Path, typer.Option(help="Folder to write the PNGs into.")] = Path("runs/digits")) -> None:
+def digits(
+    out: Annotated[Path, typer.Option(help="Folder to write the PNGs into.")] = Path("runs/digits"),
+) -> None:
     """Write scikit-learn's bundled digits (no download) as an ImageFolder of PNGs."""
     from lifeloop.retrain import write_digits
 
@@ -223,7 +296,9 @@ def digits(out: Annotated[Path, typer.Option(help="Folder to write the PNGs into
 @app.command()
 @_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the run's data, models and summary.json.")] = Path("runs/demo"),
+    out: Annotated[
+        Path, typer.Option(help="Folder for the run's data, models and summary.json.")
+    ] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="Epochs for v1.")] = 4,
 ) -> None:
     """Train, export, serve, classify and hot-reload, end to end on this machine."""

@@ -52,7 +52,9 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
-def run_demo(out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Console | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Console | None = None
+) -> dict[str, Any]:
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,24 +65,39 @@ def run_demo(out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Cons
     console.rule("[bold]1. data")
     folder = write_digits(out / "data")
     _, held = folder.split()
-    console.print(f"{len(folder.samples)} digit images in {len(folder.labels)} classes at {folder.root}")
+    console.print(
+        f"{len(folder.samples)} digit images in {len(folder.labels)} classes at {folder.root}"
+    )
 
     console.rule("[bold]2. train v1")
     v1 = train(folder.root, arch="small_cnn", epochs=epochs, out=out / "v1.pt")
-    x_held, y_held = load_arrays(held, v1.checkpoint.preprocessing)
+    x_held, _ = load_arrays(held, v1.checkpoint.preprocessing)
     console.print(f"v1 held-out accuracy (PyTorch): {v1.holdout_accuracy:.3f}")
 
     console.rule("[bold]3. export and publish v1")
-    first = export_checkpoint(v1.checkpoint, repository, MODEL, samples=x_held,
-                              evaluation={"holdout_accuracy": v1.holdout_accuracy})
+    first = export_checkpoint(
+        v1.checkpoint,
+        repository,
+        MODEL,
+        samples=x_held,
+        evaluation={"holdout_accuracy": v1.holdout_accuracy},
+    )
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
 
     ports = [free_port() for _ in range(3)]
-    config = ServerConfig(repository=repository, http_port=ports[0], grpc_port=ports[1],
-                          metrics_port=ports[2], log_file=out / "tritonserver.log")
+    config = ServerConfig(
+        repository=repository,
+        http_port=ports[0],
+        grpc_port=ports[1],
+        metrics_port=ports[2],
+        log_file=out / "tritonserver.log",
+    )
     console.rule("[bold]4. serve")
     with TritonServer(config) as server:
-        console.print(f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url}; log {server.log_path}")
+        console.print(
+            f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url}; "
+            f"log {server.log_path}"
+        )
         console.rule("[bold]5. classify the held-out set through Triton")
         served: dict[str, Any] = {}
         latencies: list[float] = []
@@ -95,11 +112,21 @@ def run_demo(out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Cons
                     correct += answer.label == folder.labels[sample.label]
             served[protocol] = {"accuracy": correct / len(held), **percentiles(times)}
             latencies += times
-            console.print(f"{protocol}: accuracy {correct / len(held):.3f}, p50 {served[protocol]['p50']:.2f} ms, p99 {served[protocol]['p99']:.2f} ms over {len(held)} requests")
+            stats = served[protocol]
+            console.print(
+                f"{protocol}: accuracy {stats['accuracy']:.3f}, p50 {stats['p50']:.2f} ms, "
+                f"p99 {stats['p99']:.2f} ms over {len(held)} requests"
+            )
 
         console.rule("[bold]6. train v2 and publish it while traffic flows")
-        v2 = train(folder.root, arch="small_cnn", epochs=extra_epochs, out=out / "v2.pt",
-                   init_from=v1.checkpoint, lr=5e-4)
+        v2 = train(
+            folder.root,
+            arch="small_cnn",
+            epochs=extra_epochs,
+            out=out / "v2.pt",
+            init_from=v1.checkpoint,
+            lr=5e-4,
+        )
         console.print(f"v2 held-out accuracy (PyTorch): {v2.holdout_accuracy:.3f}")
         traffic = Traffic()
         stop = threading.Event()
@@ -110,9 +137,14 @@ def run_demo(out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Cons
         for sender in senders:
             sender.start()
         time.sleep(1.0)
-        second = export_checkpoint(v2.checkpoint, repository, MODEL, samples=x_held,
-                                   server_url=server.http_url,
-                                   evaluation={"holdout_accuracy": v2.holdout_accuracy})
+        second = export_checkpoint(
+            v2.checkpoint,
+            repository,
+            MODEL,
+            samples=x_held,
+            server_url=server.http_url,
+            evaluation={"holdout_accuracy": v2.holdout_accuracy},
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not _switched(traffic, second.published.version):
             time.sleep(0.1)
@@ -120,7 +152,10 @@ def run_demo(out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Cons
         stop.set()
         for sender in senders:
             sender.join(timeout=30)
-        console.print(f"published version {second.published.version} during {traffic.requests} requests; {len(traffic.failures)} failed")
+        console.print(
+            f"published version {second.published.version} during {traffic.requests} "
+            f"requests; {len(traffic.failures)} failed"
+        )
 
     version_before = first.published.version
     seen = traffic.versions
@@ -142,7 +177,9 @@ def run_demo(out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Cons
     return summary
 
 
-def _send(url: str, protocol: str, batch: np.ndarray, traffic: Traffic, stop: threading.Event) -> None:
+def _send(
+    url: str, protocol: str, batch: np.ndarray, traffic: Traffic, stop: threading.Event
+) -> None:
     with LifeloopClient(url, protocol, model=MODEL, timeout_s=30) as client:
         index = 0
         while not stop.is_set():
@@ -163,8 +200,14 @@ def _print_summary(console: Console, summary: dict[str, Any], path: Path) -> Non
     table = Table(title="lifeloop demo", show_header=False)
     table.add_row("served accuracy (held-out, worst protocol)", f"{summary['served_accuracy']:.3f}")
     table.add_row("requests / failed", f"{summary['requests']} / {summary['failed_requests']}")
-    table.add_row("version before -> after hot reload", f"{summary['version_before']} -> {summary['version_after']}")
-    table.add_row("latency p50 / p99 (ms, one image per request)", f"{summary['latency_ms']['p50']:.2f} / {summary['latency_ms']['p99']:.2f}")
+    table.add_row(
+        "version before -> after hot reload",
+        f"{summary['version_before']} -> {summary['version_after']}",
+    )
+    table.add_row(
+        "latency p50 / p99 (ms, one image per request)",
+        f"{summary['latency_ms']['p50']:.2f} / {summary['latency_ms']['p99']:.2f}",
+    )
     table.add_row("wall time (s)", f"{summary['seconds']}")
     console.print(table)
     console.print(f"summary written to {path}")

@@ -17,7 +17,9 @@ from tests.conftest import publish_trained
 
 def server_config(repository: Path, **kwargs) -> ServerConfig:
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    return ServerConfig(repository=repository, log_file=repository.parent / "tritonserver.log", **ports, **kwargs)
+    return ServerConfig(
+        repository=repository, log_file=repository.parent / "tritonserver.log", **ports, **kwargs
+    )
 
 
 @pytest.fixture(scope="session")

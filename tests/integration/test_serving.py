@@ -46,7 +46,9 @@ def test_async_client_gives_the_same_answers(server, held_out) -> None:
     for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
         answers = asyncio.run(run(protocol, url))
         assert [a.labels for a in answers] == [e.labels for e in expected]
-        np.testing.assert_allclose([a.scores for a in answers], [e.scores for e in expected], rtol=1e-4)
+        np.testing.assert_allclose(
+            [a.scores for a in answers], [e.scores for e in expected], rtol=1e-4
+        )
 
 
 def test_dynamic_batching_forms_batches_under_concurrency(server, held_out) -> None:
@@ -72,9 +74,10 @@ def test_dynamic_batching_forms_batches_under_concurrency(server, held_out) -> N
     assert executions < requests * 0.8, f"{executions} executions for {requests} requests"
 
 
-def test_malformed_requests_get_clear_errors_while_concurrent_good_ones_succeed(server, held_out) -> None:
+def test_malformed_requests_get_clear_errors_while_concurrent_good_ones_succeed(
+    server, held_out
+) -> None:
     good = held_out[0][:1]
-    failures: list[str] = []
     successes: list[int] = []
     lock = threading.Lock()
 
@@ -107,9 +110,11 @@ def test_malformed_requests_get_clear_errors_while_concurrent_good_ones_succeed(
     }
     for thread in threads:
         thread.join()
-    assert len(successes) == 120 and not failures
+    assert len(successes) == 120
     assert re.search(r"unexpected shape for input .input.*Expected \[-1,3,32,32\]", cases["shape"])
-    assert re.search(r"input 'input'.*data-type", cases["dtype"]) or "FP64" in cases["dtype"]
+    assert (
+        "input 'input' data-type is 'FP64', but model 'classifier' expects 'FP32'" in cases["dtype"]
+    )
     assert "unexpected inference input 'pixels'" in cases["name"]
 
 
@@ -126,7 +131,9 @@ def test_hot_reload_serves_a_new_version(server, trained, held_out) -> None:
     assert states == {1: "READY", 2: "READY"}
 
 
-def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(server, trained, held_out) -> None:
+def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(
+    server, trained, held_out
+) -> None:
     repo = Path(server.config.repository)
     publish_trained(trained.checkpoint, repo, "guarded", server_url=server.http_url)
     tampered = publish_trained(trained.checkpoint, repo, "guarded")  # on disk, not loaded yet
@@ -134,7 +141,9 @@ def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(
         handle.seek(200)
         handle.write(b"\x01\x02\x03\x04")
     with ServerControl(server.http_url) as control:
-        with pytest.raises(ClientError, match="load of 'guarded' failed.*does not match its manifest"):
+        with pytest.raises(
+            ClientError, match="load of 'guarded' failed.*does not match its manifest"
+        ):
             control.load_model("guarded")
         assert control.version_states("guarded")[1] == "READY"
     with LifeloopClient(server.grpc_url, model="guarded") as client:
@@ -143,18 +152,27 @@ def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(
 
 
 def test_unknown_model_and_unreachable_server_get_one_line_errors(server) -> None:
-    with LifeloopClient(server.grpc_url, model="nope") as client:
-        with pytest.raises(ClientError, match="config of 'nope' failed") as info:
-            client.classify([np.zeros((3, 32, 32), np.float32)])
+    with (
+        LifeloopClient(server.grpc_url, model="nope") as client,
+        pytest.raises(ClientError, match="config of 'nope' failed") as info,
+    ):
+        client.classify([np.zeros((3, 32, 32), np.float32)])
     assert "\n" not in str(info.value)
-    with LifeloopClient("127.0.0.1:1", "http") as client:
-        with pytest.raises(ClientError, match="cannot reach Triton at 127.0.0.1:1"):
-            client.classify([np.zeros((3, 32, 32), np.float32)])
+    with (
+        LifeloopClient("127.0.0.1:1", "http") as client,
+        pytest.raises(ClientError, match="cannot reach Triton at 127.0.0.1:1"),
+    ):
+        client.classify([np.zeros((3, 32, 32), np.float32)])
 
 
 def test_grpc_statistics_and_repository_index_match_http(server) -> None:
-    with ServerControl(server.grpc_url, "grpc") as grpc_control, ServerControl(server.http_url) as http_control:
-        assert grpc_control.version_states("classifier") == http_control.version_states("classifier")
+    with (
+        ServerControl(server.grpc_url, "grpc") as grpc_control,
+        ServerControl(server.http_url) as http_control,
+    ):
+        assert grpc_control.version_states("classifier") == http_control.version_states(
+            "classifier"
+        )
     client = grpcclient.InferenceServerClient(server.grpc_url)
     assert client.is_model_ready("classifier")
     client.close()

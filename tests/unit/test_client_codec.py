@@ -9,9 +9,16 @@ from lifeloop.preprocessing import Preprocessing
 
 
 def info(labels=("a", "b", "c")) -> ModelInfo:
-    return ModelInfo(name="m", input_name="input", input_dims=(3, 8, 8), input_dtype="FP32",
-                     output_name="logits", max_batch_size=4, labels=labels,
-                     preprocessing=Preprocessing(size=8, mean=(0.5,) * 3, std=(0.5,) * 3))
+    return ModelInfo(
+        name="m",
+        input_name="input",
+        input_dims=(3, 8, 8),
+        input_dtype="FP32",
+        output_name="logits",
+        max_batch_size=4,
+        labels=labels,
+        preprocessing=Preprocessing(size=8, mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
 
 
 def test_decode_returns_softmax_top_k_with_labels() -> None:
@@ -23,7 +30,9 @@ def test_decode_returns_softmax_top_k_with_labels() -> None:
 
 
 def test_classes_beyond_the_known_labels_are_named_by_index() -> None:
-    answer = decode(np.array([[0.0, 0.0, 0.0, 9.0]], np.float32), info=info(), version=1, top_k=1)[0]
+    answer = decode(np.array([[0.0, 0.0, 0.0, 9.0]], np.float32), info=info(), version=1, top_k=1)[
+        0
+    ]
     assert answer.labels == ("3",)
 
 
@@ -41,8 +50,12 @@ def test_images_pixels_and_preprocessed_arrays_become_one_batch() -> None:
 
 @pytest.mark.parametrize(
     ("url", "protocol", "expected"),
-    [("grpc://h:1", None, ("h:1", "grpc")), ("http://h:2/", None, ("h:2", "http")),
-     ("h", "http", ("h:8000", "http")), ("h", None, ("h:8001", "grpc"))],
+    [
+        ("grpc://h:1", None, ("h:1", "grpc")),
+        ("http://h:2/", None, ("h:2", "http")),
+        ("h", "http", ("h:8000", "http")),
+        ("h", None, ("h:8001", "grpc")),
+    ],
 )
 def test_urls_accept_schemes_and_default_ports(url, protocol, expected) -> None:
     assert split_url(url, protocol) == expected

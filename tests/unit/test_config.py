@@ -23,8 +23,12 @@ def test_golden_files_parse_and_render_back_identically(name: str) -> None:
 
 def test_default_classifier_config_renders_the_golden_file() -> None:
     config = classifier_config(
-        "classifier", input_name="input", input_shape=(3, 32, 32), output_name="logits",
-        instances=2, intra_op_threads=1,
+        "classifier",
+        input_name="input",
+        input_shape=(3, 32, 32),
+        output_name="logits",
+        instances=2,
+        intra_op_threads=1,
     )
     assert render(config) == (GOLDEN / "classifier.pbtxt").read_text()
 
@@ -34,12 +38,18 @@ def test_render_parse_render_is_identical_for_every_policy_kind() -> None:
         inputs=(TensorSpec(name="x", data_type=DataType.FP32, dims=(3, 8, 8)),),
         outputs=(TensorSpec(name="y", data_type=DataType.FP32, dims=(-1,)),),
     )
-    for policy in (VersionPolicy(latest=3), VersionPolicy(latest=None, all=True),
-                   VersionPolicy(latest=None, specific=(2, 5))):
+    for policy in (
+        VersionPolicy(latest=3),
+        VersionPolicy(latest=None, all=True),
+        VersionPolicy(latest=None, specific=(2, 5)),
+    ):
         config = ModelConfig(
-            name="m", version_policy=policy,
+            name="m",
+            version_policy=policy,
             dynamic_batching=DynamicBatching(max_queue_delay_us=250, preferred_batch_sizes=(4, 8)),
-            instance_groups=(InstanceGroup(count=3),), parameters={"b": "2", "a": "1"}, **tensors,
+            instance_groups=(InstanceGroup(count=3),),
+            parameters={"b": "2", "a": "1"},
+            **tensors,
         )
         text = render(config)
         assert parse(text) == config
@@ -47,7 +57,9 @@ def test_render_parse_render_is_identical_for_every_policy_kind() -> None:
 
 
 def test_parse_error_names_the_file() -> None:
-    with pytest.raises(RepositoryError, match="models/m/config.pbtxt is not a valid Triton model config"):
+    with pytest.raises(
+        RepositoryError, match="models/m/config.pbtxt is not a valid Triton model config"
+    ):
         parse("name: 'm'\nmax_batch_size: lots\n", source="models/m/config.pbtxt")
 
 
@@ -58,7 +70,10 @@ def test_parse_error_names_the_file() -> None:
         (lambda: InstanceGroup(count=0), "instance_group count must be >= 1, got 0"),
         (lambda: DynamicBatching(max_queue_delay_us=-1), "max_queue_delay_us must be >= 0"),
         (lambda: TensorSpec(name="x", data_type=DataType.FP32, dims=(0,)), "tensor 'x' has dims"),
-        (lambda: classifier_config("a/b", input_name="i", input_shape=(3,), output_name="o"), "not usable as a folder"),
+        (
+            lambda: classifier_config("a/b", input_name="i", input_shape=(3,), output_name="o"),
+            "not usable as a folder",
+        ),
     ],
 )
 def test_invalid_fields_are_named_when_built(build, message: str) -> None:

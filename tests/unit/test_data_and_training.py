@@ -28,11 +28,15 @@ def test_non_image_file_in_a_data_folder_is_named(tmp_path: Path, digits: ImageF
         (tmp_path / label).mkdir()
         (tmp_path / label / "x.png").write_bytes(digits.samples[0].path.read_bytes())
     (tmp_path / "b" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"1 entries that are not images, e.g. .*notes.txt; move them out"):
+    with pytest.raises(
+        DataError, match=r"1 entries that are not images, e.g. .*notes.txt; move them out"
+    ):
         scan(tmp_path)
 
 
-def test_image_that_cannot_be_decoded_is_named(tmp_path: Path, digits: ImageFolder, trained) -> None:
+def test_image_that_cannot_be_decoded_is_named(
+    tmp_path: Path, digits: ImageFolder, trained
+) -> None:
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
     (tmp_path / "a" / "ok.png").write_bytes(digits.samples[0].path.read_bytes())

@@ -84,7 +84,9 @@ def test_checkpoint_with_wrong_class_count_names_arch_and_count(tmp_path: Path) 
     path = tmp_path / "ten.pt"
     torch.save(build("resnet18", 10).state_dict(), path)
     checkpoint = load(path, arch="resnet18", labels=tuple("abcde"), input_size=32)
-    with pytest.raises(CheckpointError, match=r"architecture 'resnet18' with 5 classes \(it holds 10 classes\)"):
+    with pytest.raises(
+        CheckpointError, match=r"architecture 'resnet18' with 5 classes \(it holds 10 classes\)"
+    ):
         checkpoint.build_model()
 
 
@@ -96,8 +98,12 @@ def test_checkpoint_with_wrong_architecture_names_it(tmp_path: Path) -> None:
 
 
 def test_lifeloop_checkpoint_disagreeing_with_arch_flag_names_both(tmp_path: Path) -> None:
-    checkpoint = Checkpoint(arch="small_cnn", labels=("a", "b"), preprocessing=Preprocessing(size=16),
-                            state_dict=build("small_cnn", 2).state_dict())
+    checkpoint = Checkpoint(
+        arch="small_cnn",
+        labels=("a", "b"),
+        preprocessing=Preprocessing(size=16),
+        state_dict=build("small_cnn", 2).state_dict(),
+    )
     path = checkpoint.save(tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="is a 'small_cnn' model but --arch says 'resnet18'"):
         load(path, arch="resnet18")
@@ -109,7 +115,9 @@ def test_missing_and_corrupt_checkpoints_get_one_line_errors(tmp_path: Path) -> 
         load(tmp_path / "nope.pt", arch="resnet18")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(CheckpointError, match="cannot be read .* corrupt or not a PyTorch checkpoint") as info:
+    with pytest.raises(
+        CheckpointError, match="cannot be read .* corrupt or not a PyTorch checkpoint"
+    ) as info:
         load(corrupt, arch="resnet18")
     assert "\n" not in str(info.value)
 

@@ -21,8 +21,11 @@ from lifeloop.repository.publish import LABELS_PARAM
 
 def draft(labels=("a", "b"), shape=(3, 8, 8)) -> VersionDraft:
     return VersionDraft(
-        format="onnx", labels=tuple(labels), input=TensorInfo(name="input", shape=shape),
-        output_name="logits", preprocessing={"size": shape[-1]},
+        format="onnx",
+        labels=tuple(labels),
+        input=TensorInfo(name="input", shape=shape),
+        output_name="logits",
+        preprocessing={"size": shape[-1]},
         parity={"max_abs_diff": 1e-6, "top1_agreement": 1.0},
     )
 
@@ -38,20 +41,30 @@ def artifact(tmp_path: Path) -> Path:
     return path
 
 
-def test_publish_takes_the_next_number_and_writes_a_complete_manifest(tmp_path: Path, artifact: Path) -> None:
+def test_publish_takes_the_next_number_and_writes_a_complete_manifest(
+    tmp_path: Path, artifact: Path
+) -> None:
     repo = tmp_path / "repo"
     first = publish(repo, config(), {"model.onnx": artifact}, draft())
     second = publish(repo, config(), {"model.onnx": artifact}, draft())
     assert (first.version, second.version) == (1, 2)
     manifest = verify(second.path)
     assert manifest.version == 2 and manifest.model == "clf"
-    assert manifest.files[0].path == "model.onnx" and manifest.files[0].size == artifact.stat().st_size
+    assert (
+        manifest.files[0].path == "model.onnx" and manifest.files[0].size == artifact.stat().st_size
+    )
     assert manifest.labels == ("a", "b") and manifest.created_at
-    assert sorted(p.name for p in (repo / "clf").iterdir() if not p.name.startswith(".")) == ["1", "2", "config.pbtxt"]
+    assert sorted(p.name for p in (repo / "clf").iterdir() if not p.name.startswith(".")) == [
+        "1",
+        "2",
+        "config.pbtxt",
+    ]
     assert Manifest.from_json(manifest.to_json()) == manifest
 
 
-def test_existing_version_number_is_refused_and_nothing_is_left_behind(tmp_path: Path, artifact: Path) -> None:
+def test_existing_version_number_is_refused_and_nothing_is_left_behind(
+    tmp_path: Path, artifact: Path
+) -> None:
     repo = tmp_path / "repo"
     publish(repo, config(), {"model.onnx": artifact}, draft(), version=3)
     with pytest.raises(VersionExistsError, match="version 3 of model 'clf' already exists"):
@@ -69,7 +82,9 @@ def test_failed_publish_leaves_no_staging_folder_and_no_version(tmp_path: Path) 
 def test_repository_path_that_is_a_file_is_refused(tmp_path: Path, artifact: Path) -> None:
     not_a_dir = tmp_path / "repo"
     not_a_dir.write_text("x")
-    with pytest.raises(RepositoryError, match=f"repository path {not_a_dir} is a file; pass a folder"):
+    with pytest.raises(
+        RepositoryError, match=f"repository path {not_a_dir} is a file; pass a folder"
+    ):
         publish(not_a_dir, config(), {"model.onnx": artifact}, draft())
     assert not_a_dir.read_text() == "x"
 
@@ -107,7 +122,10 @@ def test_versions_lists_labels_parity_and_problems(tmp_path: Path, artifact: Pat
     publish(repo, config(), {"model.onnx": artifact}, draft())
     (repo / "clf" / "2").mkdir()  # a folder someone copied in by hand, without a manifest
     rows = list_versions(repo, "clf")
-    assert [(r.version, r.labels, r.parity_top1_agreement, r.state) for r in rows] == [(1, 2, 1.0, "-"), (2, 0, None, "-")]
+    assert [(r.version, r.labels, r.parity_top1_agreement, r.state) for r in rows] == [
+        (1, 2, 1.0, "-"),
+        (2, 0, None, "-"),
+    ]
     assert "manifest.json is missing" in rows[1].problem
     with pytest.raises(RepositoryError, match="model 'nope' is not in repository"):
         list_versions(repo, "nope")

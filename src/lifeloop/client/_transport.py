@@ -16,7 +16,7 @@ Protocol = Literal["grpc", "http"]
 
 
 def split_url(url: str, protocol: str | None = None) -> tuple[str, Protocol]:
-    """"grpc://host:8001" or "host:8000" (+ protocol) -> ("host:port", protocol)."""
+    """ "grpc://host:8001" or "host:8000" (+ protocol) -> ("host:port", protocol)."""
     scheme, sep, rest = url.partition("://")
     if sep:
         if scheme not in ("http", "grpc"):
@@ -72,18 +72,24 @@ class Transport:
 
     def model_config(self, model: str) -> dict[str, Any]:
         if self.protocol == "grpc":
-            return self._call(f"config of {model!r}", self.client.get_model_config, model, as_json=True)["config"]
+            return self._call(
+                f"config of {model!r}", self.client.get_model_config, model, as_json=True
+            )["config"]
         return self._call(f"config of {model!r}", self.client.get_model_config, model)
 
     def repository_index(self) -> list[dict[str, Any]]:
         if self.protocol == "grpc":
-            data = self._call("repository index", self.client.get_model_repository_index, as_json=True)
+            data = self._call(
+                "repository index", self.client.get_model_repository_index, as_json=True
+            )
             return list(data.get("models", []))
         return list(self._call("repository index", self.client.get_model_repository_index))
 
     def statistics(self, model: str = "") -> list[dict[str, Any]]:
         kwargs = {"as_json": True} if self.protocol == "grpc" else {}
-        data = self._call(f"statistics of {model!r}", self.client.get_inference_statistics, model, **kwargs)
+        data = self._call(
+            f"statistics of {model!r}", self.client.get_inference_statistics, model, **kwargs
+        )
         return list(data.get("model_stats", []))
 
     def load_model(self, model: str) -> None:
@@ -132,7 +138,7 @@ def _as_client_error(exc: Exception, url: str, what: str) -> ClientError:
     message = exc.message() if callable(getattr(exc, "message", None)) else None
     text = " ".join(str(message or exc).split())
     refused = isinstance(exc, ConnectionError | OSError) or "failed to connect" in text.lower()
-    refused = refused or "unavailable" in text.lower() and "model" not in text.lower()
+    refused = refused or ("unavailable" in text.lower() and "model" not in text.lower())
     if refused:
         return ClientError(
             f"cannot reach Triton at {url} ({text}); start it with `lifeloop serve` or fix --url"

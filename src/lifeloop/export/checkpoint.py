@@ -73,7 +73,9 @@ def load(
     what a lifeloop checkpoint records."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the file `lifeloop train` wrote")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the file `lifeloop train` wrote"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

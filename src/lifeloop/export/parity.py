@@ -31,6 +31,9 @@ class Tolerance:
             raise ExportError(f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
 
 
+DEFAULT_TOLERANCE = Tolerance()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ParityReport:
     passed: bool
@@ -73,8 +76,12 @@ def sample_inputs(
             channels, height, width = input_shape
             contrast = generator.uniform(0.1, 1.5, (size, 1, 1, 1))
             offset = generator.uniform(-2, 2, (size, channels, 1, 1))
-            coarse = torch.from_numpy(generator.standard_normal((size, channels, 4, 4)).astype(np.float32))
-            structure = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear").numpy()
+            coarse = torch.from_numpy(
+                generator.standard_normal((size, channels, 4, 4)).astype(np.float32)
+            )
+            structure = torch.nn.functional.interpolate(
+                coarse, size=(height, width), mode="bilinear"
+            ).numpy()
             noise = noise * contrast + offset + 2 * structure
         batches.append(noise.astype(np.float32))
     return batches
@@ -84,7 +91,7 @@ def check_parity(
     model: nn.Module,
     onnx_path: Path,
     inputs: list[np.ndarray],
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
 ) -> ParityReport:
     """Measure parity; never raises on a mismatch (see `gate`)."""
     import onnxruntime as ort

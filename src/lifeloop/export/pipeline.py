@@ -12,7 +12,14 @@ from torch import nn
 
 from lifeloop.export import checkpoint as ckpt
 from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
-from lifeloop.export.parity import ParityReport, Tolerance, check_parity, gate, sample_inputs
+from lifeloop.export.parity import (
+    DEFAULT_TOLERANCE,
+    ParityReport,
+    Tolerance,
+    check_parity,
+    gate,
+    sample_inputs,
+)
 from lifeloop.repository import (
     PublishedVersion,
     TensorInfo,
@@ -37,7 +44,7 @@ def export_checkpoint(
     model_name: str,
     *,
     samples: np.ndarray | None = None,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
     version: int | None = None,
     server_url: str | None = None,
     max_batch_size: int = 32,
@@ -51,7 +58,10 @@ def export_checkpoint(
     model = checkpoint.build_model()
     with tempfile.TemporaryDirectory(prefix="lifeloop-export-") as tmp:
         onnx_path = export_onnx(
-            model, checkpoint.preprocessing.input_shape, Path(tmp) / "model.onnx", arch=checkpoint.arch
+            model,
+            checkpoint.preprocessing.input_shape,
+            Path(tmp) / "model.onnx",
+            arch=checkpoint.arch,
         )
         return publish_onnx(
             model,
@@ -76,7 +86,7 @@ def publish_onnx(
     model_name: str,
     *,
     samples: np.ndarray | None = None,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
     version: int | None = None,
     server_url: str | None = None,
     max_batch_size: int = 32,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from google.protobuf import text_format
@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from lifeloop.repository.errors import RepositoryError
 
 
-class DataType(str, Enum):
+class DataType(StrEnum):
     FP32 = "TYPE_FP32"
     FP16 = "TYPE_FP16"
     INT8 = "TYPE_INT8"
@@ -33,7 +33,7 @@ class DataType(str, Enum):
         return "BYTES" if self is DataType.STRING else self.value.removeprefix("TYPE_")
 
 
-class InstanceKind(str, Enum):
+class InstanceKind(StrEnum):
     CPU = "KIND_CPU"
     GPU = "KIND_GPU"
     AUTO = "KIND_AUTO"
@@ -62,9 +62,7 @@ class DynamicBatching:
 
     def __post_init__(self) -> None:
         if self.max_queue_delay_us < 0:
-            raise RepositoryError(
-                f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}"
-            )
+            raise RepositoryError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,9 +116,7 @@ class ModelConfig:
         if not self.inputs or not self.outputs:
             raise RepositoryError(f"model {self.name!r} needs at least one input and one output")
         if self.dynamic_batching is not None and self.max_batch_size == 0:
-            raise RepositoryError(
-                f"model {self.name!r}: dynamic batching needs max_batch_size > 0"
-            )
+            raise RepositoryError(f"model {self.name!r}: dynamic batching needs max_batch_size > 0")
 
     def with_parameters(self, **updates: str) -> ModelConfig:
         return replace(self, parameters={**self.parameters, **updates})
@@ -151,7 +147,9 @@ def to_proto(config: ModelConfig) -> pb.ModelConfig:
         batching.max_queue_delay_microseconds = config.dynamic_batching.max_queue_delay_us
         batching.preferred_batch_size.extend(config.dynamic_batching.preferred_batch_sizes)
     for group in config.instance_groups:
-        message.instance_group.add(count=group.count, kind=pb.ModelInstanceGroup.Kind.Value(group.kind.value))
+        message.instance_group.add(
+            count=group.count, kind=pb.ModelInstanceGroup.Kind.Value(group.kind.value)
+        )
     for key in sorted(config.parameters):
         message.parameters[key].string_value = config.parameters[key]
     return message
@@ -162,7 +160,9 @@ def from_proto(message: pb.ModelConfig) -> ModelConfig:
     if which == "all":
         policy = VersionPolicy(latest=None, all=True)
     elif which == "specific":
-        policy = VersionPolicy(latest=None, specific=tuple(message.version_policy.specific.versions))
+        policy = VersionPolicy(
+            latest=None, specific=tuple(message.version_policy.specific.versions)
+        )
     else:
         # Triton's default when no policy is written is latest { num_versions: 1 }.
         num = message.version_policy.latest.num_versions if which == "latest" else 1

@@ -74,7 +74,9 @@ class Manifest:
             data["input"] = TensorInfo(**{**data["input"], "shape": tuple(data["input"]["shape"])})
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
-            raise RepositoryError(f"{source} is not a lifeloop manifest ({exc}); republish") from exc
+            raise RepositoryError(
+                f"{source} is not a lifeloop manifest ({exc}); republish"
+            ) from exc
 
     @classmethod
     def read(cls, version_dir: Path) -> Manifest:
@@ -94,7 +96,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def describe_files(version_dir: Path, names: list[str]) -> tuple[FileEntry, ...]:
     return tuple(
-        FileEntry(path=n, sha256=sha256_file(version_dir / n), size=os.path.getsize(version_dir / n))
+        FileEntry(
+            path=n, sha256=sha256_file(version_dir / n), size=os.path.getsize(version_dir / n)
+        )
         for n in sorted(names)
     )
 

@@ -22,7 +22,9 @@ class VersionRow:
     problem: str = ""
 
 
-def list_versions(repository: Path, model: str, *, server_url: str | None = None) -> list[VersionRow]:
+def list_versions(
+    repository: Path, model: str, *, server_url: str | None = None
+) -> list[VersionRow]:
     model_dir = Path(repository) / model
     if not model_dir.is_dir():
         raise RepositoryError(
@@ -35,9 +37,18 @@ def list_versions(repository: Path, model: str, *, server_url: str | None = None
         try:
             manifest = Manifest.read(model_dir / str(number))
         except RepositoryError as exc:
-            rows.append(VersionRow(version=number, state=state, labels=0, format="?",
-                                   parity_max_abs_diff=None, parity_top1_agreement=None,
-                                   created_at="", problem=str(exc)))
+            rows.append(
+                VersionRow(
+                    version=number,
+                    state=state,
+                    labels=0,
+                    format="?",
+                    parity_max_abs_diff=None,
+                    parity_top1_agreement=None,
+                    created_at="",
+                    problem=str(exc),
+                )
+            )
             continue
         rows.append(
             VersionRow(

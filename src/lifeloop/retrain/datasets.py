@@ -53,7 +53,9 @@ def scan(root: Path) -> ImageFolder:
     """Read an ImageFolder's layout; a file that is not an image is an error naming it."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass a folder of <label>/<image> files")
+        raise DataError(
+            f"data folder {root} does not exist; pass a folder of <label>/<image> files"
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(

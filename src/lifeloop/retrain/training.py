@@ -25,7 +25,9 @@ class TrainResult:
     per_class: dict[str, float]
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, labels: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
+) -> tuple[float, dict[str, float]]:
     """(accuracy, per-class accuracy) of `model` on preprocessed arrays."""
     model.eval()
     predictions = []
@@ -36,7 +38,9 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, labels: tuple[str, 
     return accuracy_report(predicted, y, labels)
 
 
-def accuracy_report(predicted: np.ndarray, y: np.ndarray, labels: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+def accuracy_report(
+    predicted: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
+) -> tuple[float, dict[str, float]]:
     correct = predicted == y
     per_class = {
         labels[i]: float(correct[y == i].mean()) for i in range(len(labels)) if np.any(y == i)
@@ -85,7 +89,12 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
 
-    columns = (TextColumn("[bold]train[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]train[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task(f"{arch} on {len(x_train)} images", total=steps)
         for epoch in range(epochs):
@@ -103,7 +112,9 @@ def train(
                 schedule.step()
                 total += loss.item() * len(index)
                 bar.advance(task)
-            bar.update(task, description=f"{arch} epoch {epoch + 1}/{epochs} loss {total / len(xt):.3f}")
+            bar.update(
+                task, description=f"{arch} epoch {epoch + 1}/{epochs} loss {total / len(xt):.3f}"
+            )
 
     accuracy, per_class = evaluate(model, x_held, y_held, folder.labels)
     training: dict[str, Any] = {
@@ -112,7 +123,9 @@ def train(
         "seed": seed,
         "holdout": holdout,
         "holdout_accuracy": accuracy,
-        "train_counts": {folder.labels[i]: int((y_train == i).sum()) for i in range(len(folder.labels))},
+        "train_counts": {
+            folder.labels[i]: int((y_train == i).sum()) for i in range(len(folder.labels))
+        },
         "init_from": init_from.sha256 if init_from else None,
     }
     checkpoint = Checkpoint(

@@ -1,7 +1,7 @@
 """Start and stop a real tritonserver from a typed config.
 
-    with TritonServer(ServerConfig(repository=Path("model_repository"))) as server:
-        print(server.http_url, server.grpc_url)
+with TritonServer(ServerConfig(repository=Path("model_repository"))) as server:
+    print(server.http_url, server.grpc_url)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
@@ -23,7 +23,7 @@ from lifeloop.serve.errors import ServerError
 from lifeloop.serve.runtime import Runtime, prepare_runtime
 
 
-class ControlMode(str, Enum):
+class ControlMode(StrEnum):
     EXPLICIT = "explicit"
     POLL = "poll"
 
@@ -54,7 +54,8 @@ class ServerConfig:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
         if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
             raise ServerError(
-                f"http, grpc and metrics ports must be three different ports in 1..65535, got {ports}"
+                "http, grpc and metrics ports must be three different ports in 1..65535, "
+                f"got {ports}"
             )
         if self.poll_secs < 1:
             raise ServerError(f"--poll-secs must be >= 1, got {self.poll_secs}")
@@ -136,7 +137,10 @@ class TritonServer:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -181,10 +185,12 @@ class TritonServer:
                     f"tritonserver exited during start-up with code {code}; see {self.log_path}. "
                     f"Last log lines:\n{self.log_tail()}"
                 )
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.2)
         raise ServerError(
             f"tritonserver was not ready within {self.config.startup_timeout_s:g}s; see "

@@ -52,7 +52,9 @@ class Contract:
         )
         if not fits:
             want = ["batch", *self.dims] if batched else list(self.dims)
-            raise RequestError(f"input {self.name!r} has shape {list(array.shape)}, expected {want}")
+            raise RequestError(
+                f"input {self.name!r} has shape {list(array.shape)}, expected {want}"
+            )
         if batched and not 1 <= array.shape[0] <= max_batch_size:
             raise RequestError(
                 f"input {self.name!r} has batch size {array.shape[0]}, expected 1..{max_batch_size}"

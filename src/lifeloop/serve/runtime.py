@@ -71,7 +71,9 @@ def default_runtime_dir() -> Path:
         return Path(env)
     version = metadata.version("nvidia-pytriton")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "lifeloop" / f"triton-{version}-py{sys.version_info.major}.{sys.version_info.minor}"
+    return (
+        cache / "lifeloop" / f"triton-{version}-py{sys.version_info.major}.{sys.version_info.minor}"
+    )
 
 
 def prepare_runtime(root: Path | None = None) -> Runtime:
@@ -107,8 +109,8 @@ def _build(root: Path, server: Path) -> None:
     if not stub.is_file():
         have = sorted(p.name for p in (server / "python_backend_stubs").iterdir())
         raise ServerError(
-            f"nvidia-pytriton has no python-backend stub for Python {py} (it has {', '.join(have)}); "
-            "build the venv with one of those Pythons"
+            f"nvidia-pytriton has no python-backend stub for Python {py} "
+            f"(it has {', '.join(have)}); build the venv with one of those Pythons"
         )
     shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
     (tmp / ".complete").write_text("ok\n")

@@ -1,0 +1,123 @@
+"""The commands that talk to a real server, and the demo's acceptance figures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lifeloop.cli import app
+from lifeloop.serve import free_port
+
+runner = CliRunner()
+
+
+def test_classify_prints_the_top_k_with_the_answering_version(server, digits) -> None:
+    sample = next(s for s in digits.samples if digits.labels[s.label] == "7")
+    for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+        result = runner.invoke(
+            app,
+            ["classify", "--url", url, "--protocol", protocol, "--top-k", "2", str(sample.path)],
+        )
+        assert result.exit_code == 0, result.output
+        assert f"{sample.path}: 7 " in result.output and "(v1)" in result.output
+
+
+def test_versions_shows_the_server_state(server) -> None:
+    result = runner.invoke(
+        app, ["versions", "--repository", str(server.config.repository), "--url", server.http_url]
+    )
+    assert result.exit_code == 0, result.output
+    assert "READY" in result.output
+
+
+def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: Path) -> None:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lifeloop",
+            "serve",
+            "--repository",
+            str(repository),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--log-file",
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        ready = False
+        while not ready and time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{http}/v2/models/classifier/ready", timeout=2
+                ) as r:
+                    ready = r.status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert ready, process.stdout.read() if process.poll() is not None else "not ready"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "tritonserver ready" in output and "stopping tritonserver" in output
+    assert (
+        subprocess.run(["pgrep", "-f", "--", f"--http-port={http}"], capture_output=True).returncode
+        == 1
+    )
+    assert log.is_file() and "Started GRPCInferenceService" in log.read_text()
+
+
+def test_serve_names_a_busy_port(server) -> None:
+    port = server.config.http_port
+    result = runner.invoke(
+        app,
+        [
+            "serve",
+            "--repository",
+            str(server.config.repository),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"error: http port {port} is in use; pick another with --http-port or stop the "
+        "process that holds it"
+    )
+
+
+def test_demo_meets_its_acceptance_figures(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["served_accuracy"] >= 0.90
+    assert summary["failed_requests"] == 0
+    assert summary["version_after"] != summary["version_before"]
+    assert (
+        summary["requests"] > 700
+        and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
+    )

@@ -1,0 +1,131 @@
+"""CliRunner tests of the commands that need no server; the rest are in integration/test_cli.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lifeloop.cli import app
+from lifeloop.export import build
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_help_lists_every_command() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("serve", "export", "versions", "classify", "train", "digits", "demo"):
+        assert command in result.output
+
+
+def test_export_publishes_and_versions_lists_it(trained, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = invoke(
+        "export", "--checkpoint", trained.path, "--repository", repo, "--model", "digits"
+    )
+    assert result.exit_code == 0, result.output
+    assert "parity passed" in result.output and "published digits version 1" in result.output
+    listed = invoke("versions", "--repository", repo, "--model", "digits")
+    assert listed.exit_code == 0
+    assert "│ 1 " in listed.output and "100.0%" in listed.output
+
+
+def test_export_to_an_existing_version_number_fails_and_writes_nothing(
+    trained, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    assert (
+        invoke(
+            "export", "--checkpoint", trained.path, "--repository", repo, "--version", 4
+        ).exit_code
+        == 0
+    )
+    line = one_line_error(
+        invoke("export", "--checkpoint", trained.path, "--repository", repo, "--version", 4)
+    )
+    assert "version 4 of model 'classifier' already exists" in line
+    assert sorted(p.name for p in (repo / "classifier").iterdir() if p.is_dir()) == ["4"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("missing", "does not exist; pass the file"),
+        ("corrupt", "cannot be read"),
+        ("unknown_arch", "unknown architecture 'resnet1000'"),
+        (
+            "wrong_classes",
+            "do not fit architecture 'resnet18' with 3 classes (it holds 10 classes)",
+        ),
+        ("repo_is_file", "is a file; pass a folder"),
+    ],
+)
+def test_export_failures_are_one_line_and_leave_the_repository_untouched(
+    setup: str, expected: str, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    repo = tmp_path / "repo"
+    args = ["--arch", "resnet18", "--num-classes", "10"]
+    if setup == "corrupt":
+        checkpoint.write_bytes(b"PK\x03\x04 truncated")
+    elif setup != "missing":
+        torch.save(build("resnet18", 10).state_dict(), checkpoint)
+    if setup == "unknown_arch":
+        args = ["--arch", "resnet1000", "--num-classes", "10"]
+    if setup == "wrong_classes":
+        args = ["--arch", "resnet18", "--num-classes", "3"]
+    if setup == "repo_is_file":
+        repo.write_text("a file")
+    line = one_line_error(
+        invoke(
+            "export", "--checkpoint", checkpoint, "--repository", repo, *args, "--input-size", 32
+        )
+    )
+    assert expected in line
+    assert (
+        repo.is_file() if setup == "repo_is_file" else not repo.exists() or not any(repo.iterdir())
+    )
+
+
+def test_train_and_digits_commands(tmp_path: Path) -> None:
+    data = tmp_path / "digits"
+    result = invoke("digits", "--out", data)
+    assert result.exit_code == 0 and "1797 images in 10 classes" in result.output
+    result = invoke("train", "--data", data, "--out", tmp_path / "m.pt", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    accuracy = float(result.output.split("held-out accuracy ")[1].split(";")[0])
+    assert accuracy > 0.5 and (tmp_path / "m.pt").is_file()
+
+
+def test_train_names_a_non_image_file(digits, tmp_path: Path) -> None:
+    for label in ("0", "1"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "a.png").write_bytes(digits.samples[0].path.read_bytes())
+    (tmp_path / "1" / "readme.md").write_text("#")
+    line = one_line_error(invoke("train", "--data", tmp_path, "--out", tmp_path / "m.pt"))
+    assert "readme.md" in line and "move them out" in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_serve_names_a_missing_repository(tmp_path: Path) -> None:
+    line = one_line_error(invoke("serve", "--repository", tmp_path / "nope"))
+    assert "is not a folder (it does not exist)" in line
+
+
+def test_classify_against_no_server_fails_in_one_line(digits) -> None:
+    line = one_line_error(invoke("classify", "--url", "127.0.0.1:1", digits.samples[0].path))
+    assert "cannot reach Triton at 127.0.0.1:1" in line
