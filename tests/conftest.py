@@ -32,5 +32,17 @@ def held_out(digits: ImageFolder, trained: TrainResult) -> tuple[np.ndarray, np.
     return load_arrays(held, trained.checkpoint.preprocessing)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need CUDA; without it they skip and say why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def publish_trained(checkpoint: Checkpoint, repository: Path, model: str = "classifier", **kwargs):
     return export_checkpoint(checkpoint, repository, model, **kwargs)

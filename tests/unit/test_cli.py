@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,8 @@ def test_export_publishes_and_versions_lists_it(trained, tmp_path: Path) -> None
     listed = invoke("versions", "--repository", repo, "--model", "digits")
     assert listed.exit_code == 0
     assert "│ 1 " in listed.output and "100.0%" in listed.output
+    manifest = json.loads((repo / "digits" / "1" / "manifest.json").read_text())
+    assert manifest["evaluation"]["holdout_accuracy"] == trained.holdout_accuracy
 
 
 def test_export_to_an_existing_version_number_fails_and_writes_nothing(

@@ -120,7 +120,7 @@ def publish_onnx(
             "training": checkpoint.training,
         },
         parity=report.to_dict(),
-        evaluation=dict(evaluation or {}),
+        evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
         tools={**tool_versions(), "onnx_opset": str(OPSET)},
     )
     published = publish(
@@ -132,6 +132,12 @@ def publish_onnx(
         server_url=server_url,
     )
     return ExportResult(published, report)
+
+
+def _recorded_evaluation(checkpoint: ckpt.Checkpoint) -> dict[str, object]:
+    """The held-out figures training recorded in the checkpoint, if any."""
+    keys = ("holdout_accuracy", "holdout")
+    return {k: checkpoint.training[k] for k in keys if k in checkpoint.training}
 
 
 def tool_versions() -> dict[str, str]:
