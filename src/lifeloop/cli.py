@@ -309,5 +309,62 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command()
+@_errors
+def loadtest(
+    url: Annotated[str, typer.Option(help="Triton URL (host:port, or grpc:// / http://).")],
+    model: ModelName = "classifier",
+    protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
+    users: Annotated[int, typer.Option(help="Concurrent Locust users.")] = 16,
+    spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 16.0,
+    duration: Annotated[float, typer.Option(help="Longest measurement, in seconds.")] = 30.0,
+    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second.")] = None,
+    arrival: Annotated[str, typer.Option(help="Open-loop arrivals: constant or poisson.")] = "constant",
+    out: Annotated[Path, typer.Option(help="Folder for report.json, windows.csv, report.html.")] = Path(
+        "runs/loadtest"
+    ),
+    metrics_url: Annotated[
+        str | None, typer.Option(help="Triton metrics (default: the server's host, port 8002).")
+    ] = None,
+    payload_dir: Annotated[Path | None, typer.Option(help="Images to send (default: synthetic).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per request.")] = 1,
+    window: Annotated[float | None, typer.Option(help="Window length in seconds.")] = None,
+) -> None:
+    """Drive load with Locust and measure like perf_analyzer: stable windows, percentiles,
+    failures by cause, and Triton's server-side split."""
+    from lifeloop.loadtest import LoadTestConfig, run_loadtest
+
+    config = LoadTestConfig(
+        url=url, model=model, protocol=protocol, users=users, spawn_rate=spawn_rate,
+        duration_s=duration, rate=rate, arrival=arrival, out=str(out), metrics_url=metrics_url,
+        payload_dir=str(payload_dir) if payload_dir else None, batch_size=batch_size, window_s=window,
+    )
+
+    def show(event: dict[str, Any]) -> None:
+        if event["event"] == "spawned":
+            console.print(f"{event['users']} users running; measuring {config.window:.2f} s windows")
+        elif event["event"] == "window":
+            mark = "stable" if event["stable"] else ""
+            console.print(
+                f"window {event['index']:>3}  {event['throughput']:9.1f} req/s  "
+                f"p99 {event['p99']:8.2f} ms  failures {event['failures']:>5}  {mark}"
+            )
+
+    report = run_loadtest(config, on_event=show)
+    _print_loadtest(report, out)
+
+
+def _print_loadtest(report: dict[str, Any], out: Path) -> None:
+    from lifeloop.loadtest.report import summary_rows
+
+    table = Table(title=f"load test ({report['mode']})", show_header=False)
+    for key, value in summary_rows(report):
+        table.add_row(key, value)
+    console.print(table)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"report: {out / 'report.json'}, {out / 'windows.csv'}, {out / 'report.html'}")
+
+
 def main() -> None:
     app()

@@ -47,6 +47,10 @@ class _Base:
     ) -> None:
         self.close()
 
+    def is_ready(self) -> bool:
+        """Whether the server answers and is ready; never raises."""
+        return self._transport.is_ready()
+
     def wait_until_ready(self, timeout_s: float = 60.0, *, model: str | None = None) -> None:
         """Block until the server (and `model`, if given) is ready, or raise after timeout_s."""
         deadline = time.monotonic() + timeout_s
@@ -68,9 +72,6 @@ class ServerControl(_Base):
 
     def __init__(self, url: str, protocol: str | None = "http", *, timeout_s: float = 120.0):
         super().__init__(url, protocol, timeout_s=timeout_s)
-
-    def is_ready(self) -> bool:
-        return self._transport.is_ready()
 
     def load_model(self, model: str) -> None:
         self._transport.load_model(model)
