@@ -319,14 +319,18 @@ def loadtest(
     spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 16.0,
     duration: Annotated[float, typer.Option(help="Longest measurement, in seconds.")] = 30.0,
     rate: Annotated[float | None, typer.Option(help="Open loop: requests per second.")] = None,
-    arrival: Annotated[str, typer.Option(help="Open-loop arrivals: constant or poisson.")] = "constant",
-    out: Annotated[Path, typer.Option(help="Folder for report.json, windows.csv, report.html.")] = Path(
-        "runs/loadtest"
-    ),
+    arrival: Annotated[
+        str, typer.Option(help="Open-loop arrivals: constant or poisson.")
+    ] = "constant",
+    out: Annotated[
+        Path, typer.Option(help="Folder for report.json, windows.csv, report.html.")
+    ] = Path("runs/loadtest"),
     metrics_url: Annotated[
         str | None, typer.Option(help="Triton metrics (default: the server's host, port 8002).")
     ] = None,
-    payload_dir: Annotated[Path | None, typer.Option(help="Images to send (default: synthetic).")] = None,
+    payload_dir: Annotated[
+        Path | None, typer.Option(help="Images to send (default: synthetic).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per request.")] = 1,
     window: Annotated[float | None, typer.Option(help="Window length in seconds.")] = None,
 ) -> None:
@@ -335,14 +339,26 @@ def loadtest(
     from lifeloop.loadtest import LoadTestConfig, run_loadtest
 
     config = LoadTestConfig(
-        url=url, model=model, protocol=protocol, users=users, spawn_rate=spawn_rate,
-        duration_s=duration, rate=rate, arrival=arrival, out=str(out), metrics_url=metrics_url,
-        payload_dir=str(payload_dir) if payload_dir else None, batch_size=batch_size, window_s=window,
+        url=url,
+        model=model,
+        protocol=protocol,
+        users=users,
+        spawn_rate=spawn_rate,
+        duration_s=duration,
+        rate=rate,
+        arrival=arrival,
+        out=str(out),
+        metrics_url=metrics_url,
+        payload_dir=str(payload_dir) if payload_dir else None,
+        batch_size=batch_size,
+        window_s=window,
     )
 
     def show(event: dict[str, Any]) -> None:
         if event["event"] == "spawned":
-            console.print(f"{event['users']} users running; measuring {config.window:.2f} s windows")
+            console.print(
+                f"{event['users']} users running; measuring {config.window:.2f} s windows"
+            )
         elif event["event"] == "window":
             mark = "stable" if event["stable"] else ""
             console.print(
@@ -364,6 +380,118 @@ def _print_loadtest(report: dict[str, Any], out: Path) -> None:
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"report: {out / 'report.json'}, {out / 'windows.csv'}, {out / 'report.html'}")
+
+
+@app.command()
+@_errors
+def bench(
+    out: Annotated[
+        Path, typer.Option(help="Folder for bench.json and the served repository.")
+    ] = Path("runs/bench"),
+    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 2.0,
+    max_seconds: Annotated[float, typer.Option(help="Longest measurement of one figure.")] = 24.0,
+) -> None:
+    """Measure side by side in one run: raw vs served, batching on vs off, Locust vs lean."""
+    from lifeloop.loadtest.bench import run_bench
+
+    results = run_bench(out, window_s=window, max_s=max_seconds, say=console.print)
+    table = Table(title="lifeloop bench (ratios measured side by side in this run)")
+    for column in ("ratio", "measured", "target", "from"):
+        table.add_column(column)
+    sources = _bench_sources(results)
+    for name, value in results["ratios"].items():
+        target = results["targets"].get(name)
+        verdict = (
+            "-"
+            if target is None
+            else f">= {target['target']:g} " + ("met" if target["met"] else "MISSED")
+        )
+        table.add_row(name, f"{value:.3f}", verdict, sources[name])
+    console.print(table)
+    console.print(f"bench.json: {out / 'bench.json'}")
+
+
+def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
+    raw, served, batching, harness = (results[k] for k in ("raw", "served", "batching", "harness"))
+    sources = {}
+    for model in ("resnet18", "small_cnn"):
+        sources[f"served_over_raw_{model}"] = (
+            f"{served[model]['throughput']:.1f} served / "
+            f"{raw[model]['images_per_s']:.1f} raw images/s"
+        )
+        sources[f"batching_gain_{model}"] = (
+            f"{batching[model]['on']['throughput']:.1f} on / "
+            f"{batching[model]['off']['throughput']:.1f} off req/s"
+        )
+    sources["locust_over_lean"] = (
+        f"{harness['locust']['throughput']:.1f} Locust / "
+        f"{harness['lean']['throughput']:.1f} lean req/s"
+    )
+    return sources
+
+
+@app.command()
+@_errors
+def tune(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    url: Annotated[str, typer.Option(help="Triton gRPC URL.")] = "localhost:8001",
+    p99_budget_ms: Annotated[float, typer.Option(help="Highest acceptable p99 latency.")] = 50.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight while measuring.")] = 16,
+    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 2.0,
+    max_seconds: Annotated[float, typer.Option(help="Longest measurement of one point.")] = 16.0,
+    max_points: Annotated[int, typer.Option(help="Most configs to try.")] = 12,
+    out: Annotated[Path | None, typer.Option(help="Write the trials as JSON here.")] = None,
+) -> None:
+    """Hill-climb max_batch_size, queue delay and instances under a p99 budget; write the winner."""
+    import json
+
+    from lifeloop.loadtest.tune import tune as run_tune
+
+    result = run_tune(
+        url=url,
+        repository=repository,
+        model=model,
+        p99_budget_ms=p99_budget_ms,
+        concurrency=concurrency,
+        window_s=window,
+        max_s=max_seconds,
+        max_points=max_points,
+        say=console.print,
+    )
+    table = Table(
+        title=f"tune {model}: p99 budget {p99_budget_ms:g} ms at concurrency {concurrency}"
+    )
+    for column in (
+        "max_batch_size",
+        "queue delay (us)",
+        "instances",
+        "req/s",
+        "p99 ms",
+        "within budget",
+    ):
+        table.add_column(column)
+    winner = result["winner"]
+    for row in sorted(result["trials"], key=lambda r: -r["throughput_rps"]):
+        mark = " <- winner" if winner and row == winner else ""
+        table.add_row(
+            str(row["max_batch_size"]),
+            str(row["max_queue_delay_us"]),
+            str(row["instances"]),
+            f"{row['throughput_rps']:.1f}",
+            f"{row['p99_ms']:.2f}",
+            ("yes" if row["feasible"] else "no") + mark,
+        )
+    console.print(table)
+    if winner is None:
+        console.print(
+            f"[yellow]no config met p99 <= {p99_budget_ms:g} ms; the original config was kept[/]"
+        )
+    else:
+        console.print(f"wrote the winner to {repository / model / 'config.pbtxt'}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:

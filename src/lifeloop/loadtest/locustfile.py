@@ -28,6 +28,7 @@ from grpc.experimental import gevent as grpc_gevent
 from locust import User, constant, events, task
 
 from lifeloop.client import ClientError, LifeloopClient
+from lifeloop.loadtest.stats import Schedule
 
 # gRPC's C core must cooperate with gevent before any channel exists, or greenlets block
 # each other inside grpc calls.
@@ -70,28 +71,6 @@ def _arguments(parser: Any) -> None:
         env_var="LOCUST_ARRIVAL",
         help="Open-loop arrival process",
     )
-
-
-class Schedule:
-    """Intended send times for open-loop load, shared by every user of one process."""
-
-    def __init__(self, rate: float, arrival: str = "constant", seed: int = 0) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be > 0, got {rate}")
-        self.rate = rate
-        self.arrival = arrival
-        self._random = np.random.default_rng(seed)
-        self._next = time.perf_counter()
-
-    def take(self) -> float:
-        """The next send time; the caller sleeps until then. (Greenlets do not preempt, so
-        this needs no lock.)"""
-        slot = self._next
-        gap = (
-            self._random.exponential(1 / self.rate) if self.arrival == "poisson" else 1 / self.rate
-        )
-        self._next += gap
-        return slot
 
 
 _schedule: Schedule | None = None

@@ -91,7 +91,8 @@ def build_report(
         )
         if total.late_share > LATE_WARNING_SHARE:
             warnings.append(
-                f"{total.late_share:.1%} of requests were sent more than {config.late_threshold_ms:g} ms "
+                f"{total.late_share:.1%} of requests were sent more than "
+                f"{config.late_threshold_ms:g} ms "
                 "late: the load generator could not keep the rate; add --users or workers"
             )
     report["windows"] = [
@@ -123,7 +124,8 @@ def render_html(
     config = report["config"]
     title = f"lifeloop load test: {config['model']} over {config['protocol']}"
     figures = "".join(
-        f'<figure class="plot" id="{name}">{svg}<figcaption>{html.escape(caption)}</figcaption></figure>'
+        f'<figure class="plot" id="{name}">{svg}'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, svg, caption in _plots(report, windows, measured)
     )
     rows = "".join(
@@ -135,7 +137,8 @@ def render_html(
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }} th, td {{ padding: .25rem .75rem; text-align: left; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ padding: .25rem .75rem; text-align: left; }}
 th {{ color: #555; font-weight: 500; }} tr:nth-child(even) {{ background: #f4f4f4; }}
 .warning {{ background: #fff3cd; padding: .5rem 1rem; border-left: 4px solid #e0a800; }}
 .plot svg {{ width: 100%; height: auto; }} figure {{ margin: 1.5rem 0; }}
@@ -154,7 +157,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("stable (perf_analyzer rule)", "yes" if report["stable"] else "no"),
         (
             "windows measured / total",
-            f"{report['windows_measured']} / {report['windows_total']} of {report['window_s']:.2f} s",
+            f"{report['windows_measured']} / {report['windows_total']} "
+            f"of {report['window_s']:.2f} s",
         ),
         ("throughput", f"{report['throughput_rps']:.1f} requests/s"),
         ("requests / failures", f"{report['requests']} / {report['failures']}"),
@@ -198,7 +202,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             (
                 name,
-                f"{figures['requests']} requests, {figures['throughput_rps']:.1f}/s, p99 {figures['p99']:.2f} ms",
+                f"{figures['requests']} requests, {figures['throughput_rps']:.1f}/s, "
+                f"p99 {figures['p99']:.2f} ms",
             )
         )
     return rows
@@ -227,7 +232,7 @@ def _plots(
     ax.plot(mids, [w.throughput for w in windows], marker="o", color="#1f77b4")
     ax.set_xlabel("seconds")
     ax.set_ylabel("requests/s")
-    ax.set_ylim(bottom=0)  # noqa: E702
+    ax.set_ylim(bottom=0)
     _shade(ax, span)
     plots.append(
         (
@@ -250,7 +255,7 @@ def _plots(
     ax.set_xlabel("seconds")
     ax.set_ylabel("latency (ms)")
     ax.set_ylim(bottom=0)
-    ax.legend()  # noqa: E702
+    ax.legend()
     _shade(ax, span)
     plots.append(("latency", _svg(fig, plt), "Latency percentiles per window"))
 
@@ -272,7 +277,7 @@ def _plots(
             )
             left += value
         ax.set_xlabel("milliseconds")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3)  # noqa: E702
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5), ncol=3)
         fig.tight_layout()
         plots.append(
             (

@@ -31,7 +31,9 @@ def preflight(config: LoadTestConfig) -> None:
             raise LoadTestError(f"model {config.model!r} cannot be load-tested: {exc}") from exc
 
 
-def run_loadtest(config: LoadTestConfig, *, on_event: Callable[[Event], None] | None = None) -> dict[str, Any]:
+def run_loadtest(
+    config: LoadTestConfig, *, on_event: Callable[[Event], None] | None = None
+) -> dict[str, Any]:
     preflight(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,9 @@ def run_loadtest(config: LoadTestConfig, *, on_event: Callable[[Event], None] | 
                 process.wait()
     if code != 0:
         tail = (out / "locust.log").read_text().strip().splitlines()[-1:] or ["(empty log)"]
-        raise LoadTestError(f"the Locust process failed with code {code}: {tail[0]} (see {out / 'locust.log'})")
+        raise LoadTestError(
+            f"the Locust process failed with code {code}: {tail[0]} (see {out / 'locust.log'})"
+        )
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     if report.get("all_failed"):
         causes = report.get("failures_by_cause", {})

@@ -196,3 +196,121 @@ def server_split(
         executions=int(delta("nv_inference_exec_count")),
         **{f"{k}_ms": delta(v) * per for k, v in SERVER_COUNTERS.items()},  # type: ignore[arg-type]
     )
+
+
+# --- in-process measurement under the stability rule --------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Figures merged over the accepted windows of one measurement."""
+
+    throughput: float  # per second, of whatever one sample counts (requests, batches)
+    latency: Latency
+    requests: int
+    failures: int
+    stable: bool
+    windows: tuple[Window, ...]
+
+    def to_dict(self, *, per_sample: int = 1) -> dict[str, Any]:
+        return {
+            "throughput": self.throughput * per_sample,
+            "latency_ms": asdict(self.latency),
+            "requests": self.requests,
+            "failures": self.failures,
+            "stable": self.stable,
+            "windows": len(self.windows),
+        }
+
+
+class Meter:
+    """Collects samples as they finish and cuts them into windows of `window_s` after a
+    warm-up; `done()` turns true once the last `count` windows are stable or `max_s` is spent.
+
+    Samples arrive in time order, so each closed window is a contiguous slice found by
+    bisection and summarised once: checking `done()` after every sample stays cheap."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float,
+        max_s: float,
+        warmup_s: float | None = None,
+        count: int = 3,
+        tolerance: float = 0.10,
+        clock: Any = None,
+    ) -> None:
+        import time
+
+        self.clock = clock or time.monotonic
+        self.window_s = window_s
+        self.max_s = max_s
+        self.count = count
+        self.tolerance = tolerance
+        self.start = self.clock() + (window_s if warmup_s is None else warmup_s)
+        self.samples: list[Sample] = []
+        self._ends: list[float] = []
+        self._closed: list[Window] = []
+
+    def add(self, latency_ms: float, *, ok: bool = True, error: str = "") -> None:
+        now = self.clock()
+        self.samples.append(Sample(now, latency_ms, ok, error=error))
+        self._ends.append(now)
+
+    def windows(self) -> list[Window]:
+        import bisect
+
+        closed = int(max(0.0, self.clock() - self.start) // self.window_s)
+        while len(self._closed) < closed:
+            a = self.start + len(self._closed) * self.window_s
+            b = a + self.window_s
+            lo, hi = bisect.bisect_left(self._ends, a), bisect.bisect_left(self._ends, b)
+            self._closed.append(window(self.samples[lo:hi], a, b))
+        return list(self._closed)
+
+    def done(self) -> bool:
+        if self.clock() - self.start >= self.max_s:
+            return True
+        return is_stable(self.windows(), count=self.count, tolerance=self.tolerance)
+
+    def result(self) -> Measurement:
+        windows = self.windows()
+        stable = is_stable(windows, count=self.count, tolerance=self.tolerance)
+        chosen = windows[-self.count :] if windows else []
+        total = merge(self.samples, chosen) if chosen else window([], 0.0, 1.0)
+        return Measurement(
+            throughput=total.throughput,
+            latency=total.latency,
+            requests=total.requests,
+            failures=total.failures,
+            stable=stable,
+            windows=tuple(windows),
+        )
+
+
+class Schedule:
+    """Intended send times for open-loop load: constant gaps of 1/rate, or exponential gaps
+    (Poisson arrivals) with that mean. One schedule is shared by every user of a process."""
+
+    def __init__(
+        self, rate: float, arrival: str = "constant", *, seed: int = 0, start: float | None = None
+    ):
+        import time
+
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        if arrival not in ("constant", "poisson"):
+            raise ValueError(f"arrival must be constant or poisson, got {arrival!r}")
+        self.rate = rate
+        self.arrival = arrival
+        self._random = np.random.default_rng(seed)
+        self._next = time.perf_counter() if start is None else start
+
+    def take(self) -> float:
+        """The next send time. (Greenlets do not preempt each other, so this needs no lock.)"""
+        slot = self._next
+        gap = (
+            self._random.exponential(1 / self.rate) if self.arrival == "poisson" else 1 / self.rate
+        )
+        self._next += gap
+        return slot

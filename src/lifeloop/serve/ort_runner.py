@@ -85,6 +85,10 @@ def session_options(params: dict[str, str]) -> Any:
         options.execution_mode = getattr(ort.ExecutionMode, _EXECUTION_MODES[mode])
     if params.get("enable_mem_arena", "").strip() == "0":
         options.enable_cpu_mem_arena = False
+    for key, value in params.items():
+        # ONNX Runtime session config entries, e.g. session.intra_op.allow_spinning = 0.
+        if key.startswith("session."):
+            options.add_session_config_entry(key, value.strip())
     return options
 
 

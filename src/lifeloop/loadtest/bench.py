@@ -1,0 +1,266 @@
+"""`lifeloop bench`: side-by-side figures from one run on one machine, and their ratios.
+
+- raw vs served: in-process onnxruntime at its best batch size (the practical ceiling) against
+  the same ONNX file served by Triton with dynamic batching under saturating concurrency;
+- batching on vs off: the same model served with and without the dynamic batcher;
+- harness vs client: Locust's throughput against the lean asyncio client's, same server.
+
+Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
+what carry across machines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifeloop.export import Checkpoint, build, export_checkpoint
+from lifeloop.loadtest.lean import measure_lean, measure_raw
+from lifeloop.preprocessing import Preprocessing
+from lifeloop.repository import read_config, write_config
+from lifeloop.serve import ServerConfig, TritonServer, free_port
+
+TARGETS = {
+    "served_over_raw_resnet18": 0.90,
+    "batching_gain_small_cnn": 3.0,
+    "locust_over_lean": 0.90,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchModel:
+    name: str
+    arch: str
+    size: int
+    classes: int
+    raw_batches: tuple[int, ...]
+    served_concurrency: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+
+MODELS = (
+    BenchModel(
+        name="resnet18",
+        arch="resnet18",
+        size=224,
+        classes=1000,
+        raw_batches=(1, 8, 16),
+        served_concurrency=16,
+    ),
+    BenchModel(
+        name="small_cnn",
+        arch="small_cnn",
+        size=32,
+        classes=10,
+        raw_batches=(1, 32, 128),
+        served_concurrency=32,
+    ),
+)
+
+
+def run_bench(
+    out: Path,
+    *,
+    window_s: float = 2.0,
+    max_s: float = 24.0,
+    locust_users: int = 32,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    repository = out / "model_repository"
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "method": f"closed loop; windows of {window_s:g} s or more; stable when the last 3 "
+        "agree within 10%; "
+        f"at most {max_s:g} s per figure",
+        "raw": {},
+        "served": {},
+        "batching": {},
+        "harness": {},
+    }
+    onnx = {}
+    for spec in MODELS:
+        say(f"exporting {spec.name} ({spec.arch} at {spec.size}x{spec.size}, random weights)")
+        onnx[spec.name] = str(_publish(spec, repository))
+
+    ports = [free_port() for _ in range(3)]
+    config = ServerConfig(
+        repository=repository,
+        http_port=ports[0],
+        grpc_port=ports[1],
+        metrics_port=ports[2],
+        log_file=out / "tritonserver.log",
+    )
+    with TritonServer(config) as server:
+        url = server.grpc_url
+        for spec in MODELS:
+            # Raw at each batch size, then served, then raw again at the best batch size: the
+            # ceiling is the mean of the two raw figures that bracket the served one, so slow
+            # drift of a shared machine cancels instead of landing on one side of the ratio.
+            by_batch = {}
+            for batch in spec.raw_batches:
+                m = measure_raw(onnx[spec.name], spec.shape, batch, window_s=window_s, max_s=max_s)
+                by_batch[str(batch)] = m.to_dict(per_sample=batch)
+                say(
+                    f"  raw onnxruntime {spec.name} batch {batch}: "
+                    f"{by_batch[str(batch)]['throughput']:.1f} images/s"
+                )
+            best = max(by_batch, key=lambda b: by_batch[b]["throughput"])
+            served = measure_lean(
+                url,
+                spec.name,
+                spec.shape,
+                concurrency=spec.served_concurrency,
+                window_s=window_s,
+                max_s=max_s,
+            )
+            again = measure_raw(
+                onnx[spec.name], spec.shape, int(best), window_s=window_s, max_s=max_s
+            )
+            after = again.throughput * int(best)
+            ceiling = (by_batch[best]["throughput"] + after) / 2
+            results["raw"][spec.name] = {
+                "best_batch": int(best),
+                "images_per_s": ceiling,
+                "before_served": by_batch[best]["throughput"],
+                "after_served": after,
+                "by_batch": by_batch,
+            }
+            results["served"][spec.name] = {
+                "concurrency": spec.served_concurrency,
+                **served.to_dict(),
+            }
+            say(
+                f"  served {spec.name} (dynamic batching, concurrency {spec.served_concurrency}): "
+                f"{served.throughput:.1f} images/s; raw ceiling {ceiling:.1f} (batch {best})"
+            )
+            on = measure_lean(
+                url, spec.name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s
+            )
+            off = measure_lean(
+                url,
+                f"{spec.name}_nobatch",
+                spec.shape,
+                concurrency=32,
+                window_s=window_s,
+                max_s=max_s,
+            )
+            results["batching"][spec.name] = {
+                "concurrency": 32,
+                "on": on.to_dict(),
+                "off": off.to_dict(),
+            }
+            say(
+                f"  {spec.name} at concurrency 32: batching on {on.throughput:.1f}, "
+                f"off {off.throughput:.1f} requests/s"
+            )
+
+        lean = measure_lean(
+            url,
+            "small_cnn",
+            MODELS[1].shape,
+            concurrency=locust_users,
+            window_s=window_s,
+            max_s=max_s,
+        )
+        locust = _locust(server, locust_users, window_s, max_s, out / "locust")
+        results["harness"] = {
+            "model": "small_cnn",
+            "users": locust_users,
+            "lean": lean.to_dict(),
+            "locust": locust,
+        }
+        say(
+            f"  harness on small_cnn at {locust_users}: Locust {locust['throughput']:.1f}, "
+            f"lean {lean.throughput:.1f} requests/s"
+        )
+
+    raw, served, batching = results["raw"], results["served"], results["batching"]
+    results["ratios"] = {
+        "served_over_raw_resnet18": served["resnet18"]["throughput"]
+        / raw["resnet18"]["images_per_s"],
+        "served_over_raw_small_cnn": served["small_cnn"]["throughput"]
+        / raw["small_cnn"]["images_per_s"],
+        "batching_gain_resnet18": _ratio(batching["resnet18"]["on"], batching["resnet18"]["off"]),
+        "batching_gain_small_cnn": _ratio(
+            batching["small_cnn"]["on"], batching["small_cnn"]["off"]
+        ),
+        "locust_over_lean": results["harness"]["locust"]["throughput"]
+        / results["harness"]["lean"]["throughput"],
+    }
+    results["targets"] = {
+        name: {
+            "target": target,
+            "measured": results["ratios"][name],
+            "met": results["ratios"][name] >= target,
+        }
+        for name, target in TARGETS.items()
+    }
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> float:
+    return numerator["throughput"] / denominator["throughput"] if denominator["throughput"] else 0.0
+
+
+def _publish(spec: BenchModel, repository: Path) -> Path:
+    """Export random weights as `<name>` (dynamic batching) and `<name>_nobatch` (none)."""
+    torch.manual_seed(0)
+    model = build(spec.arch, spec.classes)
+    checkpoint = Checkpoint(
+        arch=spec.arch,
+        labels=tuple(f"class{i}" for i in range(spec.classes)),
+        preprocessing=Preprocessing(size=spec.size),
+        state_dict=model.state_dict(),
+    )
+    for name in (spec.name, f"{spec.name}_nobatch"):
+        if (repository / name / "1").is_dir():
+            continue
+        export_checkpoint(checkpoint, repository, name)
+    nobatch = read_config(repository / f"{spec.name}_nobatch")
+    assert nobatch is not None
+    write_config(repository, dataclasses.replace(nobatch, dynamic_batching=None))
+    return repository / spec.name / "1" / "model.onnx"
+
+
+def _locust(
+    server: TritonServer, users: int, window_s: float, max_s: float, out: Path
+) -> dict[str, Any]:
+    from lifeloop.loadtest.config import LoadTestConfig
+    from lifeloop.loadtest.runner import run_loadtest
+
+    config = LoadTestConfig(
+        url=server.grpc_url,
+        model="small_cnn",
+        protocol="grpc",
+        users=users,
+        spawn_rate=float(users),
+        duration_s=max_s + window_s,
+        window_s=window_s,
+        metrics_url=server.metrics_url,
+        out=str(out),
+    )
+    report = run_loadtest(config)
+    return {
+        "throughput": report["throughput_rps"],
+        "latency_ms": report["latency_ms"],
+        "requests": report["requests"],
+        "failures": report["failures"],
+        "stable": report["stable"],
+        "report": str(out / "report.json"),
+    }

@@ -1,0 +1,216 @@
+"""Locust against the real server: both protocols, open loop, a headless locust that exits by
+itself, bad input, tune over a tiny search space, and a quick bench through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lifeloop.cli import app
+from lifeloop.loadtest import LoadTestConfig, LoadTestError, run_loadtest
+from lifeloop.repository import read_config
+from tests.conftest import publish_trained
+
+runner = CliRunner()
+LOCUSTFILE = Path(__file__).parents[2] / "src" / "lifeloop" / "loadtest" / "locustfile.py"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_locust_run_reports_throughput_percentiles_and_server_split(
+    server, protocol, tmp_path
+) -> None:
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    config = LoadTestConfig(
+        url=url,
+        protocol=protocol,
+        users=4,
+        spawn_rate=4,
+        duration_s=6,
+        window_s=1.0,
+        metrics_url=server.metrics_url,
+        out=str(tmp_path),
+    )
+    report = run_loadtest(config)
+    assert report["requests"] > 50 and report["failures"] == 0 and report["throughput_rps"] > 10
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+    assert list(report["per_name"]) == ["classifier v1"]
+    assert report["server"]["requests"] > 0 and report["server"]["compute_infer_ms"] > 0
+    assert 0 < report["server"]["request_ms"] <= lat["mean"]
+    rows = (tmp_path / "windows.csv").read_text().splitlines()
+    assert rows[0].startswith("start_s,end_s,requests") and len(rows) == report["windows_total"] + 1
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 3
+
+
+def test_open_loop_holds_the_rate_and_reports_late_sends(server, tmp_path) -> None:
+    config = LoadTestConfig(
+        url=server.grpc_url,
+        users=8,
+        spawn_rate=8,
+        duration_s=6,
+        window_s=1.0,
+        rate=40.0,
+        arrival="poisson",
+        metrics_url=server.metrics_url,
+        out=str(tmp_path),
+    )
+    report = run_loadtest(config)
+    assert report["mode"] == "open loop" and report["target_rate"] == 40.0
+    assert report["throughput_rps"] == pytest.approx(40.0, rel=0.3)
+    assert 0.0 <= report["late_share"] <= 1.0
+
+
+def test_headless_locust_with_grpc_users_exits_by_itself(server, tmp_path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "3s",
+            "--host",
+            f"grpc://{server.grpc_url}",
+            "--model",
+            "classifier",
+            "--only-summary",
+            "TritonGrpcUser",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "classifier v1" in result.stdout + result.stderr
+
+
+def test_unreachable_url_unknown_model_and_bad_duration_fail_in_one_line(server, tmp_path) -> None:
+    cases = [
+        (["--url", "127.0.0.1:1"], "cannot reach a ready Triton at 127.0.0.1:1"),
+        (["--url", server.grpc_url, "--model", "nope"], "model 'nope' cannot be load-tested"),
+        (["--url", server.grpc_url, "--duration", "0"], "--duration must be > 0 seconds, got 0"),
+        (["--url", server.grpc_url, "--duration", "-3"], "--duration must be > 0 seconds, got -3"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["loadtest", *args, "--out", str(tmp_path)])
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_a_load_test_whose_requests_all_fail_says_so(server, tmp_path) -> None:
+    config = LoadTestConfig(
+        url=server.grpc_url,
+        users=2,
+        spawn_rate=2,
+        duration_s=3,
+        window_s=1.0,
+        model_version=99,
+        metrics_url=server.metrics_url,
+        out=str(tmp_path),
+    )
+    with pytest.raises(
+        LoadTestError, match="all .* requests failed, so there is no throughput to report"
+    ):
+        run_loadtest(config)
+
+
+def test_loadtest_command_prints_the_figures(server, tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "loadtest",
+            "--url",
+            server.http_url,
+            "--protocol",
+            "http",
+            "--users",
+            "2",
+            "--duration",
+            "4",
+            "--metrics-url",
+            server.metrics_url,
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "throughput" in result.output and "report.html" in result.output
+    assert json.loads((tmp_path / "report.json").read_text())["failures"] == 0
+
+
+def test_tune_climbs_a_tiny_space_and_writes_the_winner_back(server, trained, tmp_path) -> None:
+    repo = Path(server.config.repository)
+    publish_trained(trained.checkpoint, repo, "tuned", server_url=server.http_url)
+    out = tmp_path / "tune.json"
+    result = runner.invoke(
+        app,
+        [
+            "tune",
+            "--repository",
+            str(repo),
+            "--model",
+            "tuned",
+            "--url",
+            server.grpc_url,
+            "--p99-budget-ms",
+            "500",
+            "--concurrency",
+            "4",
+            "--window",
+            "0.5",
+            "--max-seconds",
+            "2",
+            "--max-points",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(out.read_text())
+    assert len(tuned["trials"]) == 3 and tuned["winner"] is not None
+    best = max((t for t in tuned["trials"] if t["feasible"]), key=lambda t: t["throughput_rps"])
+    config = read_config(repo / "tuned")
+    assert (config.max_batch_size, config.dynamic_batching.max_queue_delay_us) == (
+        best["max_batch_size"],
+        best["max_queue_delay_us"],
+    )
+    assert "winner" in result.output
+    from lifeloop.client import LifeloopClient
+
+    with LifeloopClient(server.grpc_url, model="tuned") as client:
+        client.wait_until_ready(60, model="tuned")
+        assert client.model_info(refresh=True).max_batch_size == best["max_batch_size"]
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_ratio(tmp_path) -> None:
+    result = runner.invoke(
+        app, ["bench", "--out", str(tmp_path), "--window", "0.5", "--max-seconds", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    for name in (
+        "served_over_raw_resnet18",
+        "served_over_raw_small_cnn",
+        "batching_gain_small_cnn",
+        "batching_gain_resnet18",
+        "locust_over_lean",
+    ):
+        assert bench["ratios"][name] > 0
+    assert bench["raw"]["resnet18"]["best_batch"] in (1, 8, 16)
+    assert bench["harness"]["locust"]["failures"] == 0
