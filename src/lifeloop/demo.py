@@ -22,7 +22,7 @@ from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.export import export_checkpoint
 from lifeloop.retrain import train, write_digits
 from lifeloop.retrain.datasets import load_arrays
-from lifeloop.serve import ServerConfig, TritonServer, free_port
+from lifeloop.serve import ServerConfig, TritonServer
 
 MODEL = "classifier"
 
@@ -84,14 +84,7 @@ def run_demo(
     )
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
 
-    ports = [free_port() for _ in range(3)]
-    config = ServerConfig(
-        repository=repository,
-        http_port=ports[0],
-        grpc_port=ports[1],
-        metrics_port=ports[2],
-        log_file=out / "tritonserver.log",
-    )
+    config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     console.rule("[bold]4. serve")
     with TritonServer(config) as server:
         console.print(

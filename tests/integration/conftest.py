@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from lifeloop.retrain import TrainResult
-from lifeloop.serve import ServerConfig, TritonServer, free_port
+from lifeloop.serve import ServerConfig, TritonServer
 from tests.conftest import publish_trained
 
 
 def server_config(repository: Path, **kwargs) -> ServerConfig:
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    return ServerConfig(
-        repository=repository, log_file=repository.parent / "tritonserver.log", **ports, **kwargs
+    return ServerConfig.on_free_ports(
+        repository, log_file=repository.parent / "tritonserver.log", **kwargs
     )
 
 

@@ -17,7 +17,7 @@ from lifeloop.client._codec import (
     decode,
     to_samples,
 )
-from lifeloop.client._transport import Transport
+from lifeloop.client._transport import Prepared, Transport
 from lifeloop.client.errors import ClientError
 
 
@@ -146,6 +146,18 @@ class LifeloopClient(_Base):
                 info = self.model_info(info.name, refresh=True)
             answers.extend(decode(logits, info=info, version=answered, top_k=top_k))
         return answers
+
+    def prepare(self, batch: Any, *, model: str | None = None) -> Prepared:
+        """Encode a preprocessed float32 batch once, for `send` to repeat (load generators)."""
+        info = self.model_info(model)
+        return self._transport.prepare(
+            info.name, {info.input_name: (batch, info.input_dtype)}, [info.output_name]
+        )
+
+    def send(self, prepared: Prepared, *, version: int | None = None) -> tuple[Any, int]:
+        """Send a prepared request: (logits, the version that answered)."""
+        outputs, answered = self._transport.send(prepared, version=str(version or ""))
+        return outputs[prepared.output_names[0]], answered
 
     def infer(
         self, batch: Any, *, model: str | None = None, version: int | None = None

@@ -6,6 +6,7 @@ that names the URL and the model."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -98,6 +99,36 @@ class Transport:
     def unload_model(self, model: str) -> None:
         self._call(f"unload of {model!r}", self.client.unload_model, model)
 
+    def prepare(
+        self, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: list[str]
+    ) -> Prepared:
+        """Encode a request's tensors once, so that it can be sent many times."""
+        tensors = []
+        for name, (array, dtype) in inputs.items():
+            tensor = self.triton.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        wanted = [self.triton.InferRequestedOutput(n) for n in outputs]
+        return Prepared(model, tensors, wanted, list(outputs))
+
+    def send(
+        self, prepared: Prepared, *, version: str = "", request_id: str = ""
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """One request -> (outputs by name, the version that answered)."""
+        extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        result = self._call(
+            f"inference on {prepared.model!r}",
+            self.client.infer,
+            prepared.model,
+            prepared.inputs,
+            model_version=version,
+            outputs=prepared.outputs,
+            request_id=request_id,
+            **extra,
+        )
+        names = prepared.output_names
+        return {n: result.as_numpy(n) for n in names}, answered_version(result, self.protocol)
+
     def infer(
         self,
         model: str,
@@ -108,24 +139,18 @@ class Transport:
         request_id: str = "",
     ) -> tuple[dict[str, np.ndarray], int]:
         """One request -> (outputs by name, the version that answered)."""
-        request = []
-        for name, (array, dtype) in inputs.items():
-            tensor = self.triton.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            request.append(tensor)
-        wanted = [self.triton.InferRequestedOutput(n) for n in outputs]
-        extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        result = self._call(
-            f"inference on {model!r}",
-            self.client.infer,
-            model,
-            request,
-            model_version=version,
-            outputs=wanted,
-            request_id=request_id,
-            **extra,
-        )
-        return {n: result.as_numpy(n) for n in outputs}, answered_version(result, self.protocol)
+        prepared = self.prepare(model, inputs, outputs)
+        return self.send(prepared, version=version, request_id=request_id)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request whose tensors are already encoded for one protocol."""
+
+    model: str
+    inputs: list[Any]
+    outputs: list[Any]
+    output_names: list[str]
 
 
 def answered_version(result: Any, protocol: str) -> int:

@@ -43,7 +43,9 @@ async def _measure(
         outputs=[service_pb2.ModelInferRequest().InferRequestedOutputTensor(name=output_name)],
         raw_input_contents=[np.ascontiguousarray(batch).tobytes()],
     )
-    meter = Meter(window_s=window_s, max_s=max_s)
+    # The warm-up lets the server see every batch size the batcher forms (onnxruntime plans
+    # memory per shape on first use) before anything is measured.
+    meter = Meter(window_s=window_s, max_s=max_s, warmup_s=max(window_s, 5.0))
     stop = asyncio.Event()
 
     async def worker() -> None:

@@ -122,7 +122,7 @@ class TritonUser(User):
         self.model = getattr(options, "model", "classifier") or "classifier"
         self.version = int(getattr(options, "model_version", 0) or 0) or None
         self.client = LifeloopClient(self.host or "", self.protocol, model=self.model)
-        self.tensors = payloads(self.client, options)
+        self.requests = [self.client.prepare(t) for t in payloads(self.client, options)]
         self.turn = 0
 
     def on_stop(self) -> None:
@@ -138,12 +138,12 @@ class TritonUser(User):
             if wait > 0:
                 gevent.sleep(wait)
             late_ms = max(0.0, (time.perf_counter() - slot) * 1000)
-        batch = self.tensors[self.turn % len(self.tensors)]
+        prepared = self.requests[self.turn % len(self.requests)]
         self.turn += 1
         started = time.perf_counter()
         name, error, length = self.model, None, 0
         try:
-            logits, version = self.client.infer(batch, model=self.model, version=self.version)
+            logits, version = self.client.send(prepared, version=self.version)
             name, length = f"{self.model} v{version}", int(logits.nbytes)
         except ClientError as exc:
             error = exc

@@ -60,6 +60,13 @@ class ServerConfig:
         if self.poll_secs < 1:
             raise ServerError(f"--poll-secs must be >= 1, got {self.poll_secs}")
 
+    @classmethod
+    def on_free_ports(cls, repository: Path, **kwargs: object) -> ServerConfig:
+        """A config whose three ports are free now (for demos, benches and tests that run
+        beside whatever else listens on this machine)."""
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        return cls(repository=repository, **ports, **kwargs)  # type: ignore[arg-type]
+
     @property
     def log_path(self) -> Path:
         if self.log_file is not None:
