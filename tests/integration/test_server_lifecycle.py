@@ -61,3 +61,46 @@ def test_server_that_exits_during_start_up_shows_the_log_lines_that_say_why(tmp_
     ):
         server.start()
     assert not server.is_running()
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from lifeloop.serve import ServerConfig, TritonServer
+server = TritonServer(ServerConfig.on_free_ports(Path(sys.argv[1]), log_file=Path(sys.argv[2])))
+server.start()
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_server_stops_when_its_owner_is_killed(repository: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(repository), str(tmp_path / "owner.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = int(owner.stdout.readline())
+        os.kill(owner.pid, signal.SIGKILL)  # no __exit__, no stop(): only the kernel can tell
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        assert not _alive(pid)
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for init to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -109,6 +109,17 @@ def check_port_free(host: str, port: int, what: str) -> None:
             ) from exc
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM tritonserver when the process that
+    started it dies, so a killed owner leaves no server holding its ports."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -174,6 +185,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=runtime.env(),
                 start_new_session=True,  # its stubs share its group, which stop() sweeps
+                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready()
