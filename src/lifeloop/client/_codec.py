@@ -81,7 +81,7 @@ def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
 
     An array already shaped like the model's input (CHW, or NCHW) is taken as preprocessed;
     any other array is taken as image pixels (HW or HWC, uint8)."""
-    samples = []
+    samples: list[np.ndarray] = []
     for item in inputs:
         if isinstance(item, np.ndarray) and item.shape[-len(info.input_dims) :] == info.input_dims:
             batch = item.reshape((-1, *info.input_dims))

@@ -160,7 +160,9 @@ def answered_version(result: Any, protocol: str) -> int:
 
 
 def _as_client_error(exc: Exception, url: str, what: str) -> ClientError:
-    message = exc.message() if callable(getattr(exc, "message", None)) else None
+    # tritonclient's InferenceServerException carries its text in a message() method.
+    method = getattr(exc, "message", None)
+    message = method() if callable(method) else None
     text = " ".join(str(message or exc).split())
     refused = isinstance(exc, ConnectionError | OSError) or "failed to connect" in text.lower()
     refused = refused or ("unavailable" in text.lower() and "model" not in text.lower())

@@ -124,8 +124,9 @@ def run(config: LoadTestConfig) -> dict[str, Any]:
             server_split(before, after, config.model).to_dict() if before and after else None
         )
     merged_split = None
-    if scrapes[first] and scrapes[-1]:
-        merged_split = server_split(scrapes[first], scrapes[-1], config.model).to_dict()
+    start, end = scrapes[first], scrapes[-1]
+    if start and end:
+        merged_split = server_split(start, end, config.model).to_dict()
     return write_report(
         config=config,
         samples=samples,

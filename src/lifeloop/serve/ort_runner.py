@@ -98,17 +98,16 @@ class BatchRunner:
     def __init__(self, version_dir: Path, config: dict[str, Any] | str) -> None:
         import onnxruntime as ort
 
-        if isinstance(config, str):
-            config = json.loads(config)
+        settings: dict[str, Any] = json.loads(config) if isinstance(config, str) else config
         self.manifest = verify(Path(version_dir))
-        self.max_batch_size = int(config.get("max_batch_size", 0))
-        self.inputs = [_contract(t) for t in config.get("input", [])]
-        self.output_names = [t["name"] for t in config.get("output", [])]
+        self.max_batch_size = int(settings.get("max_batch_size", 0))
+        self.inputs = [_contract(t) for t in settings.get("input", [])]
+        self.output_names = [t["name"] for t in settings.get("output", [])]
         onnx_files = [f.path for f in self.manifest.files if f.path.endswith(".onnx")]
         model_file = Path(version_dir) / (onnx_files[0] if onnx_files else "model.onnx")
         self.session = ort.InferenceSession(
             str(model_file),
-            sess_options=session_options(parameters(config)),
+            sess_options=session_options(parameters(settings)),
             providers=["CPUExecutionProvider"],
         )
 
