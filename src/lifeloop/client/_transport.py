@@ -52,6 +52,10 @@ class Transport:
 
     def close(self) -> None:
         self.client.close()
+        # tritonclient's __del__ closes the client a second time. Under gevent, a grpc
+        # channel closed twice blocks forever in a futex, so a headless Locust run that had
+        # already closed its clients in on_stop never exited. One close is enough.
+        self.client.close = _closed
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -151,6 +155,10 @@ class Prepared:
     inputs: list[Any]
     outputs: list[Any]
     output_names: list[str]
+
+
+def _closed() -> None:
+    """close() of a client that is already closed."""
 
 
 def answered_version(result: Any, protocol: str) -> int:
