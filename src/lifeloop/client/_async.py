@@ -20,7 +20,12 @@ from lifeloop.client._codec import (
     decode,
     to_samples,
 )
-from lifeloop.client._transport import _as_client_error, answered_version, split_url
+from lifeloop.client._transport import (
+    _as_client_error,
+    answered_version,
+    config_payload,
+    split_url,
+)
 from lifeloop.client.errors import ClientError
 
 
@@ -78,13 +83,12 @@ class AsyncLifeloopClient:
     async def model_info(self, model: str | None = None, *, refresh: bool = False) -> ModelInfo:
         name = model or self.model
         if refresh or name not in self._info:
+            kwargs = {"as_json": True} if self.protocol == "grpc" else {}
             try:
-                if self.protocol == "grpc":
-                    data = (await self._client.get_model_config(name, as_json=True))["config"]
-                else:
-                    data = await self._client.get_model_config(name)
+                response = await self._client.get_model_config(name, **kwargs)
             except Exception as exc:
                 raise _as_client_error(exc, self.url, f"config of {name!r}") from exc
+            data = config_payload(response, self.protocol)
             self._info[name] = ModelInfo.from_config(config_from_json(data))
         return self._info[name]
 

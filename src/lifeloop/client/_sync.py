@@ -19,6 +19,7 @@ from lifeloop.client._codec import (
 )
 from lifeloop.client._transport import Prepared, Transport
 from lifeloop.client.errors import ClientError
+from lifeloop.repository.config import ModelConfig
 
 
 class _Base:
@@ -50,6 +51,10 @@ class _Base:
     def is_ready(self) -> bool:
         """Whether the server answers and is ready; never raises."""
         return self._transport.is_ready()
+
+    def model_config(self, model: str) -> ModelConfig:
+        """The config the server is serving `model` with (what it loaded, not the file)."""
+        return config_from_json(self._transport.model_config(model))
 
     def wait_until_ready(self, timeout_s: float = 60.0, *, model: str | None = None) -> None:
         """Block until the server (and `model`, if given) is ready, or raise after timeout_s."""
@@ -120,9 +125,7 @@ class LifeloopClient(_Base):
     def model_info(self, model: str | None = None, *, refresh: bool = False) -> ModelInfo:
         name = model or self.model
         if refresh or name not in self._info:
-            self._info[name] = ModelInfo.from_config(
-                config_from_json(self._transport.model_config(name))
-            )
+            self._info[name] = ModelInfo.from_config(self.model_config(name))
         return self._info[name]
 
     def classify(

@@ -76,11 +76,9 @@ class Transport:
             return False
 
     def model_config(self, model: str) -> dict[str, Any]:
-        if self.protocol == "grpc":
-            return self._call(
-                f"config of {model!r}", self.client.get_model_config, model, as_json=True
-            )["config"]
-        return self._call(f"config of {model!r}", self.client.get_model_config, model)
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        response = self._call(f"config of {model!r}", self.client.get_model_config, model, **kwargs)
+        return config_payload(response, self.protocol)
 
     def repository_index(self) -> list[dict[str, Any]]:
         if self.protocol == "grpc":
@@ -155,6 +153,11 @@ class Prepared:
     inputs: list[Any]
     outputs: list[Any]
     output_names: list[str]
+
+
+def config_payload(response: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """get_model_config's answer -> the config dict (gRPC wraps it in {"config": ...})."""
+    return response["config"] if protocol == "grpc" else response
 
 
 def _closed() -> None:

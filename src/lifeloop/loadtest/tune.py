@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from lifeloop.client import ClientError, ServerControl
-from lifeloop.client._codec import config_from_json
 from lifeloop.loadtest.errors import LoadTestError
 from lifeloop.loadtest.lean import measure_lean
 from lifeloop.repository import ModelConfig, read_config, write_config
@@ -106,7 +105,7 @@ def apply(repository: Path, config: ModelConfig, url: str, timeout_s: float = 12
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if point_of(_served_config(server, config.name)) == point_of(config):
+                if point_of(server.model_config(config.name)) == point_of(config):
                     return
             except ClientError:
                 pass
@@ -114,10 +113,6 @@ def apply(repository: Path, config: ModelConfig, url: str, timeout_s: float = 12
     raise LoadTestError(
         f"the server did not pick up the new config of {config.name!r} in {timeout_s:g} s"
     )
-
-
-def _served_config(server: ServerControl, model: str) -> ModelConfig:
-    return config_from_json(server._transport.model_config(model))
 
 
 def tune(
