@@ -147,6 +147,9 @@ def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(
             control.load_model("guarded")
         assert control.version_states("guarded")[1] == "READY"
     with LifeloopClient(server.grpc_url, model="guarded") as client:
+        # The refused version must not make callers of this (or any other) model wait.
+        client.wait_until_ready(5, model="guarded")
+        client.wait_until_ready(5, model="classifier")
         assert client.classify([held_out[0][0]])[0].version == 1
     assert "model.onnx does not match its manifest" in server.log_path.read_text()
 

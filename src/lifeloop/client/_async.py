@@ -69,9 +69,11 @@ class AsyncLifeloopClient:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if await self._client.is_server_ready() and (
-                    model is None or await self._client.is_model_ready(model)
-                ):
+                # A model's own readiness (see LifeloopClient.wait_until_ready).
+                ready = (
+                    self._client.is_model_ready(model) if model else self._client.is_server_ready()
+                )
+                if await ready:
                     return
             except Exception:
                 pass

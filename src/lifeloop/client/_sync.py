@@ -52,17 +52,25 @@ class _Base:
         """Whether the server answers and is ready; never raises."""
         return self._transport.is_ready()
 
+    def is_live(self) -> bool:
+        """Whether the server answers at all (ready or not); never raises."""
+        return self._transport.is_live()
+
+    def is_model_ready(self, model: str) -> bool:
+        """Whether `model` is loaded and ready; never raises."""
+        return self._transport.is_model_ready(model)
+
     def model_config(self, model: str) -> ModelConfig:
         """The config the server is serving `model` with (what it loaded, not the file)."""
         return config_from_json(self._transport.model_config(model))
 
     def wait_until_ready(self, timeout_s: float = 60.0, *, model: str | None = None) -> None:
-        """Block until the server (and `model`, if given) is ready, or raise after timeout_s."""
+        """Block until `model` is ready (or, without a model, the whole server), or raise after
+        timeout_s. Triton's server readiness is strict: one UNAVAILABLE model anywhere makes
+        it false, so a model's own readiness is what a caller of that model waits for."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._transport.is_ready() and (
-                model is None or self._transport.is_model_ready(model)
-            ):
+            if self._transport.is_model_ready(model) if model else self._transport.is_ready():
                 return
             time.sleep(0.2)
         what = f"model {model!r} on " if model else ""

@@ -69,6 +69,12 @@ class Transport:
         except Exception:
             return False
 
+    def is_live(self) -> bool:
+        try:
+            return bool(self.client.is_server_live())
+        except Exception:
+            return False
+
     def is_model_ready(self, model: str, version: str = "") -> bool:
         try:
             return bool(self.client.is_model_ready(model, version))

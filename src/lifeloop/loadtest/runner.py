@@ -20,7 +20,7 @@ Event = dict[str, Any]
 def preflight(config: LoadTestConfig) -> None:
     """Fail before any load is sent: an unreachable server or an unknown model."""
     with LifeloopClient(config.url, config.protocol, model=config.model, timeout_s=10) as client:
-        if not client.is_ready():
+        if not client.is_live():
             raise LoadTestError(
                 f"cannot reach a ready Triton at {client.url} over {config.protocol}; start it "
                 "with `lifeloop serve` or fix --url/--protocol"
@@ -29,6 +29,11 @@ def preflight(config: LoadTestConfig) -> None:
             client.model_info()
         except ClientError as exc:
             raise LoadTestError(f"model {config.model!r} cannot be load-tested: {exc}") from exc
+        if not client.is_model_ready(config.model):
+            raise LoadTestError(
+                f"model {config.model!r} is not ready on {client.url}; load it (or check "
+                "`lifeloop versions --url`) before load-testing"
+            )
 
 
 def run_loadtest(
