@@ -423,10 +423,11 @@ def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
             f"{batching[model]['on']['throughput']:.1f} on / "
             f"{batching[model]['off']['throughput']:.1f} off req/s"
         )
-    sources["locust_over_lean"] = (
-        f"{harness['locust']['throughput']:.1f} Locust / "
-        f"{harness['lean']['throughput']:.1f} lean req/s"
-    )
+    for key, protocol in (("locust_over_lean", "grpc"), ("locust_over_lean_http", "http")):
+        sources[key] = (
+            f"{harness[protocol]['locust']['throughput']:.1f} Locust / "
+            f"{harness[protocol]['lean']['throughput']:.1f} lean req/s ({protocol})"
+        )
     return sources
 
 

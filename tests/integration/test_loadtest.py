@@ -210,7 +210,11 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "batching_gain_small_cnn",
         "batching_gain_resnet18",
         "locust_over_lean",
+        "locust_over_lean_http",
     ):
         assert bench["ratios"][name] > 0
     assert bench["raw"]["resnet18"]["best_batch"] in (1, 8, 16)
-    assert bench["harness"]["locust"]["failures"] == 0
+    for protocol in ("grpc", "http"):
+        harness = bench["harness"][protocol]
+        assert harness["locust"]["failures"] == 0
+        assert harness["lean"]["before"]["failures"] == 0, harness["lean"]

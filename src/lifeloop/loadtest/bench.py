@@ -30,6 +30,7 @@ TARGETS = {
     "served_over_raw_resnet18": 0.90,
     "batching_gain_small_cnn": 3.0,
     "locust_over_lean": 0.90,
+    "locust_over_lean_http": 0.90,
 }
 
 
@@ -150,31 +151,18 @@ def run_bench(
                 f"off {off.throughput:.1f} requests/s"
             )
 
-        # Locust between two lean measurements, like raw around served.
-        shape = MODELS[1].shape
-        before = measure_lean(
-            url, "small_cnn", shape, concurrency=locust_users, window_s=window_s, max_s=max_s
-        )
-        locust = _locust(server, locust_users, window_s, max_s, out / "locust")
-        after_lean = measure_lean(
-            url, "small_cnn", shape, concurrency=locust_users, window_s=window_s, max_s=max_s
-        )
-        lean = {
-            "throughput": (before.throughput + after_lean.throughput) / 2,
-            "before": before.to_dict(),
-            "after": after_lean.to_dict(),
-        }
-        results["harness"] = {
-            "model": "small_cnn",
-            "users": locust_users,
-            "protocol": "grpc",
-            "lean": lean,
-            "locust": locust,
-        }
-        say(
-            f"  harness on small_cnn at {locust_users}: Locust {locust['throughput']:.1f}, "
-            f"lean {lean['throughput']:.1f} requests/s"
-        )
+        # Locust between two lean measurements, like raw around served, over each protocol:
+        # the two Locust users reach Triton through different client stacks.
+        for protocol in ("grpc", "http"):
+            results["harness"][protocol] = _harness(
+                server, protocol, locust_users, window_s, max_s, out / f"locust_{protocol}"
+            )
+            figures = results["harness"][protocol]
+            say(
+                f"  harness on small_cnn over {protocol} at {locust_users} users: "
+                f"Locust {figures['locust']['throughput']:.1f}, "
+                f"lean {figures['lean']['throughput']:.1f} requests/s"
+            )
 
     raw, served, batching = results["raw"], results["served"], results["batching"]
     results["ratios"] = {
@@ -186,8 +174,8 @@ def run_bench(
         "batching_gain_small_cnn": _ratio(
             batching["small_cnn"]["on"], batching["small_cnn"]["off"]
         ),
-        "locust_over_lean": results["harness"]["locust"]["throughput"]
-        / results["harness"]["lean"]["throughput"],
+        "locust_over_lean": _harness_ratio(results["harness"]["grpc"]),
+        "locust_over_lean_http": _harness_ratio(results["harness"]["http"]),
     }
     results["targets"] = {
         name: {
@@ -225,16 +213,56 @@ def _publish(spec: BenchModel, repository: Path) -> Path:
     return repository / spec.name / "1" / "model.onnx"
 
 
+def _harness_ratio(harness: dict[str, Any]) -> float:
+    lean = harness["lean"]["throughput"]
+    return harness["locust"]["throughput"] / lean if lean else 0.0
+
+
+def _harness(
+    server: TritonServer, protocol: str, users: int, window_s: float, max_s: float, out: Path
+) -> dict[str, Any]:
+    """Lean, Locust, lean again on small_cnn over one protocol; the lean figure is the mean of
+    the two that bracket Locust's."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    shape = MODELS[1].shape
+
+    def lean() -> Any:
+        return measure_lean(
+            url,
+            "small_cnn",
+            shape,
+            concurrency=users,
+            protocol=protocol,
+            window_s=window_s,
+            max_s=max_s,
+        )
+
+    before = lean()
+    locust = _locust(server, protocol, users, window_s, max_s, out)
+    after = lean()
+    return {
+        "model": "small_cnn",
+        "users": users,
+        "protocol": protocol,
+        "lean": {
+            "throughput": (before.throughput + after.throughput) / 2,
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+        },
+        "locust": locust,
+    }
+
+
 def _locust(
-    server: TritonServer, users: int, window_s: float, max_s: float, out: Path
+    server: TritonServer, protocol: str, users: int, window_s: float, max_s: float, out: Path
 ) -> dict[str, Any]:
     from lifeloop.loadtest.config import LoadTestConfig
     from lifeloop.loadtest.runner import run_loadtest
 
     config = LoadTestConfig(
-        url=server.grpc_url,
+        url=server.grpc_url if protocol == "grpc" else server.http_url,
         model="small_cnn",
-        protocol="grpc",
+        protocol=protocol,
         users=users,
         spawn_rate=float(users),
         duration_s=max_s + window_s,

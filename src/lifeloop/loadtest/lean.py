@@ -1,32 +1,33 @@
-"""The lean client: asyncio gRPC with `concurrency` requests always in flight and no
+"""The lean client: asyncio gRPC or HTTP with `concurrency` requests always in flight and no
 per-request work beyond sending and timing. The reference that Locust's throughput
 is compared with, and the load generator of `bench` and `tune`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import numpy as np
 
 from lifeloop.client._transport import split_url
 from lifeloop.loadtest.stats import Measurement, Meter
 
+Send = Callable[[], Awaitable[None]]
 
-async def _measure(
-    url: str,
-    model: str,
-    batch: np.ndarray,
-    *,
-    concurrency: int,
-    window_s: float,
-    max_s: float,
-    input_name: str,
-    output_name: str,
-) -> Measurement:
-    """`concurrency` coroutines, each sending the same pre-built request as soon as its last
-    answer arrives. The request is serialised once, through the gRPC stubs tritonclient ships,
-    so the client's cost per request is only gRPC's own."""
+
+class _Failed(Exception):
+    """One request failed; its text is the cause counted in the measurement."""
+
+
+@asynccontextmanager
+async def _grpc_sender(
+    url: str, model: str, batch: np.ndarray, input_name: str, output_name: str
+) -> AsyncIterator[Send]:
+    """The request is serialised once, through the gRPC stubs tritonclient ships, so the
+    client's cost per request is only gRPC's own."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -43,31 +44,97 @@ async def _measure(
         outputs=[service_pb2.ModelInferRequest().InferRequestedOutputTensor(name=output_name)],
         raw_input_contents=[np.ascontiguousarray(batch).tobytes()],
     )
+
+    async def send() -> None:
+        try:
+            await stub.ModelInfer(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _Failed(str(exc.details())) from exc
+
+    try:
+        yield send
+    finally:
+        await channel.close()
+
+
+@asynccontextmanager
+async def _http_sender(
+    url: str, model: str, batch: np.ndarray, input_name: str, output_name: str
+) -> AsyncIterator[Send]:
+    """The body is encoded once in KServe v2's binary tensor extension (what tritonclient.http
+    sends with binary_data), and posted through aiohttp with one connection per coroutine."""
+    import aiohttp
+
+    address, _ = split_url(url, "http")
+    data = np.ascontiguousarray(batch).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = header + data
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    endpoint = f"http://{address}/v2/models/{model}/infer"
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def send() -> None:
+        try:
+            async with session.post(endpoint, data=body, headers=headers) as response:
+                answer = await response.read()
+        except aiohttp.ClientError as exc:
+            raise _Failed(str(exc) or type(exc).__name__) from exc
+        if response.status != 200:
+            raise _Failed(f"HTTP {response.status}: {answer[:200].decode(errors='replace')}")
+
+    try:
+        yield send
+    finally:
+        await session.close()
+
+
+async def _measure(
+    sender: AbstractAsyncContextManager[Send],
+    *,
+    concurrency: int,
+    window_s: float,
+    max_s: float,
+) -> Measurement:
+    """`concurrency` coroutines, each sending the same pre-built request as soon as its last
+    answer arrives."""
     # The warm-up lets the server see every batch size the batcher forms (onnxruntime plans
     # memory per shape on first use) before anything is measured.
     meter = Meter(window_s=window_s, max_s=max_s, warmup_s=max(window_s, 5.0))
     stop = asyncio.Event()
+    async with sender as send:
 
-    async def worker() -> None:
-        while not stop.is_set():
-            began = time.perf_counter()
-            try:
-                await stub.ModelInfer(request)
-            except grpc.aio.AioRpcError as exc:
-                meter.add(
-                    (time.perf_counter() - began) * 1000, ok=False, error=str(exc.details())[:120]
-                )
-            else:
-                meter.add((time.perf_counter() - began) * 1000)
+        async def worker() -> None:
+            while not stop.is_set():
+                began = time.perf_counter()
+                try:
+                    await send()
+                except _Failed as exc:
+                    meter.add((time.perf_counter() - began) * 1000, ok=False, error=str(exc)[:120])
+                else:
+                    meter.add((time.perf_counter() - began) * 1000)
 
-    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    try:
-        while not meter.done():
-            await asyncio.sleep(min(0.25, window_s / 4))
-    finally:
-        stop.set()
-        await asyncio.gather(*workers, return_exceptions=True)
-        await channel.close()
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        try:
+            while not meter.done():
+                await asyncio.sleep(min(0.25, window_s / 4))
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
     return meter.result()
 
 
@@ -77,6 +144,7 @@ def measure_lean(
     input_shape: tuple[int, ...],
     *,
     concurrency: int,
+    protocol: str = "grpc",
     batch_size: int = 1,
     window_s: float = 2.0,
     max_s: float = 20.0,
@@ -84,22 +152,14 @@ def measure_lean(
     output_name: str = "logits",
     seed: int = 0,
 ) -> Measurement:
-    """Closed-loop throughput (requests/s) and latency of a served model at `concurrency`."""
+    """Closed-loop throughput (requests/s) and latency of a served model at `concurrency`,
+    over gRPC (grpc.aio) or HTTP (aiohttp)."""
     batch = (
         np.random.default_rng(seed).standard_normal((batch_size, *input_shape)).astype(np.float32)
     )
-    return asyncio.run(
-        _measure(
-            url,
-            model,
-            batch,
-            concurrency=concurrency,
-            window_s=window_s,
-            max_s=max_s,
-            input_name=input_name,
-            output_name=output_name,
-        )
-    )
+    opener = {"grpc": _grpc_sender, "http": _http_sender}[protocol]
+    sender = opener(url, model, batch, input_name, output_name)
+    return asyncio.run(_measure(sender, concurrency=concurrency, window_s=window_s, max_s=max_s))
 
 
 def measure_raw(
