@@ -14,7 +14,7 @@ from PIL import Image
 from lifeloop.client.errors import ClientError
 from lifeloop.preprocessing import Preprocessing, PreprocessingError
 from lifeloop.repository import config as cfg
-from lifeloop.repository.publish import LABELS_PARAM, PREPROCESSING_PARAM
+from lifeloop.repository.publish import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -31,15 +31,32 @@ class ModelInfo:
     max_batch_size: int
     labels: tuple[str, ...]
     preprocessing: Preprocessing | None
+    # A lifeloop router answers for this classifier, with model_version and request_id
+    # outputs per image.
+    routes_to: str | None = None
+
+    @property
+    def outputs(self) -> list[str]:
+        extra = ["model_version", "request_id"] if self.routes_to else []
+        return [self.output_name, *extra]
+
+    @staticmethod
+    def routed_classifier(config: cfg.ModelConfig) -> str | None:
+        return config.parameters.get(CLASSIFIER_PARAM) or None
 
     @classmethod
-    def from_config(cls, config: cfg.ModelConfig) -> ModelInfo:
+    def from_config(
+        cls, config: cfg.ModelConfig, classifier: cfg.ModelConfig | None = None
+    ) -> ModelInfo:
+        """The client's view of `config`; for a router, `classifier` is the config of the
+        model it fronts, which holds the labels and the preprocessing."""
         if len(config.inputs) != 1 or len(config.outputs) < 1:
             raise ClientError(
                 f"model {config.name!r} has {len(config.inputs)} inputs; lifeloop's classifier "
                 "client needs exactly one image input"
             )
-        pre = config.json_parameter(PREPROCESSING_PARAM)
+        described = classifier or config
+        pre = described.json_parameter(PREPROCESSING_PARAM)
         return cls(
             name=config.name,
             input_name=config.inputs[0].name,
@@ -47,8 +64,9 @@ class ModelInfo:
             input_dtype=config.inputs[0].data_type.triton_name,
             output_name=config.outputs[0].name,
             max_batch_size=config.max_batch_size,
-            labels=tuple(config.json_parameter(LABELS_PARAM, [])),
+            labels=tuple(described.json_parameter(LABELS_PARAM, [])),
             preprocessing=Preprocessing.from_dict(pre) if pre else None,
+            routes_to=described.name if classifier is not None else None,
         )
 
 
@@ -61,6 +79,8 @@ class Classification:
     labels: tuple[str, ...]
     indices: tuple[int, ...]
     scores: tuple[float, ...]
+    # Through a router: the id to attach feedback to.
+    request_id: str | None = None
 
     @property
     def label(self) -> str:
@@ -114,9 +134,15 @@ def chunks(batch: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 
 def decode(
-    logits: np.ndarray, *, info: ModelInfo, version: int, top_k: int
+    logits: np.ndarray,
+    *,
+    info: ModelInfo,
+    version: int | Sequence[int],
+    top_k: int,
+    request_ids: Sequence[str] | None = None,
 ) -> list[Classification]:
-    """Logits [n, classes] -> softmax top-k per row, labelled with the model's labels."""
+    """Logits [n, classes] -> softmax top-k per row, labelled with the model's labels.
+    `version` is one version for all rows, or one per row (a router answers per image)."""
     if logits.ndim != 2:
         raise ClientError(f"model {info.name!r} returned logits of shape {logits.shape}")
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -124,18 +150,36 @@ def decode(
     probs /= probs.sum(axis=1, keepdims=True)
     k = max(1, min(top_k, probs.shape[1]))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    versions = [version] * len(probs) if isinstance(version, int) else list(version)
+    ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(probs)
     answers = []
-    for row, idx in zip(probs, order, strict=True):
+    for row, idx, answered, rid in zip(probs, order, versions, ids, strict=True):
         answers.append(
             Classification(
-                model=info.name,
-                version=version,
+                model=info.routes_to or info.name,
+                version=int(answered),
                 labels=tuple(label_of(info.labels, int(i)) for i in idx),
                 indices=tuple(int(i) for i in idx),
                 scores=tuple(float(row[i]) for i in idx),
+                request_id=rid,
             )
         )
     return answers
+
+
+def routed_answers(
+    outputs: dict[str, np.ndarray], answered: int
+) -> tuple[int | list[int], list[str] | None]:
+    """(version per image, request id per image) from a router's outputs; for a plain
+    classifier, (the version that answered, None)."""
+    if "model_version" not in outputs:
+        return answered, None
+    versions = [int(v) for v in outputs["model_version"].reshape(-1)]
+    ids = outputs.get("request_id")
+    request_ids = None
+    if ids is not None:
+        request_ids = [v.decode() if isinstance(v, bytes) else str(v) for v in ids.reshape(-1)]
+    return versions, request_ids
 
 
 def label_of(labels: Sequence[str], index: int) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
+
+import numpy as np
 
 from lifeloop.client._codec import (
     Classification,
@@ -15,6 +17,7 @@ from lifeloop.client._codec import (
     chunks,
     config_from_json,
     decode,
+    routed_answers,
     to_samples,
 )
 from lifeloop.client._transport import Prepared, Transport
@@ -133,7 +136,10 @@ class LifeloopClient(_Base):
     def model_info(self, model: str | None = None, *, refresh: bool = False) -> ModelInfo:
         name = model or self.model
         if refresh or name not in self._info:
-            self._info[name] = ModelInfo.from_config(self.model_config(name))
+            config = self.model_config(name)
+            routed = ModelInfo.routed_classifier(config)
+            classifier = self.model_config(routed) if routed else None
+            self._info[name] = ModelInfo.from_config(config, classifier)
         return self._info[name]
 
     def classify(
@@ -151,24 +157,54 @@ class LifeloopClient(_Base):
         batch = to_samples(inputs, info)
         answers: list[Classification] = []
         for part in chunks(batch, info.max_batch_size):
-            logits, answered = self.infer(part, model=info.name, version=version)
+            outputs, answered = self._transport.infer(
+                info.name,
+                {info.input_name: (part, info.input_dtype)},
+                info.outputs,
+                version=str(version or ""),
+            )
+            logits = outputs[info.output_name]
             if logits.shape[1] > len(info.labels):
                 # A newer version added classes: its labels are in the refreshed config.
                 info = self.model_info(info.name, refresh=True)
-            answers.extend(decode(logits, info=info, version=answered, top_k=top_k))
+            versions, ids = routed_answers(outputs, answered)
+            answers.extend(
+                decode(logits, info=info, version=versions, top_k=top_k, request_ids=ids)
+            )
         return answers
+
+    def feedback(
+        self, request_ids: Sequence[str], labels: Sequence[str], *, model: str = "feedback"
+    ) -> int:
+        """Attach true labels to request ids a router returned, through the feedback model.
+        All or none: an unknown id or an empty label raises ClientError and stores nothing."""
+        if len(request_ids) != len(labels):
+            raise ClientError(
+                f"feedback got {len(request_ids)} request ids and {len(labels)} labels; "
+                "pass one label per id"
+            )
+        if not request_ids:
+            return 0
+        ids = np.array([[str(r).encode()] for r in request_ids], dtype=np.object_)
+        names = np.array([[str(v).encode()] for v in labels], dtype=np.object_)
+        self._transport.infer(
+            model, {"request_id": (ids, "BYTES"), "label": (names, "BYTES")}, ["accepted"]
+        )
+        return len(request_ids)
 
     def prepare(self, batch: Any, *, model: str | None = None) -> Prepared:
         """Encode a preprocessed float32 batch once, for `send` to repeat (load generators)."""
         info = self.model_info(model)
         return self._transport.prepare(
-            info.name, {info.input_name: (batch, info.input_dtype)}, [info.output_name]
+            info.name, {info.input_name: (batch, info.input_dtype)}, info.outputs
         )
 
     def send(self, prepared: Prepared, *, version: int | None = None) -> tuple[Any, int]:
         """Send a prepared request: (logits, the version that answered)."""
         outputs, answered = self._transport.send(prepared, version=str(version or ""))
-        return outputs[prepared.output_names[0]], answered
+        versions, _ = routed_answers(outputs, answered)
+        first = versions[0] if isinstance(versions, list) and versions else answered
+        return outputs[prepared.output_names[0]], int(first)
 
     def infer(
         self, batch: Any, *, model: str | None = None, version: int | None = None

@@ -27,6 +27,8 @@ CONFIG_NAME = "config.pbtxt"
 STAGING_PREFIX = ".staging-"
 LABELS_PARAM = "lifeloop.labels"
 PREPROCESSING_PARAM = "lifeloop.preprocessing"
+# On a router: the classifier it fronts, whose config holds the labels and preprocessing.
+CLASSIFIER_PARAM = "lifeloop.classifier"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +80,7 @@ def write_config(repository: Path, config: cfg.ModelConfig) -> Path:
     """Replace a model's config.pbtxt atomically (Triton reloads the model on its next poll)."""
     model_dir = ensure_repository(repository) / config.name
     model_dir.mkdir(exist_ok=True)
-    with _model_lock(model_dir):
+    with model_lock(model_dir):
         return _write_config(model_dir, config)
 
 
@@ -98,7 +100,7 @@ def publish(
     repository = ensure_repository(repository)
     model_dir = repository / config.name
     model_dir.mkdir(exist_ok=True)
-    with _model_lock(model_dir):
+    with model_lock(model_dir):
         _remove_stale_staging(model_dir)
         existing = version_numbers(model_dir)
         if version is not None and version in existing:
@@ -176,12 +178,17 @@ def _json(value: Any) -> str:
 
 
 def _write_config(model_dir: Path, config: cfg.ModelConfig) -> Path:
-    path = model_dir / CONFIG_NAME
-    tmp = model_dir / f".{CONFIG_NAME}.{uuid.uuid4().hex[:8]}.tmp"
+    return replace_file(model_dir / CONFIG_NAME, cfg.render(config))
+
+
+def replace_file(path: Path, text: str) -> Path:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never a part:
+    a fsynced temporary file beside it, renamed over it."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        _write_durably(tmp, cfg.render(config))
+        _write_durably(tmp, text)
         os.rename(tmp, path)
-        _fsync_dir(model_dir)
+        _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -194,7 +201,7 @@ def _remove_stale_staging(model_dir: Path) -> None:
 
 
 @contextmanager
-def _model_lock(model_dir: Path) -> Iterator[None]:
+def model_lock(model_dir: Path) -> Iterator[None]:
     with open(model_dir / ".lifeloop.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -1,0 +1,165 @@
+"""`lifeloop router init`: put the router and the feedback model in front of a classifier.
+
+It writes two Python models into the repository, a routing policy whose champion is the
+classifier's newest version (or the one given), and a specific version policy on the
+classifier, and it opens the store once so that a bad URL fails here, not under traffic."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lifeloop.loop.errors import RolloutError
+from lifeloop.loop.feedback import ROUTER_PARAM
+from lifeloop.loop.policy import RoutingPolicy, policy_path, read_policy, write_policy
+from lifeloop.loop.rollout import sync_version_policy
+from lifeloop.loop.router import (
+    BLOB_DIR_PARAM,
+    CLASSIFIER_PARAM,
+    SAMPLE_RATE_PARAM,
+    STORE_PARAM,
+    TOP_K_PARAM,
+)
+from lifeloop.loop.store import Event, Store, default_store_url, now
+from lifeloop.repository import config as cfg
+from lifeloop.repository.publish import (
+    ensure_repository,
+    model_lock,
+    read_config,
+    version_numbers,
+    write_config,
+)
+
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class Installed:
+    router: str
+    feedback: str
+    policy: RoutingPolicy
+    store_url: str
+    blob_dir: Path
+
+
+def default_blob_dir(repository: Path) -> Path:
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.blobs"
+
+
+def install_router(
+    repository: Path,
+    classifier: str,
+    *,
+    router: str = "router",
+    feedback: str = "feedback",
+    store_url: str | None = None,
+    blob_dir: Path | None = None,
+    sample_rate: float = 1.0,
+    top_k: int = 5,
+    champion: int | None = None,
+    server_url: str | None = None,
+) -> Installed:
+    repository = ensure_repository(repository).resolve()
+    model_dir = repository / classifier
+    config = read_config(model_dir)
+    versions = version_numbers(model_dir)
+    if config is None or not versions:
+        raise RolloutError(
+            f"model {classifier!r} has no published version in {repository}; export one with "
+            "`lifeloop export` or `lifeloop train` first"
+        )
+    if not 0.0 <= sample_rate <= 1.0:
+        raise RolloutError(f"--sample-rate must be in 0..1, got {sample_rate}")
+    if top_k < 1:
+        raise RolloutError(f"--top-k must be >= 1, got {top_k}")
+    if champion is not None and champion not in versions:
+        raise RolloutError(
+            f"model {classifier!r} has no version {champion}; pick one of {versions}"
+        )
+    store_url = store_url or default_store_url(repository)
+    blob_dir = Path(blob_dir or default_blob_dir(repository)).resolve()
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    with Store(store_url) as store:  # fails here on a bad URL
+        router_dir = repository / router
+        router_dir.mkdir(exist_ok=True)
+        with model_lock(router_dir):
+            if policy_path(router_dir).is_file():
+                policy = read_policy(router_dir)
+                if policy.model != classifier:
+                    raise RolloutError(
+                        f"router {router!r} already fronts {policy.model!r}; pick another "
+                        "--router name"
+                    )
+            else:
+                policy = RoutingPolicy(model=classifier, champion=champion or max(versions))
+                sync_version_policy(
+                    repository, classifier, set(policy.loaded_versions), server_url=server_url
+                )
+                write_policy(router_dir, policy)
+                store.add_event(
+                    Event(
+                        model=classifier,
+                        action="init",
+                        champion=policy.champion,
+                        candidate=None,
+                        previous=None,
+                        canary_weight=0.0,
+                        shadow=False,
+                        reason=f"router {router!r} set up",
+                        created_at=now(),
+                    )
+                )
+        _write_model(
+            repository,
+            cfg.ModelConfig(
+                name=router,
+                backend="python",
+                max_batch_size=config.max_batch_size,
+                inputs=config.inputs[:1],
+                outputs=(
+                    cfg.TensorSpec(name="logits", data_type=cfg.DataType.FP32, dims=(-1,)),
+                    cfg.TensorSpec(name="model_version", data_type=cfg.DataType.INT64, dims=(1,)),
+                    cfg.TensorSpec(name="request_id", data_type=cfg.DataType.STRING, dims=(1,)),
+                ),
+                dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=500),
+                version_policy=cfg.VersionPolicy(latest=1),
+                parameters={
+                    CLASSIFIER_PARAM: classifier,
+                    STORE_PARAM: store_url,
+                    BLOB_DIR_PARAM: str(blob_dir),
+                    SAMPLE_RATE_PARAM: f"{sample_rate:g}",
+                    TOP_K_PARAM: str(top_k),
+                },
+            ),
+            "router.py",
+        )
+        _write_model(
+            repository,
+            cfg.ModelConfig(
+                name=feedback,
+                backend="python",
+                max_batch_size=256,
+                inputs=(
+                    cfg.TensorSpec(name="request_id", data_type=cfg.DataType.STRING, dims=(1,)),
+                    cfg.TensorSpec(name="label", data_type=cfg.DataType.STRING, dims=(1,)),
+                ),
+                outputs=(cfg.TensorSpec(name="accepted", data_type=cfg.DataType.BOOL, dims=(1,)),),
+                dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=1000),
+                version_policy=cfg.VersionPolicy(latest=1),
+                parameters={ROUTER_PARAM: router, STORE_PARAM: store_url},
+            ),
+            "feedback.py",
+        )
+    return Installed(router, feedback, policy, store_url, blob_dir)
+
+
+def _write_model(repository: Path, config: cfg.ModelConfig, shell: str) -> None:
+    version_dir = repository / config.name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    target = version_dir / "model.py"
+    tmp = version_dir / ".model.py.tmp"
+    shutil.copyfile(MODELS_DIR / shell, tmp)
+    tmp.rename(target)
+    write_config(repository, config)

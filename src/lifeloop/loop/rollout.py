@@ -1,0 +1,177 @@
+"""Rollout: start a candidate, shift canary weight, shadow, promote, roll back, withdraw.
+
+Every change runs under the router's lock and follows one order:
+1. the classifier's version policy grows to hold every version the new policy routes to (and
+   the server loads it, when a URL is given), so the router never names an unloaded version;
+2. the routing policy file is replaced: the router acts on it at its next batch;
+3. the change is recorded in the store's history;
+4. the version policy shrinks to previous + champion + candidate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from lifeloop.client import ServerControl
+from lifeloop.loop.errors import RolloutError
+from lifeloop.loop.policy import RoutingPolicy, read_policy, write_policy
+from lifeloop.loop.store import Event, Store, now
+from lifeloop.repository import config as cfg
+from lifeloop.repository.publish import model_lock, read_config, version_numbers, write_config
+
+
+class Rollout:
+    def __init__(
+        self,
+        repository: Path,
+        store: Store,
+        *,
+        router: str = "router",
+        server_url: str | None = None,
+    ) -> None:
+        self.repository = Path(repository)
+        self.router_dir = self.repository / router
+        self.store = store
+        self.server_url = server_url
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return read_policy(self.router_dir)
+
+    # --- the commands -------------------------------------------------------------------
+
+    def start_candidate(
+        self, version: int, *, canary_weight: float = 0.0, shadow: bool = False, reason: str
+    ) -> RoutingPolicy:
+        def change(p: RoutingPolicy) -> RoutingPolicy:
+            if version not in version_numbers(self.repository / p.model):
+                raise RolloutError(f"model {p.model!r} has no version {version}; publish it first")
+            return p.evolve(
+                candidate=version,
+                canary_weight=canary_weight,
+                shadow=shadow,
+                candidate_since=now().isoformat(),
+            )
+
+        return self._change("candidate", reason, change)
+
+    def canary(self, weight: float, *, reason: str) -> RoutingPolicy:
+        return self._change("canary", reason, lambda p: p.evolve(canary_weight=weight))
+
+    def shadow(self, on: bool, *, reason: str) -> RoutingPolicy:
+        return self._change("shadow", reason, lambda p: p.evolve(shadow=on))
+
+    def promote(self, *, reason: str) -> RoutingPolicy:
+        def change(p: RoutingPolicy) -> RoutingPolicy:
+            if p.candidate is None:
+                raise RolloutError(
+                    f"{p.model!r} has no candidate to promote; start one with `lifeloop retrain`"
+                )
+            return p.evolve(
+                previous=p.champion,
+                champion=p.candidate,
+                candidate=None,
+                canary_weight=0.0,
+                shadow=False,
+                candidate_since=None,
+            )
+
+        return self._change("promote", reason, change)
+
+    def rollback(self, *, reason: str) -> RoutingPolicy:
+        """The previous champion answers again at once (it is still loaded); the champion
+        that replaced it is dropped, and so is any candidate."""
+
+        def change(p: RoutingPolicy) -> RoutingPolicy:
+            if p.previous is None:
+                raise RolloutError(
+                    f"{p.model!r} has no previous champion to roll back to; `lifeloop history` "
+                    "shows what served before"
+                )
+            return p.evolve(
+                champion=p.previous,
+                previous=None,
+                candidate=None,
+                canary_weight=0.0,
+                shadow=False,
+                candidate_since=None,
+            )
+
+        return self._change("rollback", reason, change)
+
+    def withdraw(self, *, reason: str, action: str = "withdraw") -> RoutingPolicy:
+        """The candidate stops taking traffic; the champion keeps serving."""
+
+        def change(p: RoutingPolicy) -> RoutingPolicy:
+            if p.candidate is None:
+                raise RolloutError(f"{p.model!r} has no candidate to withdraw")
+            return p.evolve(candidate=None, canary_weight=0.0, shadow=False, candidate_since=None)
+
+        return self._change(action, reason, change)
+
+    # --- the one path every change takes ------------------------------------------------
+
+    def _change(
+        self, action: str, reason: str, fn: Callable[[RoutingPolicy], RoutingPolicy]
+    ) -> RoutingPolicy:
+        with model_lock(self.router_dir):
+            old = read_policy(self.router_dir)
+            new = fn(old)
+            if new == old:
+                return old
+            self._keep_loaded(new.model, set(old.loaded_versions) | set(new.loaded_versions))
+            write_policy(self.router_dir, new)
+            self.store.add_event(
+                Event(
+                    model=new.model,
+                    action=action,
+                    champion=new.champion,
+                    candidate=new.candidate,
+                    previous=new.previous,
+                    canary_weight=new.canary_weight,
+                    shadow=new.shadow,
+                    reason=reason or action,
+                    created_at=now(),
+                )
+            )
+            self._keep_loaded(new.model, set(new.loaded_versions))
+            return new
+
+    def _keep_loaded(self, model: str, versions: set[int]) -> None:
+        sync_version_policy(self.repository, model, versions, server_url=self.server_url)
+
+
+def sync_version_policy(
+    repository: Path, model: str, versions: set[int], *, server_url: str | None = None
+) -> bool:
+    """Make `model`'s version policy exactly `versions`; with a URL, have the server load the
+    change (EXPLICIT mode) and wait until each version is ready. Returns whether it changed."""
+    config = read_config(Path(repository) / model)
+    if config is None:
+        raise RolloutError(f"model {model!r} has no config.pbtxt in {repository}")
+    wanted = cfg.VersionPolicy(latest=None, specific=tuple(sorted(versions)))
+    if config.version_policy == wanted:
+        return False
+    write_config(repository, replace(config, version_policy=wanted))
+    if server_url:
+        with ServerControl(server_url) as server:
+            server.load_model(model)
+            wait_versions_ready(server, model, versions)
+    return True
+
+
+def wait_versions_ready(
+    server: ServerControl, model: str, versions: set[int], timeout_s: float = 120.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = server.version_states(model)
+        if all(states.get(v) == "READY" for v in versions):
+            return
+        time.sleep(0.2)
+    raise RolloutError(
+        f"versions {sorted(versions)} of {model!r} were not all READY within {timeout_s:g}s "
+        f"(server says {server.version_states(model)}); check the server log"
+    )

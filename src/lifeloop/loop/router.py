@@ -1,0 +1,249 @@
+"""The router: a Python (BLS) model in Triton in front of a classifier.
+
+Per batch it reads the routing policy (one stat; re-read on change), sends each request to the
+champion or, with the canary weight's probability, to the candidate, one BLS call per version
+for the whole batch, and in shadow mode also runs the candidate on every input and records
+whether it agrees. Every image gets a request id. Its prediction (version, top-k labels and
+scores, content hash, and the input itself at the sample rate) is committed to the store, one
+transaction per batch, before the batch's responses leave: an id a caller holds is always in
+the store, even if tritonserver is killed right after.
+
+Outputs per image: `logits` (the answering version's), `model_version` and `request_id`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lifeloop.loop.policy import PolicyWatcher, RoutingPolicy
+from lifeloop.loop.store import Prediction, Store
+from lifeloop.repository.publish import CLASSIFIER_PARAM, CONFIG_NAME, LABELS_PARAM, read_config
+
+__all__ = ["CLASSIFIER_PARAM", "Router", "RouterSettings"]
+STORE_PARAM = "lifeloop.store"
+BLOB_DIR_PARAM = "lifeloop.blob_dir"
+SAMPLE_RATE_PARAM = "lifeloop.blob_sample_rate"
+TOP_K_PARAM = "lifeloop.top_k"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings:
+    classifier: str
+    store_url: str
+    blob_dir: Path
+    sample_rate: float
+    top_k: int
+    input_name: str
+    output_name: str
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RouterSettings:
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        return cls(
+            classifier=params[CLASSIFIER_PARAM],
+            store_url=params[STORE_PARAM],
+            blob_dir=Path(params[BLOB_DIR_PARAM]),
+            sample_rate=float(params.get(SAMPLE_RATE_PARAM, "1.0")),
+            top_k=int(params.get(TOP_K_PARAM, "5")),
+            input_name=config["input"][0]["name"],
+            output_name="logits",
+        )
+
+
+class Labels:
+    """The classifier's labels from its config.pbtxt, re-read when the file changes (a
+    version with new classes appends to them)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.path = model_dir / CONFIG_NAME
+        self._stamp = 0
+        self._labels: tuple[str, ...] = ()
+
+    def current(self) -> tuple[str, ...]:
+        stamp = self.path.stat().st_mtime_ns
+        if stamp != self._stamp:
+            config = read_config(self.path.parent)
+            if config is not None:
+                self._labels = tuple(config.json_parameter(LABELS_PARAM, []))
+            self._stamp = stamp
+        return self._labels
+
+
+def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax top-k per row: (indices [n, k], scores [n, k])."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+
+def content_hash(sample: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=16).hexdigest()
+
+
+def write_blob(blob_dir: Path, digest: str, sample: np.ndarray) -> Path:
+    """The input, content-addressed: `<blob_dir>/<2 hex>/<hash>.npy`, written once."""
+    path = blob_dir / digest[:2] / f"{digest}.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{digest}.{uuid.uuid4().hex[:6]}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(sample), allow_pickle=False)
+        tmp.rename(path)
+    return path
+
+
+class Router:
+    """What the router's model.py delegates to; `pb` is triton_python_backend_utils."""
+
+    def __init__(self, pb: Any, router_dir: Path, settings: RouterSettings) -> None:
+        self.pb = pb
+        self.settings = settings
+        self.policies = PolicyWatcher(router_dir)
+        self.labels = Labels(router_dir.parent / settings.classifier)
+        # Opening the store checks it answers: a bad URL fails the router's load, not traffic.
+        self.store = Store(settings.store_url)
+        self.random = random.Random()
+
+    @classmethod
+    def from_args(cls, args: dict[str, str], pb: Any) -> Router:
+        config = json.loads(args["model_config"])
+        return cls(pb, Path(args["model_repository"]), RouterSettings.from_config(config))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb, settings = self.pb, self.settings
+        policy = self.policies.current()
+        arrays = [pb.get_input_tensor_by_name(r, settings.input_name).as_numpy() for r in requests]
+        routes = [self._route(policy) for _ in requests]
+        answers: list[tuple[np.ndarray, int, str] | Exception] = [
+            RuntimeError("not routed") for _ in requests
+        ]
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for i, arm in enumerate(routes):
+            groups[arm].append(i)
+        for (route, version), members in groups.items():
+            try:
+                logits = self._infer(version, np.concatenate([arrays[i] for i in members]))
+            except Exception as exc:  # the classifier's error for this version's requests
+                for i in members:
+                    answers[i] = exc
+                continue
+            start = 0
+            for i in members:
+                n = len(arrays[i])
+                answers[i] = (logits[start : start + n], version, route)
+                start += n
+        shadow = self._shadow(policy, arrays)
+
+        labels = self.labels.current()
+        records: list[Prediction] = []
+        ids: list[list[str] | None] = []
+        offset = 0
+        for i, answer in enumerate(answers):
+            n = len(arrays[i])
+            if isinstance(answer, Exception):
+                ids.append(None)
+                offset += n
+                continue
+            logits, version, route = answer
+            order, scores = top_k(logits, settings.top_k)
+            request_ids = []
+            for j in range(n):
+                sample = arrays[i][j]
+                digest = content_hash(sample)
+                blob = None
+                if settings.sample_rate >= 1.0 or self.random.random() < settings.sample_rate:
+                    blob = str(write_blob(settings.blob_dir, digest, sample))
+                rid = uuid.uuid4().hex
+                request_ids.append(rid)
+                records.append(
+                    Prediction(
+                        request_id=rid,
+                        model=settings.classifier,
+                        version=version,
+                        route=route,
+                        labels=[_label(labels, int(k)) for k in order[j]],
+                        scores=[float(s) for s in scores[j]],
+                        content_hash=digest,
+                        blob=blob,
+                        shadow_version=None if shadow is None else policy.candidate,
+                        shadow_label=None if shadow is None else _label(labels, shadow[offset + j]),
+                    )
+                )
+            ids.append(request_ids)
+            offset += n
+
+        try:
+            self.store.record_predictions(records)
+        except Exception as exc:
+            # Not acknowledged: no caller may hold an id the store does not have.
+            error = pb.TritonError(f"prediction log unavailable, request not served: {exc}")
+            return [pb.InferenceResponse(error=error) for _ in requests]
+
+        responses = []
+        for answer, answer_ids in zip(answers, ids, strict=True):
+            if isinstance(answer, Exception) or answer_ids is None:
+                responses.append(pb.InferenceResponse(error=pb.TritonError(str(answer))))
+                continue
+            logits, version, _ = answer
+            n = len(logits)
+            tensors = [
+                pb.Tensor(settings.output_name, np.ascontiguousarray(logits, dtype=np.float32)),
+                pb.Tensor("model_version", np.full((n, 1), version, dtype=np.int64)),
+                pb.Tensor(
+                    "request_id",
+                    np.array([[r.encode()] for r in answer_ids], dtype=np.object_),
+                ),
+            ]
+            responses.append(pb.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def _route(self, policy: RoutingPolicy) -> tuple[str, int]:
+        if (
+            policy.candidate is not None
+            and policy.canary_weight > 0
+            and self.random.random() < policy.canary_weight
+        ):
+            return ("canary", policy.candidate)
+        return ("champion", policy.champion)
+
+    def _shadow(self, policy: RoutingPolicy, arrays: list[np.ndarray]) -> np.ndarray | None:
+        """The candidate's top-1 for every image, or None. A failing shadow never fails the
+        answer: it is only not recorded."""
+        if not policy.shadow or policy.candidate is None:
+            return None
+        try:
+            logits = self._infer(policy.candidate, np.concatenate(arrays))
+        except Exception:
+            return None
+        return np.argmax(logits, axis=1)
+
+    def _infer(self, version: int, batch: np.ndarray) -> np.ndarray:
+        pb, settings = self.pb, self.settings
+        request = pb.InferenceRequest(
+            model_name=settings.classifier,
+            model_version=int(version),
+            requested_output_names=[settings.output_name],
+            inputs=[pb.Tensor(settings.input_name, batch)],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{settings.classifier} v{version}: {response.error().message()}")
+        return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
+
+
+def _label(labels: tuple[str, ...], index: int) -> str:
+    return labels[index] if index < len(labels) else str(index)
