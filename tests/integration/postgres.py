@@ -1,0 +1,99 @@
+"""A throwaway PostgreSQL server for the store tests: Debian's postgresql package, installed
+when missing (CI installs it in .ci/run too), a fresh cluster in a temporary folder, trust
+authentication on 127.0.0.1 and a free port, stopped at the end."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lifeloop.serve.launcher import free_port
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+def _bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _install() -> None:
+    if shutil.which("apt-get") is None:
+        raise PostgresUnavailable("postgresql is not installed and there is no apt-get")
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            check=False,
+        )
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+            raise PostgresUnavailable(f"`{' '.join(command)}` failed: {tail}")
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root; run them as the package's postgres user."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yields a SQLAlchemy URL of a running, empty PostgreSQL server."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        _install()
+        bin_dir = _bin_dir()
+    if bin_dir is None:
+        raise PostgresUnavailable("postgresql installed, but no initdb under /usr/lib/postgresql")
+    root = Path(tempfile.mkdtemp(prefix="lifeloop-pg-"))
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+    port = free_port()
+    try:
+        _run(
+            _as_postgres(
+                [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+            )
+        )
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on"
+        _run(
+            _as_postgres(
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-o",
+                    options,
+                    "-w",
+                    "-l",
+                    str(root / "log"),
+                    "start",
+                ]
+            )
+        )
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            _run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise PostgresUnavailable(f"`{Path(command[-1]).name}` failed: {tail}")
