@@ -495,5 +495,9 @@ def tune(
         out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+# The learning loop's commands register on `app` (kept in their own module for length).
+from lifeloop import cli_loop  # noqa: E402, F401
+
+
 def main() -> None:
     app()

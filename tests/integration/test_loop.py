@@ -4,6 +4,7 @@ automatic rollback, and a SIGKILLed server that loses no acknowledged record."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -233,3 +234,59 @@ def test_sigkill_loses_no_acknowledged_record(
         assert store.request_ids("digits") >= set(acknowledged)
         stored = {row.request_id for row in store.labelled("digits")}
     assert stored >= set(labelled)
+
+
+def test_rollout_commands_and_their_one_line_errors(
+    loop_server, loop_repo, rollout, store, held_out
+):
+    from typer.testing import CliRunner
+
+    from lifeloop.cli import app
+
+    runner = CliRunner()
+    repo = ["--repository", str(loop_repo), "--url", loop_server.http_url]
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def fails(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+        return lines[0]
+
+    assert "no candidate to promote" in fails("promote", *repo)
+    assert "no previous champion" in fails("rollback", *repo)
+    assert "canary traffic and shadow need a candidate" in fails("canary", "--weight", "0.5", *repo)
+    assert "has no version 99" in fails("candidate", "--version", "99", *repo)
+    assert "on or off" in fails("shadow", "maybe", *repo)
+    assert "candidate v2" in run("candidate", "--version", "2", *repo, "--reason", "cli test")
+    assert "must be in 0..1" in fails("canary", "--weight", "1.5", *repo)
+    assert "canary weight 0.25" in run("canary", "--weight", "0.25", *repo)
+    assert "shadow on" in run("shadow", "on", *repo)
+    assert "champion v2" in run("promote", *repo, "--reason", "cli promote")
+    assert "champion v1" in run("rollback", *repo)
+    assert "rollout history" in run("history", "--repository", str(loop_repo))
+    lines = run("history", "--repository", str(loop_repo), "--model", "digits", "--json")
+    events = [json.loads(line) for line in lines.strip().splitlines()]
+    assert [e["action"] for e in events[-5:]] == [
+        "candidate",
+        "canary",
+        "shadow",
+        "promote",
+        "rollback",
+    ]
+    assert events[-2]["reason"] == "cli promote" and events[-2]["champion"] == 2
+    assert "no feedback given" in fails("feedback", "--url", loop_server.grpc_url)
+    assert "unknown request id" in fails(
+        "feedback", "--url", loop_server.grpc_url, "--request-id", "x", "--label", "1"
+    )
+    with client_for(loop_server) as client:
+        rid = client.classify(held_out[0][:1])[0].request_id
+    assert "1 labels stored" in run(
+        "feedback", "--url", loop_server.grpc_url, "--request-id", rid, "--label", "3"
+    )
+    assert store.labelled("digits")[-1].label == "3"
