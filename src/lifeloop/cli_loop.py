@@ -247,3 +247,91 @@ def history(
             e.reason,
         )
     console.print(table)
+
+
+@app.command()
+@_errors
+def retrain(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    store: StoreUrl = None,
+    router: RouterName = "router",
+    replay: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training data to replay (default: the champion's, from its checkpoint)."
+        ),
+    ] = None,
+    replay_per_class: Annotated[int, typer.Option(help="Replay images per known class.")] = 150,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(help="Trusted labelled images to gate on (default: a held-out split)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    min_delta: Annotated[
+        float, typer.Option(help="Accuracy the candidate must gain over the champion.")
+    ] = 0.0,
+    max_drop: Annotated[
+        float,
+        typer.Option(help="Largest accuracy drop allowed for any old class (0.02 = 2 points)."),
+    ] = 0.02,
+    canary_weight: Annotated[
+        float, typer.Option("--canary", help="Canary weight of a passing candidate.")
+    ] = 0.2,
+    shadow: Annotated[bool, typer.Option(help="Also shadow the champion with it.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and training.")] = 0,
+    url: ServerUrl = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+) -> None:
+    """Fine-tune the champion on new labelled feedback (new classes too), gate it, roll it out."""
+    import json
+
+    from lifeloop.loop import RetrainError, Store
+    from lifeloop.retrain.loop import RetrainSettings
+    from lifeloop.retrain.loop import retrain as run_retrain
+
+    settings = RetrainSettings(
+        epochs=epochs,
+        lr=lr,
+        replay_per_class=replay_per_class,
+        min_delta=min_delta,
+        max_drop=max_drop,
+        canary_weight=canary_weight,
+        shadow=shadow,
+        seed=seed,
+    )
+    with Store.for_repository(repository, store) as opened:
+        report = run_retrain(
+            repository,
+            model,
+            opened,
+            router=router,
+            replay_dir=replay,
+            eval_dir=eval_dir,
+            settings=settings,
+            server_url=url,
+        )
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    table = Table(
+        title=f"{model}: champion v{report.champion} vs candidate, "
+        f"{report.held_out} held-out images"
+    )
+    for column in ("class", "champion", "candidate"):
+        table.add_column(column)
+    for name in report.labels:
+        table.add_row(
+            name + (" (new)" if name in report.new_classes else ""),
+            f"{report.champion_per_class.get(name, 0.0):.3f}",
+            f"{report.candidate_per_class.get(name, 0.0):.3f}",
+        )
+    table.add_row("all", f"{report.champion_accuracy:.4f}", f"{report.candidate_accuracy:.4f}")
+    console.print(table)
+    console.print(
+        f"trained on {report.feedback_used} labelled feedback + {report.replayed} replayed images"
+    )
+    if report.refused:
+        raise RetrainError("candidate refused, nothing published: " + "; ".join(report.refused))
+    console.print(f"published {model} v{report.version} as candidate (canary {canary_weight:g})")

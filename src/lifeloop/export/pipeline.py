@@ -63,7 +63,7 @@ def export_checkpoint(
             Path(tmp) / "model.onnx",
             arch=checkpoint.arch,
         )
-        return publish_onnx(
+        result = publish_onnx(
             model,
             onnx_path,
             checkpoint,
@@ -76,6 +76,17 @@ def export_checkpoint(
             max_batch_size=max_batch_size,
             evaluation=evaluation,
         )
+    # Retraining fine-tunes from the champion's PyTorch weights: keep them, outside the
+    # repository (which holds only what Triton serves).
+    checkpoint.save(archived_checkpoint(repository, model_name, result.published.version))
+    return result
+
+
+def archived_checkpoint(repository: Path, model: str, version: int) -> Path:
+    """Where the checkpoint a version was exported from is kept:
+    `<parent>/<repository name>.checkpoints/<model>/<version>.pt`."""
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.checkpoints" / model / f"{version}.pt"
 
 
 def publish_onnx(

@@ -82,39 +82,17 @@ def train(
     model = build(arch, len(folder.labels))
     if init_from is not None:
         model.load_state_dict(init_from.state_dict)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * max(1, -(-len(x_train) // batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-
-    columns = (
-        TextColumn("[bold]train[/] {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TimeRemainingColumn(),
+    fit(
+        model,
+        x_train,
+        y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+        what=f"{arch} on {len(x_train)} images",
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task(f"{arch} on {len(x_train)} images", total=steps)
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(xt), generator=generator)
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
-                if len(index) < 2:
-                    continue  # batch norm cannot train on one sample
-                optimizer.zero_grad()
-                loss = loss_fn(model(xt[index]), yt[index])
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item() * len(index)
-                bar.advance(task)
-            bar.update(
-                task, description=f"{arch} epoch {epoch + 1}/{epochs} loss {total / len(xt):.3f}"
-            )
 
     accuracy, per_class = evaluate(model, x_held, y_held, folder.labels)
     training: dict[str, Any] = {
@@ -137,6 +115,56 @@ def train(
     )
     path = checkpoint.save(out)
     return TrainResult(checkpoint, path, accuracy, per_class)
+
+
+def fit(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+    what: str = "",
+) -> nn.Module:
+    """AdamW with a one-cycle schedule over shuffled mini-batches, in place; a progress bar
+    per step. Deterministic for a given seed."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * max(1, -(-len(x_train) // batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+
+    columns = (
+        TextColumn("[bold]train[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task(what or f"{len(x_train)} images", total=steps)
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(xt), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size]
+                if len(index) < 2:
+                    continue  # batch norm cannot train on one sample
+                optimizer.zero_grad()
+                loss = loss_fn(model(xt[index]), yt[index])
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item() * len(index)
+                bar.advance(task)
+            bar.update(task, description=f"epoch {epoch + 1}/{epochs} loss {total / len(xt):.3f}")
+    model.eval()
+    return model
 
 
 def _fit_normalisation(pre: Preprocessing, samples: list[Any]) -> Preprocessing:

@@ -1,0 +1,304 @@
+"""`lifeloop retrain`: fine-tune the champion on labelled feedback, gate, publish, roll out.
+
+- Dataset: every labelled prediction no earlier version was trained on, whose input was kept,
+  plus a replay sample of the champion's own training data with a quota per class, so that
+  old classes are not forgotten.
+- New classes: labels the champion does not know are appended (class indices only grow); the
+  head grows and keeps its old rows.
+- Evaluation: per class, on a held-out set: a trusted labelled folder when given (`eval_dir`),
+  otherwise a stratified split of the dataset. The champion is scored on the same images; it
+  is wrong on every image of a class it does not have.
+- Gate: the candidate's accuracy must reach the champion's + min_delta, no old class may drop
+  more than max_drop, and the export must pass the parity gate. A refused candidate publishes
+  nothing.
+- Rollout: the passing candidate is published as the next version, recorded with what it was
+  trained on, and started as a canary (or shadow)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lifeloop.export import Checkpoint
+from lifeloop.export.checkpoint import load as load_checkpoint
+from lifeloop.export.pipeline import archived_checkpoint, export_checkpoint
+from lifeloop.loop.errors import RetrainError
+from lifeloop.loop.policy import read_policy
+from lifeloop.loop.rollout import Rollout
+from lifeloop.loop.store import Store
+from lifeloop.retrain.datasets import load_arrays, scan
+from lifeloop.retrain.training import accuracy_report, fit
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainSettings:
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 64
+    replay_per_class: int = 150
+    holdout: float = 0.2
+    min_delta: float = 0.0  # accuracy the candidate must gain over the champion
+    max_drop: float = 0.02  # largest per-class accuracy drop allowed for an old class
+    canary_weight: float = 0.2
+    shadow: bool = False
+    seed: int = 0
+
+
+@dataclass
+class RetrainReport:
+    model: str
+    champion: int
+    labels: tuple[str, ...]
+    new_classes: tuple[str, ...]
+    feedback_used: int
+    replayed: int
+    counts: dict[str, int]
+    held_out: int
+    champion_accuracy: float
+    candidate_accuracy: float
+    champion_per_class: dict[str, float]
+    candidate_per_class: dict[str, float]
+    refused: list[str] = field(default_factory=list)
+    version: int | None = None
+
+    @property
+    def published(self) -> bool:
+        return self.version is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "published": self.published}
+
+
+def grow_head(model: nn.Module, classes: int) -> nn.Module:
+    """Widen the last Linear layer to `classes` outputs, keeping the trained rows."""
+    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    if head.out_features == classes:
+        return model
+    if head.out_features > classes:
+        raise RetrainError(
+            f"the head has {head.out_features} classes; it cannot shrink to {classes}"
+        )
+    wider = nn.Linear(head.in_features, classes, bias=head.bias is not None)
+    with torch.no_grad():
+        wider.weight[: head.out_features] = head.weight
+        if head.bias is not None:
+            wider.bias[: head.out_features] = head.bias
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], wider)
+    return model
+
+
+def retrain(
+    repository: Path,
+    model: str,
+    store: Store,
+    *,
+    router: str = "router",
+    replay_dir: Path | None = None,
+    eval_dir: Path | None = None,
+    settings: RetrainSettings | None = None,
+    server_url: str | None = None,
+    progress: bool = True,
+) -> RetrainReport:
+    settings = settings or RetrainSettings()
+    repository = Path(repository)
+    policy = read_policy(repository / router)
+    if policy.model != model:
+        raise RetrainError(f"router {router!r} fronts {policy.model!r}, not {model!r}")
+    path = archived_checkpoint(repository, model, policy.champion)
+    if not path.is_file():
+        raise RetrainError(
+            f"the checkpoint of {model} v{policy.champion} is not at {path}; retraining needs "
+            "the champion's PyTorch weights (export versions with `lifeloop export`)"
+        )
+    champion = load_checkpoint(path)
+    pre = champion.preprocessing
+
+    used = store.trained_request_ids(model)
+    fresh = [r for r in store.labelled(model) if r.request_id not in used]
+    usable = [r for r in fresh if r.blob and Path(r.blob).is_file()]
+    if not usable:
+        raise RetrainError(
+            f"no new labelled data for {model!r}: {len(fresh)} labels since the last retrain, "
+            f"{len(usable)} with a stored input; nothing published"
+        )
+    new_classes = tuple(dict.fromkeys(r.label for r in usable if r.label not in champion.labels))
+    labels = champion.labels + new_classes
+    index = {label: i for i, label in enumerate(labels)}
+    x_feedback = np.stack([np.load(r.blob) for r in usable if r.blob]).astype(np.float32)
+    y_feedback = np.array([index[r.label] for r in usable], dtype=np.int64)
+
+    x_replay, y_replay = _replay(
+        replay_dir or champion.training.get("data"), labels, pre, settings, progress
+    )
+    x_all = np.concatenate([x_feedback, x_replay]) if len(x_replay) else x_feedback
+    y_all = np.concatenate([y_feedback, y_replay]) if len(y_replay) else y_feedback
+    if eval_dir is not None:
+        x_train, y_train = x_all, y_all
+        x_held, y_held = _folder_arrays(Path(eval_dir), labels, pre)
+    else:
+        train_idx, held_idx = _stratified(y_all, settings.holdout, settings.seed)
+        x_train, y_train, x_held, y_held = (
+            x_all[train_idx],
+            y_all[train_idx],
+            x_all[held_idx],
+            y_all[held_idx],
+        )
+    if len(x_held) == 0:
+        raise RetrainError("the held-out set is empty; pass --eval-dir or send more feedback")
+
+    network = grow_head(champion.build_model(), len(labels))
+    fit(
+        network,
+        x_train,
+        y_train,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=settings.seed,
+        progress=progress,
+        what=f"{model} v{policy.champion} + {len(usable)} labelled",
+    )
+    champion_acc, champion_pc = accuracy_report(
+        _predict(champion.build_model(), x_held), y_held, labels
+    )
+    candidate_acc, candidate_pc = accuracy_report(_predict(network, x_held), y_held, labels)
+    counts = {labels[i]: int(n) for i, n in sorted(Counter(y_train.tolist()).items())}
+    report = RetrainReport(
+        model=model,
+        champion=policy.champion,
+        labels=labels,
+        new_classes=new_classes,
+        feedback_used=len(usable),
+        replayed=len(x_replay),
+        counts=counts,
+        held_out=len(x_held),
+        champion_accuracy=champion_acc,
+        candidate_accuracy=candidate_acc,
+        champion_per_class=champion_pc,
+        candidate_per_class=candidate_pc,
+    )
+    if candidate_acc < champion_acc + settings.min_delta:
+        report.refused.append(
+            f"held-out accuracy {candidate_acc:.4f} is below the champion's {champion_acc:.4f} "
+            f"+ min_delta {settings.min_delta:g}"
+        )
+    for name in champion.labels:
+        if name in champion_pc and name in candidate_pc:
+            drop = champion_pc[name] - candidate_pc[name]
+            if drop > settings.max_drop + 1e-9:
+                report.refused.append(
+                    f"class {name!r} drops {drop * 100:.1f} points "
+                    f"({champion_pc[name]:.3f} -> {candidate_pc[name]:.3f}), more than "
+                    f"max_drop {settings.max_drop * 100:g}"
+                )
+    if report.refused:
+        return report
+
+    candidate = Checkpoint(
+        arch=champion.arch,
+        labels=labels,
+        preprocessing=pre,
+        state_dict={k: v.detach().clone() for k, v in network.state_dict().items()},
+        training={
+            "data": champion.training.get("data") if replay_dir is None else str(replay_dir),
+            "init_from_version": policy.champion,
+            "feedback": len(usable),
+            "replayed": len(x_replay),
+            "epochs": settings.epochs,
+            "seed": settings.seed,
+            "holdout_accuracy": candidate_acc,
+        },
+    )
+    # The parity gate runs inside the export; a ParityError publishes nothing.
+    exported = export_checkpoint(
+        candidate,
+        repository,
+        model,
+        samples=x_held[:64],
+        evaluation={"accuracy": candidate_acc, "per_class": candidate_pc, "held_out": len(x_held)},
+    )
+    version = exported.published.version
+    store.record_training(
+        model,
+        version,
+        [r.request_id for r in usable],
+        counts,
+        {"champion": policy.champion, **report.to_dict()},
+    )
+    Rollout(repository, store, router=router, server_url=server_url).start_candidate(
+        version,
+        canary_weight=settings.canary_weight,
+        shadow=settings.shadow,
+        reason=(
+            f"retrain: {candidate_acc:.4f} vs champion v{policy.champion} {champion_acc:.4f} "
+            f"on {len(x_held)} held-out images"
+        ),
+    )
+    report.version = version
+    return report
+
+
+def _predict(network: nn.Module, x: np.ndarray) -> np.ndarray:
+    network.eval()
+    with torch.no_grad():
+        parts = [
+            network(torch.from_numpy(x[i : i + 256])).argmax(1).numpy()
+            for i in range(0, len(x), 256)
+        ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _replay(
+    data: Any, labels: tuple[str, ...], pre: Any, settings: RetrainSettings, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `replay_per_class` images of each known class from the champion's training data."""
+    if settings.replay_per_class <= 0 or not data:
+        return np.zeros((0, *pre.input_shape), np.float32), np.zeros(0, np.int64)
+    if not Path(data).is_dir():
+        raise RetrainError(
+            f"the champion's training data {data} is gone; pass --replay DIR, or "
+            "--replay-per-class 0 to train on feedback alone"
+        )
+    folder = scan(Path(data))
+    rng = np.random.default_rng(settings.seed)
+    chosen = []
+    for label in folder.labels:
+        if label not in labels:
+            continue
+        samples = [s for s in folder.samples if folder.labels[s.label] == label]
+        picks = rng.permutation(len(samples))[: settings.replay_per_class]
+        chosen += [samples[i] for i in sorted(picks)]
+    x, y_folder = load_arrays(chosen, pre)
+    remap = np.array([labels.index(name) if name in labels else -1 for name in folder.labels])
+    return x, remap[y_folder]
+
+
+def _folder_arrays(root: Path, labels: tuple[str, ...], pre: Any) -> tuple[np.ndarray, np.ndarray]:
+    folder = scan(root)
+    unknown = [name for name in folder.labels if name not in labels]
+    if unknown:
+        raise RetrainError(
+            f"--eval-dir {root} has classes {unknown} that neither the model nor the feedback "
+            "knows; remove them or send feedback for them"
+        )
+    x, y_folder = load_arrays(list(folder.samples), pre)
+    remap = np.array([labels.index(name) for name in folder.labels])
+    return x, remap[y_folder]
+
+
+def _stratified(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        n_held = round(len(idx) * holdout) if len(idx) > 1 else 0
+        held += idx[:n_held].tolist()
+        train += idx[n_held:].tolist()
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(held), dtype=np.int64)

@@ -1,0 +1,132 @@
+"""`lifeloop retrain` on real data, a real SQLite store and real exports: new classes are
+learned, a candidate trained on shuffled labels is refused, and nothing new means nothing
+published. (The served loop, router to promotion, runs in the demo test.)"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifeloop.loop import RetrainError, Store, install_router, read_policy
+from lifeloop.loop.router import content_hash, write_blob
+from lifeloop.loop.store import Prediction
+from lifeloop.repository.publish import version_numbers
+from lifeloop.retrain import ImageFolder, TrainResult, train
+from lifeloop.retrain.datasets import Sample, load_arrays
+from lifeloop.retrain.loop import RetrainSettings, retrain
+from tests.conftest import publish_trained
+
+OLD = [str(d) for d in range(8)]
+
+
+def link_folder(root: Path, folder: ImageFolder, samples: list[Sample]) -> Path:
+    for sample in samples:
+        target = root / folder.labels[sample.label] / sample.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(sample.path, target)
+    return root
+
+
+@pytest.fixture(scope="module")
+def splits(digits: ImageFolder) -> tuple[list[Sample], list[Sample]]:
+    return digits.split(holdout=0.25, seed=1)
+
+
+@pytest.fixture(scope="module")
+def eval_dir(digits: ImageFolder, splits, tmp_path_factory) -> Path:
+    return link_folder(tmp_path_factory.mktemp("eval"), digits, splits[1])
+
+
+@pytest.fixture(scope="module")
+def v1(digits: ImageFolder, splits, tmp_path_factory) -> TrainResult:
+    """A champion that never saw digits 8 and 9."""
+    old = [s for s in splits[0] if digits.labels[s.label] in OLD]
+    data = link_folder(tmp_path_factory.mktemp("v1data"), digits, old)
+    return train(data, arch="small_cnn", epochs=4, out=data.parent / "v1.pt", progress=False)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, v1: TrainResult) -> Path:
+    repository = tmp_path / "model_repository"
+    publish_trained(v1.checkpoint, repository, "digits")
+    install_router(repository, "digits")
+    return repository
+
+
+def send_feedback(
+    repository: Path, digits: ImageFolder, samples: list[Sample], v1: TrainResult, *, shuffle=False
+) -> list[str]:
+    """What the router and the feedback model write for served images: a prediction with its
+    input kept as a blob, then the true (or, with shuffle, a random) label."""
+    x, y = load_arrays(samples, v1.checkpoint.preprocessing)
+    names = [digits.labels[i] for i in y]
+    if shuffle:
+        names = list(np.random.default_rng(3).permutation(names))
+    blobs = repository.parent / "model_repository.blobs"
+    records = []
+    for i, sample in enumerate(x):
+        digest = content_hash(sample)
+        records.append(
+            Prediction(
+                request_id=f"r{i:05d}",
+                model="digits",
+                version=1,
+                route="champion",
+                labels=["0"],
+                scores=[1.0],
+                content_hash=digest,
+                blob=str(write_blob(blobs, digest, sample)),
+            )
+        )
+    with Store.for_repository(repository) as store:
+        store.record_predictions(records)
+        store.add_feedback([(r.request_id, n) for r, n in zip(records, names, strict=True)])
+    return [r.request_id for r in records]
+
+
+def test_retrain_learns_new_classes_and_starts_a_canary(repo, digits, splits, v1, eval_dir):
+    ids = send_feedback(repo, digits, splits[0][::2], v1)
+    with Store.for_repository(repo) as store:
+        report = retrain(
+            repo, "digits", store, eval_dir=eval_dir, settings=RetrainSettings(), progress=False
+        )
+        record = store.training("digits", 2)
+        event = store.history("digits")[-1]
+    assert report.refused == [] and report.version == 2
+    assert report.new_classes == ("8", "9")
+    assert report.candidate_accuracy >= 0.90 > report.champion_accuracy
+    assert report.champion_per_class["9"] == 0.0 < report.candidate_per_class["9"]
+    for name in OLD:
+        assert report.champion_per_class[name] - report.candidate_per_class[name] <= 0.02
+    assert version_numbers(repo / "digits") == [1, 2]
+    policy = read_policy(repo / "router")
+    assert (policy.champion, policy.candidate, policy.canary_weight) == (1, 2, 0.2)
+    assert record is not None and sorted(record["request_ids"]) == sorted(ids)
+    assert record["counts"]["9"] > 0 and event.action == "candidate"
+
+
+def test_gate_refuses_a_candidate_trained_on_shuffled_labels(repo, digits, splits, v1, eval_dir):
+    send_feedback(repo, digits, splits[0], v1, shuffle=True)
+    settings = RetrainSettings(replay_per_class=10, epochs=6, lr=3e-3)
+    with Store.for_repository(repo) as store:
+        report = retrain(
+            repo, "digits", store, eval_dir=eval_dir, settings=settings, progress=False
+        )
+        assert store.training("digits", 2) is None
+    assert report.refused and report.version is None
+    assert version_numbers(repo / "digits") == [1]
+    assert read_policy(repo / "router").candidate is None
+
+
+def test_retrain_without_new_labelled_data_publishes_nothing(repo, digits, splits, v1, eval_dir):
+    with Store.for_repository(repo) as store:
+        with pytest.raises(RetrainError, match="no new labelled data .* nothing published"):
+            retrain(repo, "digits", store, eval_dir=eval_dir, progress=False)
+        send_feedback(repo, digits, splits[0][::2], v1)
+        assert retrain(repo, "digits", store, eval_dir=eval_dir, progress=False).version == 2
+        with pytest.raises(RetrainError, match="0 labels since the last retrain"):
+            retrain(repo, "digits", store, eval_dir=eval_dir, progress=False)
+    assert version_numbers(repo / "digits") == [1, 2]
