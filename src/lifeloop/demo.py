@@ -1,7 +1,10 @@
-"""`lifeloop demo`: the whole skeleton on the embedded defaults, end to end, in a few minutes.
+"""`lifeloop demo`: the whole learning loop on the embedded defaults, in a few minutes.
 
-Digits -> train v1 -> export and publish v1 -> local Triton -> classify the held-out set over
-HTTP and gRPC -> publish v2 while traffic flows -> check the switch lost no request -> stop.
+Digits -> train v1 on digits 0-7 only -> export, publish, put the router in front -> local
+Triton -> classify the held-out set (all ten digits) through the router over HTTP and gRPC ->
+traffic of all classes, with simulated users labelling a share of it through the feedback
+model -> retrain: v2 learns 8 and 9, passes the gate, starts as a 20% canary with shadow ->
+promote v2 while traffic flows -> score both versions per class -> stop.
 """
 
 from __future__ import annotations
@@ -20,11 +23,16 @@ from rich.table import Table
 
 from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.export import export_checkpoint
-from lifeloop.retrain import train, write_digits
-from lifeloop.retrain.datasets import load_arrays
+from lifeloop.loop import RetrainError, Rollout, Store, install_router
+from lifeloop.retrain import ImageFolder, train, write_digits
+from lifeloop.retrain.datasets import Sample, load_arrays
+from lifeloop.retrain.loop import RetrainSettings, retrain
+from lifeloop.retrain.training import accuracy_report
 from lifeloop.serve import ServerConfig, TritonServer
 
 MODEL = "classifier"
+ROUTER = "router"
+OLD_CLASSES = tuple(str(d) for d in range(8))
 
 
 @dataclass
@@ -53,28 +61,43 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
 
 
 def run_demo(
-    out: Path, *, epochs: int = 4, extra_epochs: int = 3, console: Console | None = None
+    out: Path,
+    *,
+    epochs: int = 4,
+    feedback_share: float = 0.6,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     repository = out / "model_repository"
-    shutil.rmtree(repository, ignore_errors=True)
+    for stale in (repository, out / "model_repository.lifeloop.db", out / "v1data", out / "eval"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        (out / f"model_repository.lifeloop.db{suffix}").unlink(missing_ok=True)
     started = time.monotonic()
 
     console.rule("[bold]1. data")
     folder = write_digits(out / "data")
-    _, held = folder.split()
+    train_set, held = folder.split(holdout=0.25, seed=1)
+    old = [s for s in train_set if folder.labels[s.label] in OLD_CLASSES]
+    v1_data = _link(out / "v1data", folder, old)
+    eval_dir = _link(out / "eval", folder, held)
     console.print(
-        f"{len(folder.samples)} digit images in {len(folder.labels)} classes at {folder.root}"
+        f"{len(folder.samples)} digit images; v1 trains on {len(old)} images of digits "
+        f"{', '.join(OLD_CLASSES)}; {len(held)} held-out images of all ten digits"
     )
 
-    console.rule("[bold]2. train v1")
-    v1 = train(folder.root, arch="small_cnn", epochs=epochs, out=out / "v1.pt")
-    x_held, _ = load_arrays(held, v1.checkpoint.preprocessing)
-    console.print(f"v1 held-out accuracy (PyTorch): {v1.holdout_accuracy:.3f}")
+    console.rule("[bold]2. train v1 on digits 0-7")
+    v1 = train(v1_data, arch="small_cnn", epochs=epochs, out=out / "v1.pt")
+    pre = v1.checkpoint.preprocessing
+    x_held, y_held = load_arrays(held, pre)
+    x_traffic, y_traffic = load_arrays(train_set, pre)
 
-    console.rule("[bold]3. export and publish v1")
+    console.rule("[bold]3. export v1, put the router in front")
     first = export_checkpoint(
         v1.checkpoint,
         repository,
@@ -83,45 +106,77 @@ def run_demo(
         evaluation={"holdout_accuracy": v1.holdout_accuracy},
     )
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
+    installed = install_router(repository, MODEL)
+    console.print(f"router and feedback models written; store {installed.store_url}")
 
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
+    traffic = Traffic()
     console.rule("[bold]4. serve")
-    with TritonServer(config) as server:
+    with TritonServer(config) as server, Store(installed.store_url) as store:
         console.print(
             f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url}; "
             f"log {server.log_path}"
         )
-        console.rule("[bold]5. classify the held-out set through Triton")
+        rollout = Rollout(repository, store, server_url=server.http_url)
+        console.rule("[bold]5. classify the held-out set through the router")
         served: dict[str, Any] = {}
         latencies: list[float] = []
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             correct, times = 0, []
-            with LifeloopClient(url, protocol, model=MODEL) as client:
-                client.wait_until_ready(60, model=MODEL)
+            with LifeloopClient(url, protocol, model=ROUTER) as client:
+                client.wait_until_ready(60, model=ROUTER)
                 for sample in held:
                     began = time.perf_counter()
                     answer = client.classify([sample.path], top_k=1)[0]
                     times.append((time.perf_counter() - began) * 1000)
                     correct += answer.label == folder.labels[sample.label]
+            traffic.requests += len(held)
             served[protocol] = {"accuracy": correct / len(held), **percentiles(times)}
             latencies += times
             stats = served[protocol]
             console.print(
-                f"{protocol}: accuracy {stats['accuracy']:.3f}, p50 {stats['p50']:.2f} ms, "
-                f"p99 {stats['p99']:.2f} ms over {len(held)} requests"
+                f"{protocol}: accuracy {stats['accuracy']:.3f} (v1 knows 8 of 10 digits), "
+                f"p50 {stats['p50']:.2f} ms, p99 {stats['p99']:.2f} ms over {len(held)} requests"
             )
 
-        console.rule("[bold]6. train v2 and publish it while traffic flows")
-        v2 = train(
-            folder.root,
-            arch="small_cnn",
-            epochs=extra_epochs,
-            out=out / "v2.pt",
-            init_from=v1.checkpoint,
-            lr=5e-4,
+        console.rule("[bold]6. traffic of all classes; users label a share of it")
+        names = folder.labels
+        labelled = 0
+        with LifeloopClient(server.grpc_url, model=ROUTER) as client:
+            rng = np.random.default_rng(0)
+            for start in range(0, len(x_traffic), 16):
+                try:
+                    answers = client.classify(x_traffic[start : start + 16])
+                except ClientError as exc:
+                    traffic.record(None, f"grpc: {exc}")
+                    continue
+                traffic.requests += len(answers)
+                chosen = [i for i in range(len(answers)) if rng.random() < feedback_share]
+                client.feedback(
+                    [answers[i].request_id or "" for i in chosen],
+                    [names[y_traffic[start + i]] for i in chosen],
+                )
+                labelled += len(chosen)
+        console.print(f"{len(x_traffic)} images served, {labelled} labelled by users")
+
+        console.rule("[bold]7. retrain: v2 from v1 + feedback + replay, gated")
+        report = retrain(
+            repository,
+            MODEL,
+            store,
+            eval_dir=eval_dir,
+            settings=RetrainSettings(canary_weight=0.2, shadow=True),
+            server_url=server.http_url,
         )
-        console.print(f"v2 held-out accuracy (PyTorch): {v2.holdout_accuracy:.3f}")
-        traffic = Traffic()
+        if report.version is None:
+            raise RetrainError("the demo's candidate was refused: " + "; ".join(report.refused))
+        console.print(
+            f"v{report.version}: held-out accuracy {report.candidate_accuracy:.3f} vs v1 "
+            f"{report.champion_accuracy:.3f}; new classes {', '.join(report.new_classes)}; "
+            "canary 20% with shadow"
+        )
+
+        console.rule("[bold]8. canary, then promote while traffic flows")
         stop = threading.Event()
         senders = [
             threading.Thread(target=_send, args=(url, protocol, x_held, traffic, stop), daemon=True)
@@ -129,40 +184,54 @@ def run_demo(
         ]
         for sender in senders:
             sender.start()
-        time.sleep(1.0)
-        second = export_checkpoint(
-            v2.checkpoint,
-            repository,
-            MODEL,
-            samples=x_held,
-            server_url=server.http_url,
-            evaluation={"holdout_accuracy": v2.holdout_accuracy},
-        )
+        time.sleep(4.0)
+        total, agreed = store.shadow_agreement(MODEL, report.version)
+        rollout.promote(reason=f"demo: v{report.version} passed its canary")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _switched(traffic, second.published.version):
+        while time.monotonic() < deadline and not _switched(traffic, report.version):
             time.sleep(0.1)
         time.sleep(1.0)
         stop.set()
         for sender in senders:
             sender.join(timeout=30)
         console.print(
-            f"published version {second.published.version} during {traffic.requests} "
-            f"requests; {len(traffic.failures)} failed"
+            f"canary agreement with v1: {agreed}/{total}; promoted v{report.version} during "
+            f"{traffic.requests} requests so far, {len(traffic.failures)} failed"
         )
 
-    version_before = first.published.version
+        console.rule("[bold]9. both versions on the held-out set of all classes")
+        scores: dict[int, dict[str, Any]] = {}
+        with LifeloopClient(server.grpc_url, model=MODEL) as client:
+            for version in (first.published.version, report.version):
+                answers = client.classify(x_held, top_k=1, version=version)
+                predicted = np.array([names.index(a.label) for a in answers])
+                accuracy, per_class = accuracy_report(predicted, y_held, names)
+                scores[version] = {"accuracy": accuracy, "per_class": per_class}
+                traffic.requests += len(answers)
+        history = [e.action for e in store.history(MODEL)]
+
+    v1_scores, v2_scores = scores[first.published.version], scores[report.version]
     seen = traffic.versions
     summary = {
-        "served_accuracy": min(v["accuracy"] for v in served.values()),
+        "v1_accuracy": v1_scores["accuracy"],
+        "v2_accuracy": v2_scores["accuracy"],
+        "per_class": {"v1": v1_scores["per_class"], "v2": v2_scores["per_class"]},
+        "largest_old_class_drop": max(
+            v1_scores["per_class"][c] - v2_scores["per_class"][c] for c in OLD_CLASSES
+        ),
+        "new_classes": list(report.new_classes),
+        "canary_agreement": agreed / total if total else None,
+        "shadowed_requests": total,
+        "feedback_labels": labelled,
+        "served_accuracy_v1": min(v["accuracy"] for v in served.values()),
         "served": served,
-        "requests": 2 * len(held) + traffic.requests,
+        "requests": traffic.requests,
         "failed_requests": len(traffic.failures),
         "failures": traffic.failures[:5],
-        "version_before": seen[0] if seen else version_before,
-        "version_after": seen[-1] if seen else version_before,
+        "version_before": first.published.version,
+        "version_after": seen[-1] if seen else first.published.version,
         "latency_ms": percentiles(latencies),
-        "holdout_accuracy": {"v1": v1.holdout_accuracy, "v2": v2.holdout_accuracy},
-        "reload_requests": traffic.requests,
+        "history": history,
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -170,10 +239,19 @@ def run_demo(
     return summary
 
 
+def _link(root: Path, folder: ImageFolder, samples: list[Sample]) -> Path:
+    """An image folder of `samples`, as symlinks into the digits folder."""
+    for sample in samples:
+        target = root / folder.labels[sample.label] / sample.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(sample.path.resolve())
+    return root
+
+
 def _send(
     url: str, protocol: str, batch: np.ndarray, traffic: Traffic, stop: threading.Event
 ) -> None:
-    with LifeloopClient(url, protocol, model=MODEL, timeout_s=30) as client:
+    with LifeloopClient(url, protocol, model=ROUTER, timeout_s=30) as client:
         index = 0
         while not stop.is_set():
             sample = batch[index % len(batch)]
@@ -191,14 +269,27 @@ def _switched(traffic: Traffic, version: int) -> bool:
 
 def _print_summary(console: Console, summary: dict[str, Any], path: Path) -> None:
     table = Table(title="lifeloop demo", show_header=False)
-    table.add_row("served accuracy (held-out, worst protocol)", f"{summary['served_accuracy']:.3f}")
+    table.add_row(
+        "held-out accuracy, all ten digits: v1 -> v2",
+        f"{summary['v1_accuracy']:.3f} -> {summary['v2_accuracy']:.3f}",
+    )
+    table.add_row("new classes learned from feedback", ", ".join(summary["new_classes"]))
+    table.add_row(
+        "largest drop of an old class (points)", f"{summary['largest_old_class_drop'] * 100:.1f}"
+    )
+    agreement = summary["canary_agreement"]
+    table.add_row(
+        "canary agreement with v1 (shadowed requests)",
+        f"{agreement:.3f} ({summary['shadowed_requests']})" if agreement is not None else "-",
+    )
+    table.add_row("feedback labels sent", str(summary["feedback_labels"]))
     table.add_row("requests / failed", f"{summary['requests']} / {summary['failed_requests']}")
     table.add_row(
-        "version before -> after hot reload",
-        f"{summary['version_before']} -> {summary['version_after']}",
+        "champion before -> after promotion",
+        f"v{summary['version_before']} -> v{summary['version_after']}",
     )
     table.add_row(
-        "latency p50 / p99 (ms, one image per request)",
+        "latency p50 / p99 (ms, one image per request, via the router)",
         f"{summary['latency_ms']['p50']:.2f} / {summary['latency_ms']['p99']:.2f}",
     )
     table.add_row("wall time (s)", f"{summary['seconds']}")

@@ -114,10 +114,17 @@ def test_demo_meets_its_acceptance_figures(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["served_accuracy"] >= 0.90
+    assert summary["v2_accuracy"] >= 0.90
+    assert summary["v1_accuracy"] <= 0.85  # v1 never saw 8 and 9
+    assert summary["per_class"]["v1"]["9"] == 0.0 < summary["per_class"]["v2"]["9"]
+    for digit in "01234567":
+        assert summary["per_class"]["v1"][digit] - summary["per_class"]["v2"][digit] <= 0.02
+    assert summary["new_classes"] == ["8", "9"]
+    assert summary["shadowed_requests"] > 0 and 0 < summary["canary_agreement"] <= 1
     assert summary["failed_requests"] == 0
-    assert summary["version_after"] != summary["version_before"]
+    assert (summary["version_before"], summary["version_after"]) == (1, 2)
+    assert summary["history"] == ["init", "candidate", "promote"]
     assert (
-        summary["requests"] > 700
+        summary["requests"] > 1500
         and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
     )

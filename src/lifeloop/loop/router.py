@@ -160,6 +160,8 @@ class Router:
                 continue
             logits, version, route = answer
             order, scores = top_k(logits, settings.top_k)
+            # Shadow compares the candidate with the champion: only champion answers count.
+            shadowed = shadow is not None and route == "champion"
             request_ids = []
             for j in range(n):
                 sample = arrays[i][j]
@@ -179,8 +181,10 @@ class Router:
                         scores=[float(s) for s in scores[j]],
                         content_hash=digest,
                         blob=blob,
-                        shadow_version=None if shadow is None else policy.candidate,
-                        shadow_label=None if shadow is None else _label(labels, shadow[offset + j]),
+                        shadow_version=policy.candidate if shadowed else None,
+                        shadow_label=_label(labels, shadow[offset + j])
+                        if shadow is not None and shadowed
+                        else None,
                     )
                 )
             ids.append(request_ids)
