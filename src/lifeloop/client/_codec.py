@@ -145,26 +145,32 @@ def decode(
     `version` is one version for all rows, or one per row (a router answers per image)."""
     if logits.ndim != 2:
         raise ClientError(f"model {info.name!r} returned logits of shape {logits.shape}")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=1, keepdims=True)
-    k = max(1, min(top_k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    versions = [version] * len(probs) if isinstance(version, int) else list(version)
-    ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(probs)
+    order, top_scores = softmax_top_k(logits, top_k)
+    versions = [version] * len(logits) if isinstance(version, int) else list(version)
+    ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(logits)
     answers = []
-    for row, idx, answered, rid in zip(probs, order, versions, ids, strict=True):
+    for row, idx, answered, rid in zip(top_scores, order, versions, ids, strict=True):
         answers.append(
             Classification(
                 model=info.routes_to or info.name,
                 version=int(answered),
                 labels=tuple(label_of(info.labels, int(i)) for i in idx),
                 indices=tuple(int(i) for i in idx),
-                scores=tuple(float(row[i]) for i in idx),
+                scores=tuple(float(v) for v in row),
                 request_id=rid,
             )
         )
     return answers
+
+
+def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax top-k per row of logits [n, classes]: (indices [n, k], scores [n, k])."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
 
 
 def routed_answers(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lifeloop.client._codec import softmax_top_k
 from lifeloop.loop.policy import PolicyWatcher, RoutingPolicy
 from lifeloop.loop.store import Prediction, Store
 from lifeloop.repository.publish import CLASSIFIER_PARAM, CONFIG_NAME, LABELS_PARAM, read_config
@@ -75,16 +76,6 @@ class Labels:
                 self._labels = tuple(config.json_parameter(LABELS_PARAM, []))
             self._stamp = stamp
         return self._labels
-
-
-def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax top-k per row: (indices [n, k], scores [n, k])."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=1, keepdims=True)
-    k = max(1, min(k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(probs, order, axis=1)
 
 
 def content_hash(sample: np.ndarray) -> str:
@@ -159,7 +150,7 @@ class Router:
                 offset += n
                 continue
             logits, version, route = answer
-            order, scores = top_k(logits, settings.top_k)
+            order, scores = softmax_top_k(logits, settings.top_k)
             # Shadow compares the candidate with the champion: only champion answers count.
             shadowed = shadow is not None and route == "champion"
             request_ids = []
