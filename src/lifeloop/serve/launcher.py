@@ -64,7 +64,14 @@ class ServerConfig:
     def on_free_ports(cls, repository: Path, **kwargs: object) -> ServerConfig:
         """A config whose three ports are free now (for demos, benches and tests that run
         beside whatever else listens on this machine)."""
-        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        # Each free_port() binds and releases port 0, so the OS may hand the same port out
+        # twice; draw until the three differ.
+        chosen: list[int] = []
+        while len(chosen) < 3:
+            port = free_port()
+            if port not in chosen:
+                chosen.append(port)
+        ports = dict(zip(("http_port", "grpc_port", "metrics_port"), chosen, strict=True))
         return cls(repository=repository, **ports, **kwargs)  # type: ignore[arg-type]
 
     @property
