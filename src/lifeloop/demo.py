@@ -24,8 +24,8 @@ from rich.table import Table
 from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.export import export_checkpoint
 from lifeloop.loop import RetrainError, Rollout, Store, install_router
-from lifeloop.retrain import ImageFolder, train, write_digits
-from lifeloop.retrain.datasets import Sample, load_arrays
+from lifeloop.retrain import train, write_digits
+from lifeloop.retrain.datasets import link_folder, load_arrays
 from lifeloop.retrain.loop import RetrainSettings, retrain
 from lifeloop.retrain.training import accuracy_report
 from lifeloop.serve import ServerConfig, TritonServer
@@ -84,8 +84,8 @@ def run_demo(
     folder = write_digits(out / "data")
     train_set, held = folder.split(holdout=0.25, seed=1)
     old = [s for s in train_set if folder.labels[s.label] in OLD_CLASSES]
-    v1_data = _link(out / "v1data", folder, old)
-    eval_dir = _link(out / "eval", folder, held)
+    v1_data = link_folder(out / "v1data", folder, old)
+    eval_dir = link_folder(out / "eval", folder, held)
     console.print(
         f"{len(folder.samples)} digit images; v1 trains on {len(old)} images of digits "
         f"{', '.join(OLD_CLASSES)}; {len(held)} held-out images of all ten digits"
@@ -237,15 +237,6 @@ def run_demo(
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(console, summary, out / "summary.json")
     return summary
-
-
-def _link(root: Path, folder: ImageFolder, samples: list[Sample]) -> Path:
-    """An image folder of `samples`, as symlinks into the digits folder."""
-    for sample in samples:
-        target = root / folder.labels[sample.label] / sample.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(sample.path.resolve())
-    return root
 
 
 def _send(

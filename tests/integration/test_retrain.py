@@ -4,7 +4,6 @@ published. (The served loop, router to promotion, runs in the demo test.)"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +14,11 @@ from lifeloop.loop.router import content_hash, write_blob
 from lifeloop.loop.store import Prediction
 from lifeloop.repository.publish import version_numbers
 from lifeloop.retrain import ImageFolder, TrainResult, train
-from lifeloop.retrain.datasets import Sample, load_arrays
+from lifeloop.retrain.datasets import Sample, link_folder, load_arrays
 from lifeloop.retrain.loop import RetrainSettings, retrain
 from tests.conftest import publish_trained
 
 OLD = [str(d) for d in range(8)]
-
-
-def link_folder(root: Path, folder: ImageFolder, samples: list[Sample]) -> Path:
-    for sample in samples:
-        target = root / folder.labels[sample.label] / sample.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(sample.path, target)
-    return root
 
 
 @pytest.fixture(scope="module")

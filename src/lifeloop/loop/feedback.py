@@ -20,10 +20,11 @@ import numpy as np
 from lifeloop.errors import LifeloopError
 from lifeloop.loop.policy import read_policy
 from lifeloop.loop.rollout import Rollout
+from lifeloop.loop.router import STORE_PARAM
 from lifeloop.loop.store import ArmScore, Store
+from lifeloop.serve.ort_runner import parameters
 
 ROUTER_PARAM = "lifeloop.router"
-STORE_PARAM = "lifeloop.store"
 
 
 def check_canary(rollout: Rollout) -> str | None:
@@ -73,7 +74,7 @@ class FeedbackModel:
     @classmethod
     def from_args(cls, args: dict[str, str], pb: Any) -> FeedbackModel:
         config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         repository = Path(args["model_repository"]).parent
         return cls(pb, repository, params.get(ROUTER_PARAM, "router"), params[STORE_PARAM])
 

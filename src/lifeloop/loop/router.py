@@ -27,6 +27,7 @@ from lifeloop.client._codec import softmax_top_k
 from lifeloop.loop.policy import PolicyWatcher, RoutingPolicy
 from lifeloop.loop.store import Prediction, Store
 from lifeloop.repository.publish import CLASSIFIER_PARAM, CONFIG_NAME, LABELS_PARAM, read_config
+from lifeloop.serve.ort_runner import parameters
 
 __all__ = ["CLASSIFIER_PARAM", "Router", "RouterSettings"]
 STORE_PARAM = "lifeloop.store"
@@ -47,7 +48,7 @@ class RouterSettings:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RouterSettings:
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         return cls(
             classifier=params[CLASSIFIER_PARAM],
             store_url=params[STORE_PARAM],

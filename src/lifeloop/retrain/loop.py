@@ -32,7 +32,7 @@ from lifeloop.loop.errors import RetrainError
 from lifeloop.loop.policy import read_policy
 from lifeloop.loop.rollout import Rollout
 from lifeloop.loop.store import Store
-from lifeloop.retrain.datasets import load_arrays, scan
+from lifeloop.retrain.datasets import ImageFolder, load_arrays, scan
 from lifeloop.retrain.training import accuracy_report, fit
 
 
@@ -276,8 +276,7 @@ def _replay(
         picks = rng.permutation(len(samples))[: settings.replay_per_class]
         chosen += [samples[i] for i in sorted(picks)]
     x, y_folder = load_arrays(chosen, pre)
-    remap = np.array([labels.index(name) if name in labels else -1 for name in folder.labels])
-    return x, remap[y_folder]
+    return x, _model_indices(folder, y_folder, labels)
 
 
 def _folder_arrays(root: Path, labels: tuple[str, ...], pre: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -289,8 +288,15 @@ def _folder_arrays(root: Path, labels: tuple[str, ...], pre: Any) -> tuple[np.nd
             "knows; remove them or send feedback for them"
         )
     x, y_folder = load_arrays(list(folder.samples), pre)
-    remap = np.array([labels.index(name) for name in folder.labels])
-    return x, remap[y_folder]
+    return x, _model_indices(folder, y_folder, labels)
+
+
+def _model_indices(
+    folder: ImageFolder, y_folder: np.ndarray, labels: tuple[str, ...]
+) -> np.ndarray:
+    """A folder's class indices -> the model's (every folder class here is one of `labels`)."""
+    remap = np.array([labels.index(name) if name in labels else -1 for name in folder.labels])
+    return remap[y_folder]
 
 
 def _stratified(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
