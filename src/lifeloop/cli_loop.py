@@ -284,11 +284,15 @@ def retrain(
     url: ServerUrl = None,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
 ) -> None:
-    """Fine-tune the champion on new labelled feedback (new classes too), gate it, roll it out."""
+    """Fine-tune the champion on new labelled feedback (new classes too), gate it, roll it out.
+
+    Run it under `torchrun --nproc-per-node N -m lifeloop retrain ...` to train as N
+    data-parallel processes (gloo on CPU, nccl on GPUs); rank 0 gates and publishes."""
     import json
 
     from lifeloop.loop import RetrainError, Store
-    from lifeloop.retrain.loop import RetrainSettings
+    from lifeloop.retrain import distributed
+    from lifeloop.retrain.loop import RetrainSettings, retrain_follower
     from lifeloop.retrain.loop import retrain as run_retrain
 
     settings = RetrainSettings(
@@ -301,17 +305,24 @@ def retrain(
         shadow=shadow,
         seed=seed,
     )
-    with Store.for_repository(repository, store) as opened:
-        report = run_retrain(
-            repository,
-            model,
-            opened,
-            router=router,
-            replay_dir=replay,
-            eval_dir=eval_dir,
-            settings=settings,
-            server_url=url,
-        )
+    place = distributed.init_from_env()
+    try:
+        if not place.is_leader:
+            retrain_follower(model, settings)
+            return
+        with Store.for_repository(repository, store) as opened:
+            report = run_retrain(
+                repository,
+                model,
+                opened,
+                router=router,
+                replay_dir=replay,
+                eval_dir=eval_dir,
+                settings=settings,
+                server_url=url,
+            )
+    finally:
+        distributed.shutdown()
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")

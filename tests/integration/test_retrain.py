@@ -4,18 +4,24 @@ published. (The served loop, router to promotion, runs in the demo test.)"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lifeloop.export.checkpoint import load as load_checkpoint
+from lifeloop.export.pipeline import archived_checkpoint
 from lifeloop.loop import RetrainError, Store, install_router, read_policy
 from lifeloop.loop.router import content_hash, write_blob
 from lifeloop.loop.store import Prediction
 from lifeloop.repository.publish import version_numbers
 from lifeloop.retrain import ImageFolder, TrainResult, train
-from lifeloop.retrain.datasets import Sample, link_folder, load_arrays
+from lifeloop.retrain.datasets import Sample, link_folder, load_arrays, scan
 from lifeloop.retrain.loop import RetrainSettings, retrain
+from lifeloop.retrain.training import predict
 from tests.conftest import publish_trained
 
 OLD = [str(d) for d in range(8)]
@@ -39,12 +45,16 @@ def v1(digits: ImageFolder, splits, tmp_path_factory) -> TrainResult:
     return train(data, arch="small_cnn", epochs=4, out=data.parent / "v1.pt", progress=False)
 
 
-@pytest.fixture
-def repo(tmp_path: Path, v1: TrainResult) -> Path:
-    repository = tmp_path / "model_repository"
+def make_repo(root: Path, v1: TrainResult) -> Path:
+    repository = root / "model_repository"
     publish_trained(v1.checkpoint, repository, "digits")
     install_router(repository, "digits")
     return repository
+
+
+@pytest.fixture
+def repo(tmp_path: Path, v1: TrainResult) -> Path:
+    return make_repo(tmp_path, v1)
 
 
 def send_feedback(
@@ -121,3 +131,37 @@ def test_retrain_without_new_labelled_data_publishes_nothing(repo, digits, split
         with pytest.raises(RetrainError, match="0 labels since the last retrain"):
             retrain(repo, "digits", store, eval_dir=eval_dir, progress=False)
     assert version_numbers(repo / "digits") == [1, 2]
+
+
+def test_torchrun_retrain_on_two_processes_matches_one_process(
+    tmp_path, digits, splits, v1, eval_dir
+):
+    """The same feedback in two repositories: one retrained in this process, the other by
+    `torchrun --nproc-per-node 2 -m lifeloop retrain` (DDP over gloo). Training is chaotic in
+    its last digits (a 1e-6 nudge to the starting weights moves them as far as DDP does), so
+    the two candidates must agree in what they do, not bit for bit."""
+    single, ddp = make_repo(tmp_path / "single", v1), make_repo(tmp_path / "ddp", v1)
+    for repository in (single, ddp):
+        send_feedback(repository, digits, splits[0][::2], v1)
+    with Store.for_repository(single) as store:
+        one = retrain(single, "digits", store, eval_dir=eval_dir, progress=False)
+
+    report = tmp_path / "ddp.json"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"),
+        *("-m", "lifeloop", "retrain", "--repository", str(ddp), "--model", "digits"),
+        *("--eval-dir", str(eval_dir), "--out", str(report)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    two = json.loads(report.read_text())
+
+    assert one.version == two["version"] == 2
+    assert one.counts == two["counts"] and one.feedback_used == two["feedback_used"]
+    assert abs(one.candidate_accuracy - two["candidate_accuracy"]) <= 0.02
+    x, _ = load_arrays(list(scan(eval_dir).samples), v1.checkpoint.preprocessing)
+    answers = [
+        predict(load_checkpoint(archived_checkpoint(r, "digits", 2)).build_model(), x)
+        for r in (single, ddp)
+    ]
+    assert np.mean(answers[0] == answers[1]) >= 0.97

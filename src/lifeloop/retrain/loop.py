@@ -33,7 +33,8 @@ from lifeloop.loop.policy import read_policy
 from lifeloop.loop.rollout import Rollout
 from lifeloop.loop.store import Store
 from lifeloop.retrain.datasets import ImageFolder, load_arrays, scan
-from lifeloop.retrain.training import accuracy_report, fit
+from lifeloop.retrain.distributed import broadcast, world
+from lifeloop.retrain.training import accuracy_report, fit, predict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +95,22 @@ def grow_head(model: nn.Module, classes: int) -> nn.Module:
     return model
 
 
+@dataclass
+class _Dataset:
+    """What rank 0 reads from the store and the data folders, for every rank to train on."""
+
+    champion_version: int
+    champion: Checkpoint
+    request_ids: list[str]
+    labels: tuple[str, ...]
+    new_classes: tuple[str, ...]
+    replayed: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_held: np.ndarray
+    y_held: np.ndarray
+
+
 def retrain(
     repository: Path,
     model: str,
@@ -106,8 +123,139 @@ def retrain(
     server_url: str | None = None,
     progress: bool = True,
 ) -> RetrainReport:
+    """Retrain, gate, publish and start the rollout. Under `torchrun` this runs on rank 0: it
+    reads the data, sends it to the other ranks (`retrain_follower`), trains its share as
+    DDP, and alone gates, publishes and reports."""
     settings = settings or RetrainSettings()
     repository = Path(repository)
+    try:
+        data = _read_dataset(
+            repository, model, store, router, replay_dir, eval_dir, settings, progress
+        )
+    except Exception as error:
+        # The other ranks wait for the data: tell them why none comes, then stop here too.
+        broadcast(error if isinstance(error, RetrainError) else RetrainError(str(error)))
+        raise
+    broadcast(data)
+    champion, labels = data.champion, data.labels
+    y_train, x_held, y_held = data.y_train, data.x_held, data.y_held
+    network = _fit(model, data, settings, progress)
+    champion_acc, champion_pc = accuracy_report(
+        predict(champion.build_model(), x_held), y_held, labels
+    )
+    candidate_acc, candidate_pc = accuracy_report(predict(network, x_held), y_held, labels)
+    counts = {labels[i]: int(n) for i, n in sorted(Counter(y_train.tolist()).items())}
+    report = RetrainReport(
+        model=model,
+        champion=data.champion_version,
+        labels=labels,
+        new_classes=data.new_classes,
+        feedback_used=len(data.request_ids),
+        replayed=data.replayed,
+        counts=counts,
+        held_out=len(x_held),
+        champion_accuracy=champion_acc,
+        candidate_accuracy=candidate_acc,
+        champion_per_class=champion_pc,
+        candidate_per_class=candidate_pc,
+    )
+    if candidate_acc < champion_acc + settings.min_delta:
+        report.refused.append(
+            f"held-out accuracy {candidate_acc:.4f} is below the champion's {champion_acc:.4f} "
+            f"+ min_delta {settings.min_delta:g}"
+        )
+    for name in champion.labels:
+        if name in champion_pc and name in candidate_pc:
+            drop = champion_pc[name] - candidate_pc[name]
+            if drop > settings.max_drop + 1e-9:
+                report.refused.append(
+                    f"class {name!r} drops {drop * 100:.1f} points "
+                    f"({champion_pc[name]:.3f} -> {candidate_pc[name]:.3f}), more than "
+                    f"max_drop {settings.max_drop * 100:g}"
+                )
+    if report.refused:
+        return report
+
+    candidate = Checkpoint(
+        arch=champion.arch,
+        labels=labels,
+        preprocessing=champion.preprocessing,
+        state_dict={k: v.detach().clone() for k, v in network.state_dict().items()},
+        training={
+            "data": champion.training.get("data") if replay_dir is None else str(replay_dir),
+            "init_from_version": data.champion_version,
+            "feedback": len(data.request_ids),
+            "replayed": data.replayed,
+            "epochs": settings.epochs,
+            "seed": settings.seed,
+            "holdout_accuracy": candidate_acc,
+        },
+    )
+    # The parity gate runs inside the export; a ParityError publishes nothing.
+    exported = export_checkpoint(
+        candidate,
+        repository,
+        model,
+        samples=x_held[:64],
+        evaluation={"accuracy": candidate_acc, "per_class": candidate_pc, "held_out": len(x_held)},
+    )
+    version = exported.published.version
+    store.record_training(
+        model,
+        version,
+        data.request_ids,
+        counts,
+        {"champion": data.champion_version, **report.to_dict()},
+    )
+    Rollout(repository, store, router=router, server_url=server_url).start_candidate(
+        version,
+        canary_weight=settings.canary_weight,
+        shadow=settings.shadow,
+        reason=(
+            f"retrain: {candidate_acc:.4f} vs champion v{data.champion_version} {champion_acc:.4f} "
+            f"on {len(x_held)} held-out images"
+        ),
+    )
+    report.version = version
+    return report
+
+
+def retrain_follower(model: str, settings: RetrainSettings | None = None) -> None:
+    """Rank 1..N-1 of a `torchrun` retrain: train on rank 0's data, then leave the gate, the
+    export and the store to rank 0."""
+    data = broadcast(None)
+    if isinstance(data, RetrainError):
+        raise data
+    if not isinstance(data, _Dataset):
+        raise RetrainError(f"rank {world().rank} received no dataset from rank 0")
+    _fit(model, data, settings or RetrainSettings(), progress=False)
+
+
+def _fit(model: str, data: _Dataset, settings: RetrainSettings, progress: bool) -> nn.Module:
+    network = grow_head(data.champion.build_model(), len(data.labels))
+    return fit(
+        network,
+        data.x_train,
+        data.y_train,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=settings.seed,
+        progress=progress,
+        what=f"{model} v{data.champion_version} + {len(data.request_ids)} labelled",
+    )
+
+
+def _read_dataset(
+    repository: Path,
+    model: str,
+    store: Store,
+    router: str,
+    replay_dir: Path | None,
+    eval_dir: Path | None,
+    settings: RetrainSettings,
+    progress: bool,
+) -> _Dataset:
     policy = read_policy(repository / router)
     if policy.model != model:
         raise RetrainError(f"router {router!r} fronts {policy.model!r}, not {model!r}")
@@ -152,107 +300,18 @@ def retrain(
         )
     if len(x_held) == 0:
         raise RetrainError("the held-out set is empty; pass --eval-dir or send more feedback")
-
-    network = grow_head(champion.build_model(), len(labels))
-    fit(
-        network,
-        x_train,
-        y_train,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        seed=settings.seed,
-        progress=progress,
-        what=f"{model} v{policy.champion} + {len(usable)} labelled",
-    )
-    champion_acc, champion_pc = accuracy_report(
-        _predict(champion.build_model(), x_held), y_held, labels
-    )
-    candidate_acc, candidate_pc = accuracy_report(_predict(network, x_held), y_held, labels)
-    counts = {labels[i]: int(n) for i, n in sorted(Counter(y_train.tolist()).items())}
-    report = RetrainReport(
-        model=model,
-        champion=policy.champion,
+    return _Dataset(
+        champion_version=policy.champion,
+        champion=champion,
+        request_ids=[r.request_id for r in usable],
         labels=labels,
         new_classes=new_classes,
-        feedback_used=len(usable),
         replayed=len(x_replay),
-        counts=counts,
-        held_out=len(x_held),
-        champion_accuracy=champion_acc,
-        candidate_accuracy=candidate_acc,
-        champion_per_class=champion_pc,
-        candidate_per_class=candidate_pc,
+        x_train=x_train,
+        y_train=y_train,
+        x_held=x_held,
+        y_held=y_held,
     )
-    if candidate_acc < champion_acc + settings.min_delta:
-        report.refused.append(
-            f"held-out accuracy {candidate_acc:.4f} is below the champion's {champion_acc:.4f} "
-            f"+ min_delta {settings.min_delta:g}"
-        )
-    for name in champion.labels:
-        if name in champion_pc and name in candidate_pc:
-            drop = champion_pc[name] - candidate_pc[name]
-            if drop > settings.max_drop + 1e-9:
-                report.refused.append(
-                    f"class {name!r} drops {drop * 100:.1f} points "
-                    f"({champion_pc[name]:.3f} -> {candidate_pc[name]:.3f}), more than "
-                    f"max_drop {settings.max_drop * 100:g}"
-                )
-    if report.refused:
-        return report
-
-    candidate = Checkpoint(
-        arch=champion.arch,
-        labels=labels,
-        preprocessing=pre,
-        state_dict={k: v.detach().clone() for k, v in network.state_dict().items()},
-        training={
-            "data": champion.training.get("data") if replay_dir is None else str(replay_dir),
-            "init_from_version": policy.champion,
-            "feedback": len(usable),
-            "replayed": len(x_replay),
-            "epochs": settings.epochs,
-            "seed": settings.seed,
-            "holdout_accuracy": candidate_acc,
-        },
-    )
-    # The parity gate runs inside the export; a ParityError publishes nothing.
-    exported = export_checkpoint(
-        candidate,
-        repository,
-        model,
-        samples=x_held[:64],
-        evaluation={"accuracy": candidate_acc, "per_class": candidate_pc, "held_out": len(x_held)},
-    )
-    version = exported.published.version
-    store.record_training(
-        model,
-        version,
-        [r.request_id for r in usable],
-        counts,
-        {"champion": policy.champion, **report.to_dict()},
-    )
-    Rollout(repository, store, router=router, server_url=server_url).start_candidate(
-        version,
-        canary_weight=settings.canary_weight,
-        shadow=settings.shadow,
-        reason=(
-            f"retrain: {candidate_acc:.4f} vs champion v{policy.champion} {champion_acc:.4f} "
-            f"on {len(x_held)} held-out images"
-        ),
-    )
-    report.version = version
-    return report
-
-
-def _predict(network: nn.Module, x: np.ndarray) -> np.ndarray:
-    network.eval()
-    with torch.no_grad():
-        parts = [
-            network(torch.from_numpy(x[i : i + 256])).argmax(1).numpy()
-            for i in range(0, len(x), 256)
-        ]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _replay(

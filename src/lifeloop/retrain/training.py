@@ -10,11 +10,13 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lifeloop.export.architectures import SMALL_CNN, build, check_architecture
 from lifeloop.export.checkpoint import Checkpoint
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.retrain.datasets import DataError, load_arrays, scan
+from lifeloop.retrain.distributed import synchronise_batch_norm, world
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,18 @@ def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, labels: tuple[str, ...]
 ) -> tuple[float, dict[str, float]]:
     """(accuracy, per-class accuracy) of `model` on preprocessed arrays."""
+    return accuracy_report(predict(model, x), y, labels)
+
+
+def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The top-1 class index of each preprocessed image, in eval mode."""
     model.eval()
-    predictions = []
     with torch.no_grad():
-        for start in range(0, len(x), 256):
-            predictions.append(model(torch.from_numpy(x[start : start + 256])).argmax(1).numpy())
-    predicted = np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
-    return accuracy_report(predicted, y, labels)
+        parts = [
+            model(torch.from_numpy(x[start : start + 256])).argmax(1).numpy()
+            for start in range(0, len(x), 256)
+        ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def accuracy_report(
@@ -130,12 +137,21 @@ def fit(
     what: str = "",
 ) -> nn.Module:
     """AdamW with a one-cycle schedule over shuffled mini-batches, in place; a progress bar
-    per step. Deterministic for a given seed."""
+    per step. Deterministic for a given seed.
+
+    Under `torchrun` (see lifeloop.retrain.distributed) every rank must call this with the
+    same arrays: each trains on its share of every mini-batch as DDP, and all ranks end with
+    the weights one process would have reached, up to floating-point order."""
+    place = world()
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    synced = synchronise_batch_norm(model) if place.distributed else model
+    trainee = DistributedDataParallel(synced) if place.distributed else model
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * max(1, -(-len(x_train) // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss()
+    # Summed per shard and divided by the whole batch: DDP's average over ranks is then the
+    # gradient of the batch's mean loss.
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
 
@@ -145,24 +161,28 @@ def fit(
         TextColumn("{task.completed}/{task.total} steps"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    shown = progress and place.is_leader
+    with Progress(*columns, disable=not shown, transient=False) as bar:
         task = bar.add_task(what or f"{len(x_train)} images", total=steps)
         for epoch in range(epochs):
-            model.train()
+            trainee.train()
             order = torch.randperm(len(xt), generator=generator)
             total = 0.0
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
-                if len(index) < 2:
-                    continue  # batch norm cannot train on one sample
+                if len(index) < max(2, place.size):
+                    continue  # batch norm cannot train on one sample; every rank needs one
+                shard = index[place.rank :: place.size]
                 optimizer.zero_grad()
-                loss = loss_fn(model(xt[index]), yt[index])
+                loss = loss_fn(trainee(xt[shard]), yt[shard]) * (place.size / len(index))
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += loss.item() * len(index)
+                total += loss.item() * len(index) / place.size
                 bar.advance(task)
             bar.update(task, description=f"epoch {epoch + 1}/{epochs} loss {total / len(xt):.3f}")
+    if synced is not model:
+        model.load_state_dict(synced.state_dict())
     model.eval()
     return model
 
