@@ -423,6 +423,15 @@ def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
             f"{batching[model]['on']['throughput']:.1f} on / "
             f"{batching[model]['off']['throughput']:.1f} off req/s"
         )
+    for key, model in (
+        ("routed_over_direct", "resnet18"),
+        ("routed_over_direct_small_cnn", "small_cnn"),
+    ):
+        routing = results["routing"][model]
+        sources[key] = (
+            f"{routing['routed']['throughput']:.1f} routed / "
+            f"{routing['direct']['throughput']:.1f} direct req/s ({model})"
+        )
     for key, protocol in (("locust_over_lean", "grpc"), ("locust_over_lean_http", "http")):
         sources[key] = (
             f"{harness[protocol]['locust']['throughput']:.1f} Locust / "

@@ -211,8 +211,13 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "batching_gain_resnet18",
         "locust_over_lean",
         "locust_over_lean_http",
+        "routed_over_direct",
+        "routed_over_direct_small_cnn",
     ):
         assert bench["ratios"][name] > 0
+    for model in ("resnet18", "small_cnn"):
+        assert bench["routing"][model]["routed"]["failures"] == 0, bench["routing"][model]
+    assert not (tmp_path / "model_repository.blobs").exists()
     assert bench["raw"]["resnet18"]["best_batch"] in (1, 8, 16)
     for protocol in ("grpc", "http"):
         harness = bench["harness"][protocol]

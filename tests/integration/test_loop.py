@@ -19,7 +19,7 @@ import torch
 
 from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.export import Checkpoint
-from lifeloop.loop import Rollout, Store, install_router, read_policy
+from lifeloop.loop import Rollout, Store, blobs, install_router, read_policy
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from tests.conftest import publish_trained
@@ -96,7 +96,7 @@ def test_router_answers_and_logs_every_prediction(loop_server, store, held_out) 
         row = store.prediction(answer.request_id)
         assert row is not None and row["version"] == 1 and row["route"] == "champion"
         assert row["label"] == answer.label
-        assert np.array_equal(np.load(row["blob"]), sample)
+        assert np.array_equal(blobs.load(row["blob"], row["blob_row"]), sample)
 
 
 def test_feedback_through_triton_and_bad_feedback(loop_server, store, held_out) -> None:

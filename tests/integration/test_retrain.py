@@ -14,8 +14,8 @@ import pytest
 
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint
-from lifeloop.loop import RetrainError, Store, install_router, read_policy
-from lifeloop.loop.router import content_hash, write_blob
+from lifeloop.loop import RetrainError, Store, blobs, install_router, read_policy
+from lifeloop.loop.install import default_blob_dir
 from lifeloop.loop.store import Prediction
 from lifeloop.repository.publish import version_numbers
 from lifeloop.retrain import ImageFolder, TrainResult, train
@@ -66,22 +66,21 @@ def send_feedback(
     names = [digits.labels[i] for i in y]
     if shuffle:
         names = list(np.random.default_rng(3).permutation(names))
-    blobs = repository.parent / "model_repository.blobs"
-    records = []
-    for i, sample in enumerate(x):
-        digest = content_hash(sample)
-        records.append(
-            Prediction(
-                request_id=f"r{i:05d}",
-                model="digits",
-                version=1,
-                route="champion",
-                labels=["0"],
-                scores=[1.0],
-                content_hash=digest,
-                blob=str(write_blob(blobs, digest, sample)),
-            )
+    kept = blobs.write_batch(blobs.new_path(default_blob_dir(repository)), x)
+    records = [
+        Prediction(
+            request_id=f"r{i:05d}",
+            model="digits",
+            version=1,
+            route="champion",
+            labels=["0"],
+            scores=[1.0],
+            content_hash=blobs.content_hash(sample),
+            blob=str(kept),
+            blob_row=i,
         )
+        for i, sample in enumerate(x)
+    ]
     with Store.for_repository(repository) as store:
         store.record_predictions(records)
         store.add_feedback([(r.request_id, n) for r, n in zip(records, names, strict=True)])

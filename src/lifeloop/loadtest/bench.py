@@ -3,7 +3,9 @@
 - raw vs served: in-process onnxruntime at its best batch size (the practical ceiling) against
   the same ONNX file served by Triton with dynamic batching under saturating concurrency;
 - batching on vs off: the same model served with and without the dynamic batcher;
-- harness vs client: Locust's throughput against the lean asyncio client's, same server.
+- harness vs client: Locust's throughput against the lean asyncio client's, same server;
+- routed vs direct: the same model through lifeloop's router (BLS, prediction log, every
+  input kept) against the model called directly.
 
 Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
 what carry across machines."""
@@ -14,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ import torch
 
 from lifeloop.export import Checkpoint, build, export_checkpoint
 from lifeloop.loadtest.lean import measure_lean, measure_raw
+from lifeloop.loadtest.stats import Measurement
+from lifeloop.loop import install_router
+from lifeloop.loop.install import default_blob_dir
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
@@ -31,6 +37,7 @@ TARGETS = {
     "batching_gain_small_cnn": 3.0,
     "locust_over_lean": 0.90,
     "locust_over_lean_http": 0.90,
+    "routed_over_direct": 0.90,
 }
 
 
@@ -89,11 +96,15 @@ def run_bench(
         "served": {},
         "batching": {},
         "harness": {},
+        "routing": {},
     }
     onnx = {}
     for spec in MODELS:
         say(f"exporting {spec.name} ({spec.arch} at {spec.size}x{spec.size}, random weights)")
         onnx[spec.name] = str(_publish(spec, repository))
+        install_router(
+            repository, spec.name, router=f"{spec.name}_router", feedback=f"{spec.name}_feedback"
+        )
 
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     with TritonServer(config) as server:
@@ -150,6 +161,13 @@ def run_bench(
                 f"  {spec.name} at concurrency 32: batching on {served.throughput:.1f}, "
                 f"off {off.throughput:.1f} requests/s"
             )
+            results["routing"][spec.name] = _routing(url, spec, served, window_s, max_s)
+            routing = results["routing"][spec.name]
+            say(
+                f"  {spec.name} through the router at concurrency 32: "
+                f"{routing['routed']['throughput']:.1f}, direct "
+                f"{routing['direct']['throughput']:.1f} requests/s"
+            )
 
         # Locust between two lean measurements, like raw around served, over each protocol:
         # the two Locust users reach Triton through different client stacks.
@@ -176,6 +194,8 @@ def run_bench(
         ),
         "locust_over_lean": _harness_ratio(results["harness"]["grpc"]),
         "locust_over_lean_http": _harness_ratio(results["harness"]["http"]),
+        "routed_over_direct": _routing_ratio(results["routing"]["resnet18"]),
+        "routed_over_direct_small_cnn": _routing_ratio(results["routing"]["small_cnn"]),
     }
     results["targets"] = {
         name: {
@@ -186,6 +206,8 @@ def run_bench(
         for name, target in TARGETS.items()
     }
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    # The routers kept every input they served (their default); the bench needs none of it.
+    shutil.rmtree(default_blob_dir(repository), ignore_errors=True)
     return results
 
 
@@ -211,6 +233,33 @@ def _publish(spec: BenchModel, repository: Path) -> Path:
     assert nobatch is not None
     write_config(repository, dataclasses.replace(nobatch, dynamic_batching=None))
     return repository / spec.name / "1" / "model.onnx"
+
+
+def _routing(
+    url: str, spec: BenchModel, direct: Measurement, window_s: float, max_s: float
+) -> dict[str, Any]:
+    """Through the router, then directly again; the direct figure is the mean of the one
+    taken before (the served figure) and the one after."""
+    routed = measure_lean(
+        url, f"{spec.name}_router", spec.shape, concurrency=32, window_s=window_s, max_s=max_s
+    )
+    after = measure_lean(url, spec.name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s)
+    return {
+        "concurrency": 32,
+        "router": f"{spec.name}_router",
+        "settings": "prediction log on SQLite, every input kept, top-5",
+        "routed": routed.to_dict(),
+        "direct": {
+            "throughput": (direct.throughput + after.throughput) / 2,
+            "before": direct.to_dict(),
+            "after": after.to_dict(),
+        },
+    }
+
+
+def _routing_ratio(routing: dict[str, Any]) -> float:
+    direct = routing["direct"]["throughput"]
+    return routing["routed"]["throughput"] / direct if direct else 0.0
 
 
 def _harness_ratio(harness: dict[str, Any]) -> float:

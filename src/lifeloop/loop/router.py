@@ -12,7 +12,6 @@ Outputs per image: `logits` (the answering version's), `model_version` and `requ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import uuid
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lifeloop.client._codec import softmax_top_k
+from lifeloop.loop.blobs import content_hash, new_path, write_batch
 from lifeloop.loop.policy import PolicyWatcher, RoutingPolicy
 from lifeloop.loop.store import Prediction, Store
 from lifeloop.repository.publish import CLASSIFIER_PARAM, CONFIG_NAME, LABELS_PARAM, read_config
@@ -79,22 +79,6 @@ class Labels:
         return self._labels
 
 
-def content_hash(sample: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=16).hexdigest()
-
-
-def write_blob(blob_dir: Path, digest: str, sample: np.ndarray) -> Path:
-    """The input, content-addressed: `<blob_dir>/<2 hex>/<hash>.npy`, written once."""
-    path = blob_dir / digest[:2] / f"{digest}.npy"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{digest}.{uuid.uuid4().hex[:6]}.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(sample), allow_pickle=False)
-        tmp.rename(path)
-    return path
-
-
 class Router:
     """What the router's model.py delegates to; `pb` is triton_python_backend_utils."""
 
@@ -120,7 +104,8 @@ class Router:
         policy = self.policies.current()
         arrays = [pb.get_input_tensor_by_name(r, settings.input_name).as_numpy() for r in requests]
         routes = [self._route(policy) for _ in requests]
-        answers: list[tuple[np.ndarray, int, str] | Exception] = [
+        # Per request: its logits, version, route, and top-k (indices, scores) as lists.
+        answers: list[tuple[np.ndarray, int, str, list[Any], list[Any]] | Exception] = [
             RuntimeError("not routed") for _ in requests
         ]
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -133,16 +118,28 @@ class Router:
                 for i in members:
                     answers[i] = exc
                 continue
+            # One top-k over the version's whole batch, not one call per request.
+            indices, probabilities = softmax_top_k(logits, settings.top_k)
+            top, top_scores = indices.tolist(), probabilities.tolist()
             start = 0
             for i in members:
                 n = len(arrays[i])
-                answers[i] = (logits[start : start + n], version, route)
-                start += n
+                end = start + n
+                answers[i] = (
+                    logits[start:end],
+                    version,
+                    route,
+                    top[start:end],
+                    top_scores[start:end],
+                )
+                start = end
         shadow = self._shadow(policy, arrays)
 
         labels = self.labels.current()
         records: list[Prediction] = []
         ids: list[list[str] | None] = []
+        kept: list[np.ndarray] = []  # the batch's sampled inputs, one file at blob_path
+        blob_path = new_path(settings.blob_dir)
         offset = 0
         for i, answer in enumerate(answers):
             n = len(arrays[i])
@@ -150,17 +147,16 @@ class Router:
                 ids.append(None)
                 offset += n
                 continue
-            logits, version, route = answer
-            order, scores = softmax_top_k(logits, settings.top_k)
+            _, version, route, order, top_scores = answer
             # Shadow compares the candidate with the champion: only champion answers count.
             shadowed = shadow is not None and route == "champion"
             request_ids = []
             for j in range(n):
                 sample = arrays[i][j]
-                digest = content_hash(sample)
-                blob = None
+                row = None
                 if settings.sample_rate >= 1.0 or self.random.random() < settings.sample_rate:
-                    blob = str(write_blob(settings.blob_dir, digest, sample))
+                    row = len(kept)
+                    kept.append(sample)
                 rid = uuid.uuid4().hex
                 request_ids.append(rid)
                 records.append(
@@ -169,10 +165,11 @@ class Router:
                         model=settings.classifier,
                         version=version,
                         route=route,
-                        labels=[_label(labels, int(k)) for k in order[j]],
-                        scores=[float(s) for s in scores[j]],
-                        content_hash=digest,
-                        blob=blob,
+                        labels=[_label(labels, k) for k in order[j]],
+                        scores=top_scores[j],
+                        content_hash=content_hash(sample),
+                        blob=None if row is None else str(blob_path),
+                        blob_row=row,
                         shadow_version=policy.candidate if shadowed else None,
                         shadow_label=_label(labels, shadow[offset + j])
                         if shadow is not None and shadowed
@@ -183,6 +180,8 @@ class Router:
             offset += n
 
         try:
+            if kept:
+                write_batch(blob_path, np.stack(kept))
             self.store.record_predictions(records)
         except Exception as exc:
             # Not acknowledged: no caller may hold an id the store does not have.
@@ -194,7 +193,7 @@ class Router:
             if isinstance(answer, Exception) or answer_ids is None:
                 responses.append(pb.InferenceResponse(error=pb.TritonError(str(answer))))
                 continue
-            logits, version, _ = answer
+            logits, version = answer[0], answer[1]
             n = len(logits)
             tensors = [
                 pb.Tensor(settings.output_name, np.ascontiguousarray(logits, dtype=np.float32)),

@@ -34,7 +34,8 @@ predictions = sa.Table(
     sa.Column("labels", sa.Text, nullable=False),  # top-k, JSON
     sa.Column("scores", sa.Text, nullable=False),  # top-k, JSON
     sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("blob", sa.String(512)),  # path of the stored input, when sampled
+    sa.Column("blob", sa.String(512)),  # the file holding the input, when sampled
+    sa.Column("blob_row", sa.Integer),  # its row in that file (None: the whole file)
     sa.Column("shadow_version", sa.Integer),
     sa.Column("shadow_label", sa.String(256)),
     sa.Column("shadow_agree", sa.Boolean),
@@ -103,6 +104,7 @@ class Prediction:
     scores: Sequence[float]
     content_hash: str
     blob: str | None = None
+    blob_row: int | None = None
     shadow_version: int | None = None
     shadow_label: str | None = None
     created_at: datetime = field(default_factory=now)
@@ -118,6 +120,7 @@ class Prediction:
             "scores": json.dumps([round(float(s), 6) for s in self.scores]),
             "content_hash": self.content_hash,
             "blob": self.blob,
+            "blob_row": self.blob_row,
             "shadow_version": self.shadow_version,
             "shadow_label": self.shadow_label,
             "shadow_agree": None
@@ -150,6 +153,7 @@ class Labelled:
     predicted: str
     label: str
     blob: str | None
+    blob_row: int | None
     created_at: datetime
 
 
@@ -290,6 +294,7 @@ class Store:
                 predictions.c.label.label("predicted"),
                 feedback.c.label,
                 predictions.c.blob,
+                predictions.c.blob_row,
                 feedback.c.created_at,
             )
             .join(feedback, feedback.c.request_id == predictions.c.request_id)

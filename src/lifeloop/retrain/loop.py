@@ -28,6 +28,7 @@ from torch import nn
 from lifeloop.export import Checkpoint
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint, export_checkpoint
+from lifeloop.loop import blobs
 from lifeloop.loop.errors import RetrainError
 from lifeloop.loop.policy import read_policy
 from lifeloop.loop.rollout import Rollout
@@ -279,7 +280,9 @@ def _read_dataset(
     new_classes = tuple(dict.fromkeys(r.label for r in usable if r.label not in champion.labels))
     labels = champion.labels + new_classes
     index = {label: i for i, label in enumerate(labels)}
-    x_feedback = np.stack([np.load(r.blob) for r in usable if r.blob]).astype(np.float32)
+    x_feedback = np.stack([blobs.load(r.blob, r.blob_row) for r in usable if r.blob]).astype(
+        np.float32
+    )
     y_feedback = np.array([index[r.label] for r in usable], dtype=np.int64)
 
     x_replay, y_replay = _replay(
