@@ -4,6 +4,7 @@ automatic rollback, and a SIGKILLed server that loses no acknowledged record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lifeloop.client import ClientError, LifeloopClient
+from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
 from lifeloop.export import Checkpoint
 from lifeloop.loop import Rollout, Store, blobs, install_router, read_policy
 from lifeloop.retrain import TrainResult
@@ -116,6 +117,28 @@ def test_feedback_through_triton_and_bad_feedback(loop_server, store, held_out) 
     labelled = {row.request_id: row.label for row in store.labelled("digits")}
     assert labelled[answers[0].request_id] == labels[0]
     assert labelled[answers[1].request_id] == "eleven"
+
+
+def test_async_client_through_the_router_over_both_protocols(loop_server, store, held_out):
+    x, y = held_out
+
+    async def run(url: str, protocol: str) -> tuple[list, int]:
+        async with AsyncLifeloopClient(url, protocol, model="router") as client:
+            await client.wait_until_ready(60, model="router")
+            answers = await client.classify(list(x[:6]), top_k=2)
+            labels = [(await client.model_info()).labels[i] for i in y[:6]]
+            sent = await client.feedback([a.request_id for a in answers], labels)
+            with pytest.raises(ClientError, match="unknown request id 'nope'"):
+                await client.feedback(["nope"], ["1"])
+            return answers, sent
+
+    for url, protocol in ((loop_server.grpc_url, "grpc"), (loop_server.http_url, "http")):
+        answers, sent = asyncio.run(run(url, protocol))
+        assert sent == 6 and {a.version for a in answers} == {1}
+        labelled = {row.request_id: row.label for row in store.labelled("digits")}
+        for answer, truth in zip(answers, y[:6], strict=True):
+            assert store.prediction(answer.request_id)["label"] == answer.label
+            assert labelled[answer.request_id] == str(truth)
 
 
 def test_canary_splits_traffic_and_shadow_records_agreement(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +18,8 @@ from lifeloop.client._codec import (
     chunks,
     config_from_json,
     decode,
+    feedback_inputs,
+    routed_answers,
     to_samples,
 )
 from lifeloop.client._transport import (
@@ -27,6 +29,7 @@ from lifeloop.client._transport import (
     split_url,
 )
 from lifeloop.client.errors import ClientError
+from lifeloop.repository import config as cfg
 
 
 class AsyncLifeloopClient:
@@ -85,13 +88,10 @@ class AsyncLifeloopClient:
     async def model_info(self, model: str | None = None, *, refresh: bool = False) -> ModelInfo:
         name = model or self.model
         if refresh or name not in self._info:
-            kwargs = {"as_json": True} if self.protocol == "grpc" else {}
-            try:
-                response = await self._client.get_model_config(name, **kwargs)
-            except Exception as exc:
-                raise _as_client_error(exc, self.url, f"config of {name!r}") from exc
-            data = config_payload(response, self.protocol)
-            self._info[name] = ModelInfo.from_config(config_from_json(data))
+            config = await self._config(name)
+            routed = ModelInfo.routed_classifier(config)
+            classifier = await self._config(routed) if routed else None
+            self._info[name] = ModelInfo.from_config(config, classifier)
         return self._info[name]
 
     async def classify(
@@ -107,23 +107,68 @@ class AsyncLifeloopClient:
         batch = to_samples(inputs, info)
         answers: list[Classification] = []
         for part in chunks(batch, info.max_batch_size):
-            logits, answered = await self.infer(part, model=info.name, version=version)
+            outputs, answered = await self._infer(info, part, version)
+            logits = outputs[info.output_name]
             if logits.shape[1] > len(info.labels):
                 info = await self.model_info(info.name, refresh=True)
-            answers.extend(decode(logits, info=info, version=answered, top_k=top_k))
+            versions, ids = routed_answers(outputs, answered)
+            answers.extend(
+                decode(logits, info=info, version=versions, top_k=top_k, request_ids=ids)
+            )
         return answers
 
     async def infer(
         self, batch: np.ndarray, *, model: str | None = None, version: int | None = None
     ) -> tuple[np.ndarray, int]:
+        """Raw logits for a preprocessed float32 batch, and the version that answered (for a
+        router, the version that answered its first image)."""
         info = await self.model_info(model)
+        outputs, answered = await self._infer(info, batch, version)
+        versions, _ = routed_answers(outputs, answered)
+        first = versions[0] if isinstance(versions, list) and versions else answered
+        return outputs[info.output_name], int(first)
+
+    async def feedback(
+        self, request_ids: Sequence[str], labels: Sequence[str], *, model: str = "feedback"
+    ) -> int:
+        """Attach true labels to request ids a router returned (see LifeloopClient.feedback)."""
+        inputs = feedback_inputs(request_ids, labels)
+        if not inputs:
+            return 0
+        tensors = []
+        for name, array in inputs.items():
+            tensor = self._triton.InferInput(name, list(array.shape), "BYTES")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        try:
+            await self._client.infer(
+                model, tensors, outputs=[self._triton.InferRequestedOutput("accepted")]
+            )
+        except Exception as exc:
+            raise _as_client_error(exc, self.url, f"feedback to {model!r}") from exc
+        return len(request_ids)
+
+    async def _config(self, name: str) -> cfg.ModelConfig:
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        try:
+            response = await self._client.get_model_config(name, **kwargs)
+        except Exception as exc:
+            raise _as_client_error(exc, self.url, f"config of {name!r}") from exc
+        return config_from_json(config_payload(response, self.protocol))
+
+    async def _infer(
+        self, info: ModelInfo, batch: np.ndarray, version: int | None
+    ) -> tuple[dict[str, np.ndarray], int]:
         tensor = self._triton.InferInput(info.input_name, list(batch.shape), info.input_dtype)
         tensor.set_data_from_numpy(batch)
-        output = self._triton.InferRequestedOutput(info.output_name)
+        outputs = [self._triton.InferRequestedOutput(name) for name in info.outputs]
         try:
             result = await self._client.infer(
-                info.name, [tensor], model_version=str(version or ""), outputs=[output]
+                info.name, [tensor], model_version=str(version or ""), outputs=outputs
             )
         except Exception as exc:
             raise _as_client_error(exc, self.url, f"inference on {info.name!r}") from exc
-        return result.as_numpy(info.output_name), answered_version(result, self.protocol)
+        return (
+            {name: result.as_numpy(name) for name in info.outputs},
+            answered_version(result, self.protocol),
+        )

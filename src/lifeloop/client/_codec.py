@@ -204,3 +204,18 @@ def _preprocessing(info: ModelInfo) -> Preprocessing:
             f"shaped {info.input_dims}, or publish it with `lifeloop export`"
         )
     return info.preprocessing
+
+
+def feedback_inputs(request_ids: Sequence[str], labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """The feedback model's BYTES inputs, one row per (request id, label); empty for none."""
+    if len(request_ids) != len(labels):
+        raise ClientError(
+            f"feedback got {len(request_ids)} request ids and {len(labels)} labels; "
+            "pass one label per id"
+        )
+    if not request_ids:
+        return {}
+    return {
+        "request_id": np.array([[str(r).encode()] for r in request_ids], dtype=np.object_),
+        "label": np.array([[str(v).encode()] for v in labels], dtype=np.object_),
+    }

@@ -7,8 +7,6 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-
 from lifeloop.client._codec import (
     Classification,
     ImageLike,
@@ -17,6 +15,7 @@ from lifeloop.client._codec import (
     chunks,
     config_from_json,
     decode,
+    feedback_inputs,
     routed_answers,
     to_samples,
 )
@@ -178,17 +177,11 @@ class LifeloopClient(_Base):
     ) -> int:
         """Attach true labels to request ids a router returned, through the feedback model.
         All or none: an unknown id or an empty label raises ClientError and stores nothing."""
-        if len(request_ids) != len(labels):
-            raise ClientError(
-                f"feedback got {len(request_ids)} request ids and {len(labels)} labels; "
-                "pass one label per id"
-            )
-        if not request_ids:
+        inputs = feedback_inputs(request_ids, labels)
+        if not inputs:
             return 0
-        ids = np.array([[str(r).encode()] for r in request_ids], dtype=np.object_)
-        names = np.array([[str(v).encode()] for v in labels], dtype=np.object_)
         self._transport.infer(
-            model, {"request_id": (ids, "BYTES"), "label": (names, "BYTES")}, ["accepted"]
+            model, {name: (array, "BYTES") for name, array in inputs.items()}, ["accepted"]
         )
         return len(request_ids)
 
