@@ -134,9 +134,36 @@ def export(
     max_batch_size: Annotated[
         int, typer.Option(help="Config max_batch_size when the model is new.")
     ] = 32,
+    formats: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated: onnx, onnx-int8, onnx-fp16, tensorrt-fp16, tensorrt-int8. "
+            "Each is its own model: NAME, NAME_int8, NAME_fp16, NAME_trt_fp16, ...",
+        ),
+    ] = "onnx",
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Images to calibrate INT8 on (default: the checkpoint's training data)."),
+    ] = None,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(help="Labelled images for the INT8/FP16 gate (default: the held-out split)."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="INT8/FP16 gate: top-1 lost against fp32 (0.01 = 1 point).")
+    ] = 0.01,
+    min_agreement: Annotated[
+        float, typer.Option(help="INT8/FP16 gate: least top-1 agreement with fp32.")
+    ] = 0.98,
 ) -> None:
-    """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version."""
+    """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version.
+
+    INT8 and FP16 are gated on accuracy against the fp32 export; one refused format
+    publishes none."""
     from lifeloop.export import CheckpointError, Tolerance, export_checkpoint, load
+    from lifeloop.export.pipeline import FP16, INT8, parse_formats
+    from lifeloop.export.quantize import QualityGate
 
     if num_classes is not None and labels is not None:
         raise CheckpointError("pass --num-classes or --labels, not both")
@@ -154,6 +181,15 @@ def export(
         sample_arrays, _ = load_arrays(
             list(folder.samples[:: max(1, len(folder.samples) // 64)]), loaded.preprocessing
         )
+    chosen = parse_formats(formats)
+    gate = QualityGate(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
+    precision = None
+    if INT8 in chosen or FP16 in chosen:
+        from lifeloop.export.calibration import precision_data
+
+        precision = precision_data(
+            loaded, calibration_dir=calibration, eval_dir=eval_dir, gate=gate
+        )
     result = export_checkpoint(
         loaded,
         repository,
@@ -163,11 +199,19 @@ def export(
         version=version,
         server_url=server_url,
         max_batch_size=max_batch_size,
+        formats=chosen,
+        precision=precision,
     )
     console.print(result.parity.summary())
-    console.print(
-        f"published {model} version {result.published.version} at {result.published.path}"
-    )
+    for fmt, report in result.quality.items():
+        console.print(
+            f"{fmt}: top-1 {report.accuracy:.4f} against fp32's {report.fp32_accuracy:.4f}, "
+            f"agreement {report.agreement:.2%} on {report.held_out} held-out images: passed"
+        )
+    for fmt, published in result.by_format.items():
+        console.print(
+            f"published {published.model} version {published.version} ({fmt}) at {published.path}"
+        )
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:
@@ -431,6 +475,14 @@ def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
         sources[key] = (
             f"{routing['routed']['throughput']:.1f} routed / "
             f"{routing['direct']['throughput']:.1f} direct req/s ({model})"
+        )
+    precision = results["precision"]
+    for fmt in ("int8", "fp16"):
+        change = precision["accuracy"][f"onnx-{fmt}"]["accuracy_drop"] * -100
+        sources[f"{fmt}_over_fp32_resnet18"] = (
+            f"{precision['resnet18'][fmt]['throughput']:.1f} {fmt} / "
+            f"{precision['resnet18']['fp32']['throughput']:.1f} fp32 images/s; top-1 "
+            f"{change:+.2f} points (trained small CNN)"
         )
     for key, protocol in (("locust_over_lean", "grpc"), ("locust_over_lean_http", "http")):
         sources[key] = (

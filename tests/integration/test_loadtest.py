@@ -213,8 +213,13 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "locust_over_lean_http",
         "routed_over_direct",
         "routed_over_direct_small_cnn",
+        "int8_over_fp32_resnet18",
+        "fp16_over_fp32_resnet18",
     ):
         assert bench["ratios"][name] > 0
+    accuracy = bench["precision"]["accuracy"]
+    for fmt in ("onnx-int8", "onnx-fp16"):
+        assert accuracy[fmt]["held_out"] >= 300 and 0 < accuracy[fmt]["accuracy"] <= 1
     for model in ("resnet18", "small_cnn"):
         assert bench["routing"][model]["routed"]["failures"] == 0, bench["routing"][model]
     assert not (tmp_path / "model_repository.blobs").exists()

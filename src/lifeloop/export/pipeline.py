@@ -4,13 +4,14 @@ and the retrain loop use."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from lifeloop.export import checkpoint as ckpt
+from lifeloop.export.errors import ExportError
 from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
 from lifeloop.export.parity import (
     DEFAULT_TOLERANCE,
@@ -19,6 +20,16 @@ from lifeloop.export.parity import (
     check_parity,
     gate,
     sample_inputs,
+)
+from lifeloop.export.quantize import (
+    FP16,
+    INT8,
+    QualityGate,
+    QualityGateError,
+    QualityReport,
+    check_quality,
+    convert_fp16,
+    quantize_int8,
 )
 from lifeloop.repository import (
     PublishedVersion,
@@ -30,12 +41,52 @@ from lifeloop.repository import (
 )
 
 BATCH_SIZES = (1, 4, 16)
+ONNX = "onnx"
+TENSORRT = ("tensorrt-fp16", "tensorrt-int8")
+FORMATS = (ONNX, INT8, FP16, *TENSORRT)
+# Each format is its own Triton model, so that clients pick one by name and each has its own
+# version policy: classifier, classifier_int8, classifier_fp16, classifier_trt_fp16, ...
+SUFFIXES = {
+    ONNX: "",
+    INT8: "_int8",
+    FP16: "_fp16",
+    "tensorrt-fp16": "_trt_fp16",
+    "tensorrt-int8": "_trt_int8",
+}
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    published: PublishedVersion
+    published: PublishedVersion  # the first format's (fp32 ONNX when it was asked for)
     parity: ParityReport
+    by_format: dict[str, PublishedVersion] = field(default_factory=dict)
+    quality: dict[str, QualityReport] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrecisionData:
+    """What the reduced-precision formats need: preprocessed training images to calibrate
+    INT8 on, and labelled held-out images for the quality gate."""
+
+    calibration: np.ndarray
+    x_held: np.ndarray
+    y_held: np.ndarray
+    gate: QualityGate = field(default_factory=QualityGate)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """`onnx,onnx-int8` -> ("onnx", "onnx-int8"), in FORMATS order, each once."""
+    asked = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in asked if name not in FORMATS]
+    if unknown or not asked:
+        raise ExportError(
+            f"unknown --format {', '.join(unknown) or repr(text)}; use any of {', '.join(FORMATS)}"
+        )
+    return tuple(name for name in FORMATS if name in asked)
+
+
+def format_model(model_name: str, fmt: str) -> str:
+    return model_name + SUFFIXES[fmt]
 
 
 def export_checkpoint(
@@ -49,37 +100,80 @@ def export_checkpoint(
     server_url: str | None = None,
     max_batch_size: int = 32,
     evaluation: dict[str, object] | None = None,
+    formats: tuple[str, ...] = (ONNX,),
+    precision: PrecisionData | None = None,
 ) -> ExportResult:
-    """Export a checkpoint and publish it as the next version of `model_name`.
+    """Export a checkpoint and publish it as the next version of `model_name`, in each of
+    `formats` (the reduced-precision ones as `<model>_int8`, `<model>_fp16`).
 
     `samples` (preprocessed images, [n, C, H, W]) join the random inputs of the parity check,
-    so that it also covers the inputs the model really sees."""
+    so that it also covers the inputs the model really sees. Every gate runs before anything
+    is published: one refused format publishes none."""
     ensure_repository(repository)  # fail on a bad path before minutes of export work
+    formats = parse_formats(",".join(formats))
+    reduced = [f for f in formats if f in (INT8, FP16)]
+    if precision is None and reduced:
+        raise ExportError(
+            f"{', '.join(reduced)} need calibration and held-out images; export a checkpoint "
+            "lifeloop trained (its data is used), or pass --calibration and --eval-dir"
+        )
+    if any(f in TENSORRT for f in formats):
+        from lifeloop.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
     model = checkpoint.build_model()
+    shape = checkpoint.preprocessing.input_shape
     with tempfile.TemporaryDirectory(prefix="lifeloop-export-") as tmp:
-        onnx_path = export_onnx(
-            model,
-            checkpoint.preprocessing.input_shape,
-            Path(tmp) / "model.onnx",
-            arch=checkpoint.arch,
-        )
-        result = publish_onnx(
-            model,
-            onnx_path,
-            checkpoint,
-            repository,
-            model_name,
-            samples=samples,
-            tolerance=tolerance,
-            version=version,
-            server_url=server_url,
-            max_batch_size=max_batch_size,
-            evaluation=evaluation,
-        )
+        onnx_path = export_onnx(model, shape, Path(tmp) / "model.onnx", arch=checkpoint.arch)
+        parity = _parity_gate(model, onnx_path, checkpoint, model_name, samples, tolerance)
+        files: dict[str, Path] = {ONNX: onnx_path} if ONNX in formats else {}
+        quality: dict[str, QualityReport] = {}
+        for fmt in reduced:
+            data = _require(precision)
+            path = Path(tmp) / f"{fmt}.onnx"
+            if fmt == INT8:
+                quantize_int8(onnx_path, path, data.calibration)
+            else:
+                convert_fp16(onnx_path, path)
+            report = check_quality(
+                onnx_path,
+                path,
+                data.x_held,
+                data.y_held,
+                format=fmt,
+                gate=data.gate,
+            )
+            if not report.passed:
+                raise QualityGateError(report)
+            files[fmt], quality[fmt] = path, report
+        by_format: dict[str, PublishedVersion] = {}
+        for fmt, path in files.items():
+            by_format[fmt] = publish_format(
+                checkpoint,
+                repository,
+                format_model(model_name, fmt),
+                fmt,
+                path,
+                parity,
+                evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
+                quality=quality.get(fmt),
+                # The same checkpoint has the same version number in every format.
+                version=version or (by_format[ONNX].version if ONNX in by_format else None),
+                server_url=server_url,
+                max_batch_size=max_batch_size,
+            )
+    first = next(iter(by_format.values()))
     # Retraining fine-tunes from the champion's PyTorch weights: keep them, outside the
     # repository (which holds only what Triton serves).
-    checkpoint.save(archived_checkpoint(repository, model_name, result.published.version))
-    return result
+    for published in by_format.values():
+        checkpoint.save(archived_checkpoint(repository, published.model, published.version))
+    return ExportResult(first, parity, by_format, quality)
+
+
+def _require(precision: PrecisionData | None) -> PrecisionData:
+    if precision is None:
+        raise ExportError("reduced-precision formats need calibration and held-out images")
+    return precision
 
 
 def archived_checkpoint(repository: Path, model: str, version: int) -> Path:
@@ -104,14 +198,54 @@ def publish_onnx(
     evaluation: dict[str, object] | None = None,
 ) -> ExportResult:
     """Gate an exported ONNX file against its PyTorch model, then publish it."""
-    shape = checkpoint.preprocessing.input_shape
-    inputs = sample_inputs(shape, BATCH_SIZES)
+    report = _parity_gate(model, onnx_path, checkpoint, model_name, samples, tolerance)
+    published = publish_format(
+        checkpoint,
+        repository,
+        model_name,
+        ONNX,
+        onnx_path,
+        report,
+        evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
+        version=version,
+        server_url=server_url,
+        max_batch_size=max_batch_size,
+    )
+    return ExportResult(published, report, {ONNX: published})
+
+
+def _parity_gate(
+    model: nn.Module,
+    onnx_path: Path,
+    checkpoint: ckpt.Checkpoint,
+    model_name: str,
+    samples: np.ndarray | None,
+    tolerance: Tolerance,
+) -> ParityReport:
+    inputs = sample_inputs(checkpoint.preprocessing.input_shape, BATCH_SIZES)
     if samples is not None and len(samples):
         inputs += [np.ascontiguousarray(samples[:64], dtype=np.float32)]
-    report = gate(
+    return gate(
         check_parity(model, onnx_path, inputs, tolerance),
         what=f"export of {checkpoint.arch!r} for model {model_name!r}",
     )
+
+
+def publish_format(
+    checkpoint: ckpt.Checkpoint,
+    repository: Path,
+    model_name: str,
+    fmt: str,
+    path: Path,
+    parity: ParityReport | None,
+    *,
+    evaluation: dict[str, object],
+    quality: QualityReport | None = None,
+    version: int | None,
+    server_url: str | None,
+    max_batch_size: int,
+) -> PublishedVersion:
+    shape = checkpoint.preprocessing.input_shape
     config = classifier_config(
         model_name,
         input_name=INPUT_NAME,
@@ -119,8 +253,10 @@ def publish_onnx(
         output_name=OUTPUT_NAME,
         max_batch_size=max_batch_size,
     )
+    if quality is not None:
+        evaluation = {**evaluation, "quality_gate": quality.to_dict()}
     draft = VersionDraft(
-        format="onnx",
+        format=fmt,
         labels=checkpoint.labels,
         input=TensorInfo(name=INPUT_NAME, shape=shape),
         output_name=OUTPUT_NAME,
@@ -130,19 +266,13 @@ def publish_onnx(
             "architecture": checkpoint.arch,
             "training": checkpoint.training,
         },
-        parity=report.to_dict(),
-        evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
+        parity=parity.to_dict() if parity else {},
+        evaluation=evaluation,
         tools={**tool_versions(), "onnx_opset": str(OPSET)},
     )
-    published = publish(
-        repository,
-        config,
-        {"model.onnx": onnx_path},
-        draft,
-        version=version,
-        server_url=server_url,
+    return publish(
+        repository, config, {"model.onnx": path}, draft, version=version, server_url=server_url
     )
-    return ExportResult(published, report)
 
 
 def _recorded_evaluation(checkpoint: ckpt.Checkpoint) -> dict[str, object]:

@@ -5,7 +5,9 @@
 - batching on vs off: the same model served with and without the dynamic batcher;
 - harness vs client: Locust's throughput against the lean asyncio client's, same server;
 - routed vs direct: the same model through lifeloop's router (BLS, prediction log, every
-  input kept) against the model called directly.
+  input kept) against the model called directly;
+- precision: ResNet-18 served as INT8 and as FP16 against fp32, each next to the top-1 change
+  that precision costs a trained model (the small CNN trained on the digits).
 
 Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
 what carry across machines."""
@@ -17,13 +19,17 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lifeloop.export import Checkpoint, build, export_checkpoint
+from lifeloop.export.pipeline import FP16, INT8, ONNX, format_model, publish_format
+from lifeloop.export.quantize import QualityGate, convert_fp16, quantize_int8
 from lifeloop.loadtest.lean import measure_lean, measure_raw
 from lifeloop.loadtest.stats import Measurement
 from lifeloop.loop import install_router
@@ -38,6 +44,7 @@ TARGETS = {
     "locust_over_lean": 0.90,
     "locust_over_lean_http": 0.90,
     "routed_over_direct": 0.90,
+    "int8_over_fp32_resnet18": 1.5,
 }
 
 
@@ -97,11 +104,14 @@ def run_bench(
         "batching": {},
         "harness": {},
         "routing": {},
+        "precision": {},
     }
     onnx = {}
     for spec in MODELS:
         say(f"exporting {spec.name} ({spec.arch} at {spec.size}x{spec.size}, random weights)")
         onnx[spec.name] = str(_publish(spec, repository))
+        if spec.name == "resnet18":
+            _publish_reduced(spec, repository, Path(onnx[spec.name]))
         install_router(
             repository, spec.name, router=f"{spec.name}_router", feedback=f"{spec.name}_feedback"
         )
@@ -161,6 +171,15 @@ def run_bench(
                 f"  {spec.name} at concurrency 32: batching on {served.throughput:.1f}, "
                 f"off {off.throughput:.1f} requests/s"
             )
+            if spec.name == "resnet18":
+                results["precision"][spec.name] = _precision(url, spec, served, window_s, max_s)
+                figures = results["precision"][spec.name]
+                say(
+                    f"  {spec.name} served at concurrency 32: "
+                    f"int8 {figures['int8']['throughput']:.1f}, "
+                    f"fp16 {figures['fp16']['throughput']:.1f}, "
+                    f"fp32 {figures['fp32']['throughput']:.1f} images/s"
+                )
             results["routing"][spec.name] = _routing(url, spec, served, window_s, max_s)
             routing = results["routing"][spec.name]
             say(
@@ -182,6 +201,8 @@ def run_bench(
                 f"lean {figures['lean']['throughput']:.1f} requests/s"
             )
 
+    say("training the small CNN on the digits for the accuracy that INT8 and FP16 cost")
+    results["precision"]["accuracy"] = _precision_accuracy(out)
     raw, served, batching = results["raw"], results["served"], results["batching"]
     results["ratios"] = {
         "served_over_raw_resnet18": served["resnet18"]["throughput"]
@@ -196,6 +217,8 @@ def run_bench(
         "locust_over_lean_http": _harness_ratio(results["harness"]["http"]),
         "routed_over_direct": _routing_ratio(results["routing"]["resnet18"]),
         "routed_over_direct_small_cnn": _routing_ratio(results["routing"]["small_cnn"]),
+        "int8_over_fp32_resnet18": _precision_ratio(results["precision"]["resnet18"], "int8"),
+        "fp16_over_fp32_resnet18": _precision_ratio(results["precision"]["resnet18"], "fp16"),
     }
     results["targets"] = {
         name: {
@@ -215,16 +238,19 @@ def _ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> float:
     return numerator["throughput"] / denominator["throughput"] if denominator["throughput"] else 0.0
 
 
-def _publish(spec: BenchModel, repository: Path) -> Path:
-    """Export random weights as `<name>` (dynamic batching) and `<name>_nobatch` (none)."""
+def _checkpoint(spec: BenchModel) -> Checkpoint:
     torch.manual_seed(0)
-    model = build(spec.arch, spec.classes)
-    checkpoint = Checkpoint(
+    return Checkpoint(
         arch=spec.arch,
         labels=tuple(f"class{i}" for i in range(spec.classes)),
         preprocessing=Preprocessing(size=spec.size),
-        state_dict=model.state_dict(),
+        state_dict=build(spec.arch, spec.classes).state_dict(),
     )
+
+
+def _publish(spec: BenchModel, repository: Path) -> Path:
+    """Export random weights as `<name>` (dynamic batching) and `<name>_nobatch` (none)."""
+    checkpoint = _checkpoint(spec)
     for name in (spec.name, f"{spec.name}_nobatch"):
         if (repository / name / "1").is_dir():
             continue
@@ -233,6 +259,89 @@ def _publish(spec: BenchModel, repository: Path) -> Path:
     assert nobatch is not None
     write_config(repository, dataclasses.replace(nobatch, dynamic_batching=None))
     return repository / spec.name / "1" / "model.onnx"
+
+
+def _publish_reduced(spec: BenchModel, repository: Path, fp32: Path) -> None:
+    """`<name>_int8` and `<name>_fp16` made from the fp32 file, for served throughput. Random
+    weights have no accuracy to keep, so no gate here: `_precision_accuracy` measures what
+    each precision costs on a trained model."""
+    calibration = np.random.default_rng(0).standard_normal((32, *spec.shape)).astype(np.float32)
+    makers = {
+        INT8: lambda path: quantize_int8(fp32, path, calibration),
+        FP16: lambda path: convert_fp16(fp32, path),
+    }
+    for fmt, make in makers.items():
+        name = format_model(spec.name, fmt)
+        if (repository / name / "1").is_dir():
+            continue
+        with tempfile.TemporaryDirectory(prefix="lifeloop-bench-") as tmp:
+            path = make(Path(tmp) / "model.onnx")
+            publish_format(
+                _checkpoint(spec),
+                repository,
+                name,
+                fmt,
+                path,
+                None,
+                evaluation={"note": "random weights, for throughput only"},
+                version=1,
+                server_url=None,
+                max_batch_size=32,
+            )
+
+
+def _precision(
+    url: str, spec: BenchModel, fp32: Measurement, window_s: float, max_s: float
+) -> dict[str, Any]:
+    """INT8, FP16, then fp32 again; fp32 is the mean of the served figure and that one."""
+
+    def measure(name: str) -> Measurement:
+        return measure_lean(url, name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s)
+
+    int8 = measure(format_model(spec.name, INT8))
+    fp16 = measure(format_model(spec.name, FP16))
+    after = measure(spec.name)
+    return {
+        "concurrency": 32,
+        "int8": int8.to_dict(),
+        "fp16": fp16.to_dict(),
+        "fp32": {
+            "throughput": (fp32.throughput + after.throughput) / 2,
+            "before": fp32.to_dict(),
+            "after": after.to_dict(),
+        },
+    }
+
+
+def _precision_ratio(figures: dict[str, Any], fmt: str) -> float:
+    fp32 = figures["fp32"]["throughput"]
+    return figures[fmt]["throughput"] / fp32 if fp32 else 0.0
+
+
+def _precision_accuracy(out: Path) -> dict[str, Any]:
+    """Top-1 of the INT8 and FP16 exports against fp32 on held-out digits, for a small CNN
+    trained here. The gate is opened wide: the bench reports, `lifeloop export` refuses."""
+    from lifeloop.export.calibration import precision_data
+    from lifeloop.retrain import train, write_digits
+
+    work = out / "precision"
+    shutil.rmtree(work, ignore_errors=True)
+    digits = write_digits(work / "digits")
+    trained = train(
+        digits.root, arch="small_cnn", epochs=3, out=work / "small_cnn.pt", progress=False
+    )
+    wide = QualityGate(max_accuracy_drop=1.0, min_agreement=0.0)
+    result = export_checkpoint(
+        trained.checkpoint,
+        work / "model_repository",
+        "digits",
+        formats=(ONNX, INT8, FP16),
+        precision=precision_data(trained.checkpoint, gate=wide),
+    )
+    return {
+        "model": "small_cnn trained 3 epochs on the digits, 32x32",
+        **{fmt: report.to_dict() for fmt, report in result.quality.items()},
+    }
 
 
 def _routing(
