@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,10 @@ def test_versions_shows_the_server_state(server) -> None:
 
 
 def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: Path) -> None:
+    # Its own copy of the classifier: other tests leave broken versions of their own models
+    # in the shared repository on purpose, and `serve` loads every model it finds.
+    shutil.copytree(repository / "classifier", tmp_path / "repository" / "classifier")
+    repository = tmp_path / "repository"
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
