@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -6,10 +7,19 @@ from lifeloop.repository import RepositoryError, classifier_config, parse, rende
 from lifeloop.repository.config import (
     DataType,
     DynamicBatching,
+    EnsembleStep,
     InstanceGroup,
     ModelConfig,
     TensorSpec,
     VersionPolicy,
+    Warmup,
+    WarmupInput,
+    standard_warmup,
+)
+
+TENSORS = dict(
+    inputs=(TensorSpec(name="x", data_type=DataType.FP32, dims=(3,)),),
+    outputs=(TensorSpec(name="y", data_type=DataType.FP32, dims=(-1,)),),
 )
 
 GOLDEN = Path(__file__).parents[1] / "golden"
@@ -77,5 +87,89 @@ def test_parse_error_names_the_file() -> None:
     ],
 )
 def test_invalid_fields_are_named_when_built(build, message: str) -> None:
+    with pytest.raises(RepositoryError, match=message):
+        build()
+
+
+def test_ensemble_and_warmup_render_and_parse_back() -> None:
+    image = TensorSpec(name="IMAGE", data_type=DataType.STRING, dims=(1,))
+    logits = TensorSpec(name="logits", data_type=DataType.FP32, dims=(-1,), label_filename="l.txt")
+    ensemble = ModelConfig(
+        name="clf_image",
+        backend="",
+        platform="ensemble",
+        max_batch_size=16,
+        inputs=(image,),
+        outputs=(logits,),
+        dynamic_batching=None,
+        instance_groups=(),
+        ensemble_steps=(
+            EnsembleStep(model="pre", input_map={"IMAGE": "IMAGE"}, output_map={"x": "t"}),
+            EnsembleStep(model="clf", input_map={"x": "t"}, output_map={"logits": "logits"}),
+        ),
+    )
+    text = render(ensemble)
+    assert 'platform: "ensemble"' in text
+    assert "backend" not in text and "instance_group" not in text
+    assert 'label_filename: "l.txt"' in text
+    assert parse(text) == ensemble
+    warm = WarmupInput(data_type=DataType.STRING, dims=(1,), source="image.bin")
+    pre = ModelConfig(
+        name="pre",
+        backend="python",
+        max_batch_size=16,
+        inputs=(image,),
+        outputs=(TensorSpec(name="x", data_type=DataType.FP32, dims=(3, 8, 8)),),
+        warmup=(Warmup(name="w", batch_size=16, inputs={"IMAGE": warm}),),
+    )
+    text = render(pre)
+    assert 'input_data_file: "image.bin"' in text
+    assert parse(text) == pre
+
+
+def test_classifier_warms_at_batch_one_and_at_max_batch() -> None:
+    config = classifier_config(
+        "c", input_name="i", input_shape=(3, 8, 8), output_name="o", max_batch_size=48
+    )
+    assert [w.batch_size for w in config.warmup] == [1, 48]
+    assert all(w.inputs["i"].dims == (3, 8, 8) for w in config.warmup)
+    assert [
+        w.batch_size
+        for w in standard_warmup(
+            replace(config, max_batch_size=0, warmup=(), dynamic_batching=None)
+        )
+    ] == [1]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: ModelConfig(
+                name="e", platform="ensemble", backend="", dynamic_batching=None, **TENSORS
+            ),
+            "an ensemble needs platform 'ensemble' and at least one step",
+        ),
+        (
+            lambda: ModelConfig(
+                name="e",
+                platform="ensemble",
+                backend="",
+                dynamic_batching=None,
+                ensemble_steps=(EnsembleStep(model="m", input_map={}, output_map={}),),
+                **TENSORS,
+            ),
+            "an ensemble has no backend, instance groups or warmup",
+        ),
+        (
+            lambda: replace(
+                classifier_config("c", input_name="i", input_shape=(3,), output_name="o"),
+                max_batch_size=8,
+            ),
+            r"warmup \['batch_32'\] exceed max_batch_size 8",
+        ),
+    ],
+)
+def test_inconsistent_ensembles_and_warmups_are_refused(build, message: str) -> None:
     with pytest.raises(RepositoryError, match=message):
         build()

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from lifeloop.repository import (
     read_config,
     verify,
 )
+from lifeloop.repository.config import DataType, EnsembleStep, ModelConfig, TensorSpec
 from lifeloop.repository.manifest import Manifest
-from lifeloop.repository.publish import LABELS_PARAM
+from lifeloop.repository.publish import CLASSIFIER_PARAM, LABELS_PARAM, write_config
 
 
 def draft(labels=("a", "b"), shape=(3, 8, 8)) -> VersionDraft:
@@ -58,6 +60,7 @@ def test_publish_takes_the_next_number_and_writes_a_complete_manifest(
         "1",
         "2",
         "config.pbtxt",
+        "labels.txt",
     ]
     assert Manifest.from_json(manifest.to_json()) == manifest
 
@@ -99,6 +102,41 @@ def test_labels_may_only_grow_at_the_end(tmp_path: Path, artifact: Path) -> None
     assert json.loads(read_config(repo / "clf").parameters[LABELS_PARAM]) == ["a", "b", "c"]
     with pytest.raises(RepositoryError, match="reorder the model's labels"):
         publish(repo, config(), {"model.onnx": artifact}, draft(labels=("b", "a")))
+    assert (repo / "clf" / "labels.txt").read_text() == "a\nb\nc\n"
+
+
+def test_a_model_fronting_the_classifier_follows_its_labels(tmp_path: Path, artifact) -> None:
+    """An image ensemble's label file gets the classes a new version adds; a router, which
+    names the classifier but has no label file, is left alone."""
+    repo = tmp_path / "repo"
+    publish(repo, config(), {"model.onnx": artifact}, draft(labels=("a", "b")))
+    logits = TensorSpec(name="logits", data_type=DataType.FP32, dims=(-1,))
+    image = TensorSpec(name="IMAGE", data_type=DataType.STRING, dims=(1,))
+    front = dict(max_batch_size=8, inputs=(image,), dynamic_batching=None)
+    ensemble = ModelConfig(
+        name="clf_image",
+        backend="",
+        platform="ensemble",
+        instance_groups=(),
+        outputs=(replace(logits, label_filename="labels.txt"),),
+        parameters={CLASSIFIER_PARAM: "clf", LABELS_PARAM: '["a","b"]'},
+        ensemble_steps=(EnsembleStep(model="clf", input_map={}, output_map={}),),
+        **front,
+    )
+    router = ModelConfig(
+        name="router",
+        backend="python",
+        outputs=(logits,),
+        parameters={CLASSIFIER_PARAM: "clf"},
+        **front,
+    )
+    for made in (ensemble, router):
+        write_config(repo, made)
+    publish(repo, config(), {"model.onnx": artifact}, draft(labels=("a", "b", "c")))
+    assert (repo / "clf_image" / "labels.txt").read_text() == "a\nb\nc\n"
+    assert json.loads(read_config(repo / "clf_image").parameters[LABELS_PARAM]) == ["a", "b", "c"]
+    assert read_config(repo / "router") == router
+    assert not (repo / "router" / "labels.txt").exists()
 
 
 def test_version_with_another_input_shape_is_refused(tmp_path: Path, artifact: Path) -> None:

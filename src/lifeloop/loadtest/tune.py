@@ -16,7 +16,7 @@ from lifeloop.client import ClientError, ServerControl
 from lifeloop.loadtest.errors import LoadTestError
 from lifeloop.loadtest.lean import measure_lean
 from lifeloop.repository import ModelConfig, read_config, write_config
-from lifeloop.repository.config import DynamicBatching, InstanceGroup
+from lifeloop.repository.config import DynamicBatching, InstanceGroup, standard_warmup
 
 MIN_GAIN = 0.02  # a neighbour must beat the current best by 2% to move the climb
 
@@ -81,12 +81,15 @@ def point_of(config: ModelConfig) -> Point:
 
 def with_point(config: ModelConfig, point: Point) -> ModelConfig:
     kind = config.instance_groups[0].kind if config.instance_groups else InstanceGroup().kind
-    return dataclasses.replace(
+    tried = dataclasses.replace(
         config,
         max_batch_size=point.max_batch_size,
         dynamic_batching=DynamicBatching(max_queue_delay_us=point.max_queue_delay_us),
         instance_groups=(InstanceGroup(count=point.instances, kind=kind),),
+        warmup=(),
     )
+    # Warm at batch 1 and at the new max batch, if the config warmed at all.
+    return dataclasses.replace(tried, warmup=standard_warmup(tried) if config.warmup else ())
 
 
 def apply(repository: Path, config: ModelConfig, url: str, timeout_s: float = 120.0) -> None:

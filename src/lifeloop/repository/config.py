@@ -16,6 +16,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from lifeloop.repository.errors import RepositoryError
 
+# The labels of a classifier, one per line in class-index order, beside its config.pbtxt.
+LABELS_FILE = "labels.txt"
+
 
 class DataType(StrEnum):
     FP32 = "TYPE_FP32"
@@ -44,6 +47,9 @@ class TensorSpec:
     name: str
     data_type: DataType
     dims: tuple[int, ...]
+    # An output's label file, in the model's folder: Triton's classification extension
+    # (`class_count`) answers "score:index:label" from it.
+    label_filename: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -73,6 +79,51 @@ class InstanceGroup:
     def __post_init__(self) -> None:
         if self.count < 1:
             raise RepositoryError(f"instance_group count must be >= 1, got {self.count}")
+
+
+WARMUP_RANDOM, WARMUP_ZERO = "random", "zero"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupInput:
+    """One input of a warmup sample: random data, zeros, or a file in `<model>/warmup/`."""
+
+    data_type: DataType
+    dims: tuple[int, ...]
+    source: str = WARMUP_RANDOM  # "random", "zero", or the name of a file
+
+    def __post_init__(self) -> None:
+        if any(d < 1 for d in self.dims):
+            raise RepositoryError(f"warmup dims must be positive, got {list(self.dims)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Warmup:
+    """A request Triton sends each instance before it marks a version READY; inputs are
+    repeated `batch_size` times."""
+
+    name: str
+    batch_size: int
+    inputs: dict[str, WarmupInput]
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.count < 1:
+            raise RepositoryError(
+                f"warmup {self.name!r}: batch_size and count must be >= 1, got "
+                f"{self.batch_size} and {self.count}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleStep:
+    """One step of an ensemble: `input_map`/`output_map` map the step model's tensor names
+    to the ensemble's tensor names."""
+
+    model: str
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+    version: int = -1  # -1: the newest version the step model serves
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +156,9 @@ class ModelConfig:
     instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     parameters: dict[str, str] = field(default_factory=dict)
+    warmup: tuple[Warmup, ...] = ()
+    platform: str = ""  # "ensemble" for an ensemble, which has steps and no backend
+    ensemble_steps: tuple[EnsembleStep, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -117,6 +171,22 @@ class ModelConfig:
             raise RepositoryError(f"model {self.name!r} needs at least one input and one output")
         if self.dynamic_batching is not None and self.max_batch_size == 0:
             raise RepositoryError(f"model {self.name!r}: dynamic batching needs max_batch_size > 0")
+        if (self.platform == "ensemble") != bool(self.ensemble_steps):
+            raise RepositoryError(
+                f"model {self.name!r}: an ensemble needs platform 'ensemble' and at least one "
+                "step, and only an ensemble has steps"
+            )
+        if self.ensemble_steps and (self.instance_groups or self.backend or self.warmup):
+            raise RepositoryError(
+                f"model {self.name!r}: an ensemble has no backend, instance groups or warmup "
+                "(Triton refuses them); its steps' models have their own"
+            )
+        too_big = [w.name for w in self.warmup if w.batch_size > max(1, self.max_batch_size)]
+        if too_big:
+            raise RepositoryError(
+                f"model {self.name!r}: warmup {too_big} exceed max_batch_size "
+                f"{self.max_batch_size}; regenerate them with standard_warmup()"
+            )
 
     def with_parameters(self, **updates: str) -> ModelConfig:
         return replace(self, parameters={**self.parameters, **updates})
@@ -127,9 +197,11 @@ class ModelConfig:
 
 
 def to_proto(config: ModelConfig) -> pb.ModelConfig:
-    message = pb.ModelConfig(
-        name=config.name, backend=config.backend, max_batch_size=config.max_batch_size
-    )
+    message = pb.ModelConfig(name=config.name, max_batch_size=config.max_batch_size)
+    if config.backend:
+        message.backend = config.backend
+    if config.platform:
+        message.platform = config.platform
     policy = config.version_policy
     if policy.all:
         message.version_policy.all.SetInParent()
@@ -152,6 +224,29 @@ def to_proto(config: ModelConfig) -> pb.ModelConfig:
         )
     for key in sorted(config.parameters):
         message.parameters[key].string_value = config.parameters[key]
+    for warmup in config.warmup:
+        sample = message.model_warmup.add(
+            name=warmup.name, batch_size=warmup.batch_size, count=warmup.count
+        )
+        for name in sorted(warmup.inputs):
+            given = warmup.inputs[name]
+            target = sample.inputs[name]
+            target.data_type = pb.DataType.Value(given.data_type.value)
+            target.dims.extend(given.dims)
+            if given.source == WARMUP_RANDOM:
+                target.random_data = True
+            elif given.source == WARMUP_ZERO:
+                target.zero_data = True
+            else:
+                target.input_data_file = given.source
+    for step in config.ensemble_steps:
+        added = message.ensemble_scheduling.step.add(
+            model_name=step.model, model_version=step.version
+        )
+        for key in sorted(step.input_map):
+            added.input_map[key] = step.input_map[key]
+        for key in sorted(step.output_map):
+            added.output_map[key] = step.output_map[key]
     return message
 
 
@@ -188,6 +283,34 @@ def from_proto(message: pb.ModelConfig) -> ModelConfig:
         ),
         version_policy=policy,
         parameters={k: v.string_value for k, v in message.parameters.items()},
+        warmup=tuple(_warmup(w) for w in message.model_warmup),
+        platform=message.platform,
+        ensemble_steps=tuple(
+            EnsembleStep(
+                model=step.model_name,
+                version=step.model_version,
+                input_map=dict(step.input_map),
+                output_map=dict(step.output_map),
+            )
+            for step in message.ensemble_scheduling.step
+        ),
+    )
+
+
+def _warmup(message: Any) -> Warmup:
+    inputs = {}
+    for name, given in message.inputs.items():
+        which = given.WhichOneof("input_data_type")
+        source = {"random_data": WARMUP_RANDOM, "zero_data": WARMUP_ZERO}.get(
+            which or "", given.input_data_file
+        )
+        inputs[name] = WarmupInput(
+            data_type=DataType(pb.DataType.Name(given.data_type)),
+            dims=tuple(given.dims),
+            source=source,
+        )
+    return Warmup(
+        name=message.name, batch_size=message.batch_size, inputs=inputs, count=message.count or 1
     )
 
 
@@ -210,6 +333,8 @@ def _fill_tensor(target: Any, spec: TensorSpec) -> None:
     target.name = spec.name
     target.data_type = pb.DataType.Value(spec.data_type.value)
     target.dims.extend(spec.dims)
+    if spec.label_filename:
+        target.label_filename = spec.label_filename
 
 
 def _tensor(message: Any) -> TensorSpec:
@@ -217,7 +342,19 @@ def _tensor(message: Any) -> TensorSpec:
         name=message.name,
         data_type=DataType(pb.DataType.Name(message.data_type)),
         dims=tuple(message.dims),
+        label_filename=getattr(message, "label_filename", ""),
     )
+
+
+def standard_warmup(config: ModelConfig) -> tuple[Warmup, ...]:
+    """Random inputs at batch 1 and at max_batch_size, so that a version is READY only once
+    both its smallest and its largest batch have run (allocations, kernel choices)."""
+    sizes = sorted({1, max(1, config.max_batch_size)})
+    inputs = {
+        spec.name: WarmupInput(data_type=spec.data_type, dims=tuple(max(d, 1) for d in spec.dims))
+        for spec in config.inputs
+    }
+    return tuple(Warmup(name=f"batch_{size}", batch_size=size, inputs=inputs) for size in sizes)
 
 
 def classifier_config(
@@ -233,17 +370,26 @@ def classifier_config(
     parameters: dict[str, str] | None = None,
 ) -> ModelConfig:
     """The default config for a classifier: dynamic batching with a short queue delay, the
-    latest two versions loaded, CPU instances, and logits dims [-1] so that a version with
-    more classes needs no new config."""
+    latest two versions loaded, CPU instances, logits dims [-1] so that a version with more
+    classes needs no new config, the label file for `class_count`, and warmup at batch 1 and
+    at max_batch_size."""
     params = {"intra_op_thread_count": str(intra_op_threads)} if intra_op_threads else {}
     params.update(parameters or {})
-    return ModelConfig(
+    config = ModelConfig(
         name=name,
         max_batch_size=max_batch_size,
         inputs=(TensorSpec(name=input_name, data_type=DataType.FP32, dims=input_shape),),
-        outputs=(TensorSpec(name=output_name, data_type=DataType.FP32, dims=(-1,)),),
+        outputs=(
+            TensorSpec(
+                name=output_name,
+                data_type=DataType.FP32,
+                dims=(-1,),
+                label_filename=LABELS_FILE,
+            ),
+        ),
         dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
         instance_groups=(InstanceGroup(count=instances),),
         version_policy=VersionPolicy(latest=2),
         parameters=params,
     )
+    return replace(config, warmup=standard_warmup(config))

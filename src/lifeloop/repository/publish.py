@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,7 @@ def publish(
         number = version if version is not None else (max(existing, default=0) + 1)
         current = read_config(model_dir)
         updated = _merge_config(current or config, draft, model_dir)
+        write_label_files(model_dir, updated)
         if updated != current:
             _write_config(model_dir, updated)
         staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
@@ -137,12 +138,48 @@ def publish(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     published = PublishedVersion(config.name, number, model_dir / str(number), manifest)
+    fronting = refresh_fronting_models(repository, updated)
     if server_url:
         from lifeloop.client import ServerControl
 
         with ServerControl(server_url) as server:
             server.load_model(config.name)
+            for name in fronting:  # Triton reads a label file when it loads the model
+                server.load_model(name)
     return published
+
+
+def refresh_fronting_models(repository: Path, classifier: cfg.ModelConfig) -> list[str]:
+    """Give the models that front `classifier` with a label file (an image ensemble) its
+    current labels; returns the names of those that changed."""
+    labels = classifier.parameters.get(LABELS_PARAM)
+    changed: list[str] = []
+    if labels is None:
+        return changed
+
+    def stale(config: cfg.ModelConfig | None) -> bool:
+        return (
+            config is not None
+            and config.parameters.get(CLASSIFIER_PARAM) == classifier.name
+            and any(o.label_filename for o in config.outputs)
+            and config.parameters.get(LABELS_PARAM) != labels
+        )
+
+    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
+        try:
+            if model_dir.name == classifier.name or not stale(read_config(model_dir)):
+                continue
+        except RepositoryError:  # another model's broken config is not this publish's concern
+            continue
+        with model_lock(model_dir):
+            config = read_config(model_dir)
+            if config is None or not stale(config):
+                continue
+            config = config.with_parameters(**{LABELS_PARAM: labels})
+            write_label_files(model_dir, config)
+            _write_config(model_dir, config)
+        changed.append(model_dir.name)
+    return changed
 
 
 def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path) -> cfg.ModelConfig:
@@ -165,12 +202,34 @@ def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path)
             f"{list(labels)[:6]}…; keep class indices and append new classes at the end"
         )
     merged = new if len(new) > len(labels) else labels
+    # An output of fixed width (a TensorRT plan's logits) is as wide as this version's classes.
+    config = replace(
+        config,
+        outputs=tuple(
+            replace(o, dims=(len(new),)) if len(o.dims) == 1 and o.dims[0] > 0 else o
+            for o in config.outputs
+        ),
+    )
     return config.with_parameters(
         **{
             LABELS_PARAM: _json(list(merged)),
             PREPROCESSING_PARAM: _json(draft.preprocessing),
         }
     )
+
+
+def write_label_files(model_dir: Path, config: cfg.ModelConfig) -> None:
+    """The label file each output names, from the labels in the config's parameters; written
+    before the config that names it, since Triton refuses a config whose label file is
+    missing. Labels only ever grow at the end, so one file serves every loaded version."""
+    labels = config.json_parameter(LABELS_PARAM, [])
+    for output in config.outputs:
+        if not output.label_filename:
+            continue
+        path = model_dir / output.label_filename
+        text = "".join(f"{label}\n" for label in labels)
+        if not path.is_file() or path.read_text() != text:
+            replace_file(path, text)
 
 
 def _json(value: Any) -> str:
