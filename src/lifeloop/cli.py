@@ -228,6 +228,51 @@ def _read_labels(path: Path) -> tuple[str, ...]:
     return names
 
 
+image_app = typer.Typer(help="Let clients send encoded JPEG and PNG images.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("init")
+@_errors
+def image_init(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    preprocess: Annotated[str, typer.Option(help="Name of the preprocess model.")] = "preprocess",
+    ensemble: Annotated[
+        str | None, typer.Option(help="Name of the ensemble (default: <model>_image).")
+    ] = None,
+    max_image_bytes: Annotated[
+        int, typer.Option(help="Larger encoded images fail their own request.")
+    ] = 20 * 1024 * 1024,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="Images with more pixels (width x height) fail before decoding.")
+    ] = 40_000_000,
+    formats: Annotated[
+        str, typer.Option(help="Image formats accepted, as Pillow names them.")
+    ] = "JPEG,PNG",
+    url: Annotated[
+        str | None, typer.Option(help="Triton HTTP URL: load both models there (EXPLICIT mode).")
+    ] = None,
+) -> None:
+    """Write a preprocess model and an ensemble (preprocess -> classifier) for raw images."""
+    from lifeloop.serve.ensemble import install_image_ensemble
+    from lifeloop.serve.preprocess import ImageLimits
+
+    kinds = tuple(f.strip().upper() for f in formats.split(",") if f.strip())
+    done = install_image_ensemble(
+        repository,
+        model,
+        preprocess=preprocess,
+        ensemble=ensemble,
+        limits=ImageLimits(max_bytes=max_image_bytes, max_pixels=max_image_pixels, formats=kinds),
+        server_url=url,
+    )
+    console.print(
+        f"ensemble {done.ensemble!r} ({done.preprocess!r} -> {done.classifier!r}) written: send "
+        f"{'/'.join(done.limits.formats)} bytes as IMAGE (BYTES, one per request row)"
+    )
+
+
 @app.command()
 @_errors
 def versions(

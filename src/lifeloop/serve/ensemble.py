@@ -1,0 +1,164 @@
+"""`lifeloop image init`: let clients send encoded images. It writes a `preprocess` Python
+model (bytes -> the classifier's input) and an ensemble `<classifier>_image` (preprocess ->
+classifier) whose output carries the classifier's label file, so that Triton's
+classification extension (`class_count`) answers "score:index:label" for raw images."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PIL import Image
+
+from lifeloop.repository import config as cfg
+from lifeloop.repository.errors import RepositoryError
+from lifeloop.repository.publish import (
+    CLASSIFIER_PARAM,
+    LABELS_PARAM,
+    ensure_repository,
+    model_lock,
+    read_config,
+    version_numbers,
+    write_config,
+    write_label_files,
+)
+from lifeloop.serve.preprocess import IMAGE_INPUT, ImageLimits
+
+MODELS_DIR = Path(__file__).parent / "models"
+WARMUP_DIR = "warmup"
+WARMUP_IMAGE = "image.bin"
+
+
+@dataclass(frozen=True)
+class ImageEnsemble:
+    preprocess: str
+    ensemble: str
+    classifier: str
+    limits: ImageLimits
+
+
+def install_image_ensemble(
+    repository: Path,
+    classifier: str,
+    *,
+    preprocess: str = "preprocess",
+    ensemble: str | None = None,
+    limits: ImageLimits | None = None,
+    server_url: str | None = None,
+) -> ImageEnsemble:
+    repository = ensure_repository(repository).resolve()
+    ensemble = ensemble or f"{classifier}_image"
+    limits = limits or ImageLimits()
+    classifier_config = read_config(repository / classifier)
+    if classifier_config is None or not version_numbers(repository / classifier):
+        raise RepositoryError(
+            f"model {classifier!r} has no published version in {repository}; export one with "
+            "`lifeloop export` or `lifeloop train` first"
+        )
+    for name in (preprocess, ensemble):
+        existing = read_config(repository / name)
+        fronts = existing.parameters.get(CLASSIFIER_PARAM) if existing else None
+        if existing is not None and fronts != classifier:
+            raise RepositoryError(
+                f"model {name!r} already exists in {repository} and does not front "
+                f"{classifier!r}; pick another --preprocess or --ensemble name"
+            )
+    tensor = classifier_config.inputs[0]
+    logits = classifier_config.outputs[0]
+    batch = classifier_config.max_batch_size
+    image = cfg.TensorSpec(name=IMAGE_INPUT, data_type=cfg.DataType.STRING, dims=(1,))
+    warm = cfg.WarmupInput(data_type=cfg.DataType.STRING, dims=(1,), source=WARMUP_IMAGE)
+    pre_config = cfg.ModelConfig(
+        name=preprocess,
+        backend="python",
+        max_batch_size=batch,
+        inputs=(image,),
+        outputs=(tensor,),
+        dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=0) if batch else None,
+        version_policy=cfg.VersionPolicy(latest=1),
+        parameters={CLASSIFIER_PARAM: classifier, **limits.to_parameters()},
+        warmup=tuple(
+            cfg.Warmup(name=f"batch_{size}", batch_size=size, inputs={IMAGE_INPUT: warm})
+            for size in sorted({1, max(1, batch)})
+        ),
+    )
+    pre_dir = repository / preprocess
+    (pre_dir / "1").mkdir(parents=True, exist_ok=True)
+    (pre_dir / WARMUP_DIR).mkdir(exist_ok=True)
+    _write_bytes(pre_dir / WARMUP_DIR / WARMUP_IMAGE, _warmup_image(tensor.dims))
+    _copy_shell(pre_dir / "1", "preprocess.py")
+    write_config(repository, pre_config)
+
+    step_tensor = f"{preprocess}_{tensor.name}"
+    ensemble_config = cfg.ModelConfig(
+        name=ensemble,
+        backend="",
+        platform="ensemble",
+        max_batch_size=batch,
+        inputs=(image,),
+        outputs=(replace(logits, label_filename=cfg.LABELS_FILE),),
+        dynamic_batching=None,
+        instance_groups=(),  # Triton refuses them on an ensemble
+        version_policy=cfg.VersionPolicy(latest=1),
+        parameters={
+            CLASSIFIER_PARAM: classifier,
+            LABELS_PARAM: classifier_config.parameters.get(LABELS_PARAM, "[]"),
+        },
+        ensemble_steps=(
+            cfg.EnsembleStep(
+                model=preprocess,
+                input_map={IMAGE_INPUT: IMAGE_INPUT},
+                output_map={tensor.name: step_tensor},
+            ),
+            cfg.EnsembleStep(
+                model=classifier,
+                input_map={tensor.name: step_tensor},
+                output_map={logits.name: logits.name},
+            ),
+        ),
+    )
+    ensemble_dir = repository / ensemble
+    (ensemble_dir / "1").mkdir(parents=True, exist_ok=True)  # an ensemble's one, empty version
+    with model_lock(ensemble_dir):
+        write_label_files(ensemble_dir, ensemble_config)
+    write_config(repository, ensemble_config)
+    if server_url:
+        from lifeloop.client import ServerControl
+
+        with ServerControl(server_url) as server:
+            server.load_model(preprocess)
+            server.load_model(ensemble)
+    return ImageEnsemble(preprocess, ensemble, classifier, limits)
+
+
+def _warmup_image(dims: tuple[int, ...]) -> bytes:
+    """A mid-grey PNG at the classifier's input size, as Triton reads a BYTES warmup file:
+    each element's 4-byte length, then its bytes."""
+    if len(dims) != 3 or min(dims) < 1:
+        raise RepositoryError(
+            f"the classifier's input dims {list(dims)} are not [channels, height, width]; the "
+            "image ensemble needs an image classifier exported by lifeloop"
+        )
+    channels, height, width = dims
+    mode = "L" if channels == 1 else "RGB"
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color=128 if mode == "L" else (128, 128, 128)).save(
+        buffer, format="PNG"
+    )
+    png = buffer.getvalue()
+    return struct.pack("<I", len(png)) + png
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _copy_shell(version_dir: Path, shell: str) -> None:
+    tmp = version_dir / ".model.py.tmp"
+    shutil.copyfile(MODELS_DIR / shell, tmp)
+    tmp.rename(version_dir / "model.py")

@@ -1,0 +1,177 @@
+"""The `preprocess` Python model: encoded image bytes in, the classifier's input tensor out.
+
+Each request carries one JPEG or PNG. It is decoded with Pillow and resized and normalised
+by the same `Preprocessing.to_array` that training and the client use, with the settings in
+the manifest of the classifier's newest version (the one an ensemble step with
+`model_version: -1` reaches under a latest policy), re-read when a version is published.
+An image that cannot be decoded, is over the byte limit or over the pixel limit fails its
+own request with a message that says which; its batch-mates are answered."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lifeloop.preprocessing import Preprocessing, PreprocessingError
+from lifeloop.repository.manifest import Manifest
+from lifeloop.repository.publish import CLASSIFIER_PARAM, version_numbers
+from lifeloop.serve.ort_runner import parameters
+
+IMAGE_INPUT = "IMAGE"
+MAX_BYTES_PARAM = "lifeloop.max_image_bytes"
+MAX_PIXELS_PARAM = "lifeloop.max_image_pixels"
+FORMATS_PARAM = "lifeloop.image_formats"
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000  # width x height; a decompression bomb is refused before decoding
+DEFAULT_FORMATS = ("JPEG", "PNG")
+
+
+class ImageError(ValueError):
+    """One request's image cannot be used; the message goes back to that caller only."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageLimits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_pixels < 1:
+            raise PreprocessingError(
+                f"the image limits must be >= 1, got {self.max_bytes} bytes and "
+                f"{self.max_pixels} pixels"
+            )
+        Image.init()
+        unknown = [f for f in self.formats if f not in Image.OPEN]
+        if unknown or not self.formats:
+            raise PreprocessingError(
+                f"image formats {unknown or '(none)'} are not formats Pillow reads; name them "
+                "as Pillow does, e.g. JPEG,PNG,WEBP"
+            )
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> ImageLimits:
+        formats = params.get(FORMATS_PARAM, "")
+        return cls(
+            max_bytes=int(params.get(MAX_BYTES_PARAM, DEFAULT_MAX_BYTES)),
+            max_pixels=int(params.get(MAX_PIXELS_PARAM, DEFAULT_MAX_PIXELS)),
+            formats=tuple(f.strip().upper() for f in formats.split(",") if f.strip())
+            or DEFAULT_FORMATS,
+        )
+
+    def to_parameters(self) -> dict[str, str]:
+        return {
+            MAX_BYTES_PARAM: str(self.max_bytes),
+            MAX_PIXELS_PARAM: str(self.max_pixels),
+            FORMATS_PARAM: ",".join(self.formats),
+        }
+
+
+def decode(data: bytes, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:
+    """Encoded bytes -> float32 CHW array, or ImageError naming what is wrong and the limit."""
+    if len(data) == 0:
+        raise ImageError("the image is empty (0 bytes); send the JPEG or PNG file's bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageError(
+            f"the image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}; send a "
+            f"smaller file or raise {MAX_BYTES_PARAM} in the preprocess model's config"
+        )
+    kinds = "/".join(limits.formats)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(limits.formats)) as image:
+                width, height = image.size  # from the header; nothing is decoded yet
+                if width * height > limits.max_pixels:
+                    raise ImageError(
+                        f"the image is {width}x{height} = {width * height:,} pixels, over the "
+                        f"limit of {limits.max_pixels:,}; downscale it or raise "
+                        f"{MAX_PIXELS_PARAM} in the preprocess model's config"
+                    )
+                return pre.to_array(image)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ImageError(f"the image cannot be decoded as {kinds} ({detail})") from exc
+    except Warning as exc:  # DecompressionBombWarning raised as an error above
+        raise ImageError(f"the image is refused as a decompression bomb ({exc})") from exc
+
+
+class NewestPreprocessing:
+    """The preprocessing in the manifest of a model's newest version, re-read when the set of
+    versions changes (one directory listing per batch)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self._version = 0
+        self._pre: Preprocessing | None = None
+
+    def current(self) -> Preprocessing:
+        versions = version_numbers(self.model_dir)
+        if not versions:
+            raise ImageError(f"model {self.model_dir.name!r} has no published version")
+        if versions[-1] != self._version or self._pre is None:
+            manifest = Manifest.read(self.model_dir / str(versions[-1]))
+            self._pre = Preprocessing.from_dict(manifest.preprocessing)
+            self._version = versions[-1]
+        return self._pre
+
+
+class Preprocessor:
+    """What the preprocess model.py delegates to; `pb` is triton_python_backend_utils."""
+
+    def __init__(self, pb: Any, classifier_dir: Path, output_name: str, limits: ImageLimits):
+        self.pb = pb
+        self.newest = NewestPreprocessing(classifier_dir)
+        self.output_name = output_name
+        self.limits = limits
+
+    @classmethod
+    def from_args(cls, args: dict[str, str], pb: Any) -> Preprocessor:
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        repository = Path(args["model_repository"]).parent
+        return cls(
+            pb,
+            repository / params[CLASSIFIER_PARAM],
+            config["output"][0]["name"],
+            ImageLimits.from_parameters(params),
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self.pb
+        try:
+            pre = self.newest.current()
+        except Exception as exc:  # no version, or an unreadable manifest: every request says so
+            error = pb.TritonError(f"preprocess: {exc}")
+            return [pb.InferenceResponse(error=error) for _ in requests]
+        responses = []
+        for request in requests:
+            try:
+                images = pb.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy()
+                arrays = [
+                    _decode_one(item, i, pre, self.limits)
+                    for i, item in enumerate(images.reshape(-1))
+                ]
+                tensor = pb.Tensor(self.output_name, np.stack(arrays))
+                responses.append(pb.InferenceResponse(output_tensors=[tensor]))
+            except ImageError as exc:
+                responses.append(pb.InferenceResponse(error=pb.TritonError(str(exc))))
+        return responses
+
+
+def _decode_one(item: Any, index: int, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:
+    data = item if isinstance(item, bytes) else bytes(item)
+    try:
+        return decode(data, pre, limits)
+    except ImageError as exc:
+        raise ImageError(f"image {index} of the request: {exc}") from exc
