@@ -98,12 +98,3 @@ def test_bad_formats_and_gates_get_one_line_errors() -> None:
         parse_formats("onnx,onnx-int4")
     with pytest.raises(ExportError, match="--min-agreement must be in 0..1"):
         QualityGate(min_agreement=1.5)
-
-
-def test_tensorrt_without_a_gpu_says_what_is_missing(tmp_path, trained) -> None:
-    pytest.importorskip("torch")
-    with pytest.raises(ExportError, match="tensorrt-\\* formats need"):
-        export_checkpoint(
-            trained.checkpoint, tmp_path / "repo", "digits", formats=("tensorrt-fp16",)
-        )
-    assert not (tmp_path / "repo" / "digits_trt_fp16").exists()

@@ -117,10 +117,16 @@ def export_checkpoint(
             f"{', '.join(reduced)} need calibration and held-out images; export a checkpoint "
             "lifeloop trained (its data is used), or pass --calibration and --eval-dir"
         )
-    if any(f in TENSORRT for f in formats):
+    plans = [f for f in formats if f in TENSORRT]
+    if plans:
         from lifeloop.export.tensorrt import require_tensorrt
 
         require_tensorrt()
+    if precision is None and plans:
+        raise ExportError(
+            f"{', '.join(plans)} are gated against fp32 on held-out images; export a "
+            "checkpoint lifeloop trained (its data is used), or pass --calibration and --eval-dir"
+        )
     model = checkpoint.build_model()
     shape = checkpoint.preprocessing.input_shape
     with tempfile.TemporaryDirectory(prefix="lifeloop-export-") as tmp:
@@ -146,6 +152,11 @@ def export_checkpoint(
             if not report.passed:
                 raise QualityGateError(report)
             files[fmt], quality[fmt] = path, report
+        for fmt in plans:
+            path, report = _build_plan(
+                onnx_path, Path(tmp), fmt, _require(precision), shape, max_batch_size
+            )
+            files[fmt], quality[fmt] = path, report
         by_format: dict[str, PublishedVersion] = {}
         for fmt, path in files.items():
             by_format[fmt] = publish_format(
@@ -168,6 +179,42 @@ def export_checkpoint(
     for published in by_format.values():
         checkpoint.save(archived_checkpoint(repository, published.model, published.version))
     return ExportResult(first, parity, by_format, quality)
+
+
+def _build_plan(
+    onnx_path: Path,
+    tmp: Path,
+    fmt: str,
+    data: PrecisionData,
+    shape: tuple[int, ...],
+    max_batch_size: int,
+) -> tuple[Path, QualityReport]:
+    from lifeloop.export.tensorrt import TRT_INT8, batch_profile, build_plan, predict_plan
+
+    # The precision is in the graph TensorRT parses: fp16 tensors, or Q/DQ nodes whose scales
+    # were calibrated on the training images.
+    typed = tmp / f"{fmt}.onnx"
+    if fmt == TRT_INT8:
+        quantize_int8(onnx_path, typed, data.calibration, for_tensorrt=True)
+    else:
+        convert_fp16(onnx_path, typed)
+    path = build_plan(
+        typed, tmp / f"{fmt}.plan", profile=batch_profile(INPUT_NAME, shape, max_batch_size)
+    )
+    report = check_quality(
+        onnx_path,
+        path,
+        data.x_held,
+        data.y_held,
+        format=fmt,
+        gate=data.gate,
+        predict=lambda plan, x: predict_plan(
+            plan, x, input_name=INPUT_NAME, output_name=OUTPUT_NAME
+        ),
+    )
+    if not report.passed:
+        raise QualityGateError(report)
+    return path, report
 
 
 def _require(precision: PrecisionData | None) -> PrecisionData:
@@ -253,6 +300,20 @@ def publish_format(
         output_name=OUTPUT_NAME,
         max_batch_size=max_batch_size,
     )
+    filename, tools = "model.onnx", {**tool_versions(), "onnx_opset": str(OPSET)}
+    if fmt in TENSORRT:
+        from lifeloop.export.tensorrt import PLAN_FILE, plan_config, this_target
+
+        config = plan_config(
+            model_name,
+            input_name=INPUT_NAME,
+            input_shape=shape,
+            output_name=OUTPUT_NAME,
+            num_classes=len(checkpoint.labels),
+            max_batch_size=max_batch_size,
+            base=config,
+        )
+        filename, tools = PLAN_FILE, {**tools, **this_target().to_tools()}
     if quality is not None:
         evaluation = {**evaluation, "quality_gate": quality.to_dict()}
     draft = VersionDraft(
@@ -268,10 +329,10 @@ def publish_format(
         },
         parity=parity.to_dict() if parity else {},
         evaluation=evaluation,
-        tools={**tool_versions(), "onnx_opset": str(OPSET)},
+        tools=tools,
     )
     return publish(
-        repository, config, {"model.onnx": path}, draft, version=version, server_url=server_url
+        repository, config, {filename: path}, draft, version=version, server_url=server_url
     )
 
 
