@@ -25,6 +25,8 @@ from lifeloop.repository import TensorInfo, VersionDraft, classifier_config, par
 from lifeloop.repository import config as cfg
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import read_config, write_label_files
+from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.errors import ServerError
 
 H100 = PlanTarget(gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt="10.7.0")
 
@@ -114,6 +116,29 @@ def test_plan_manifest_records_its_target_and_a_wider_version_widens_the_config(
     newer = PlanTarget(gpu=H100.gpu, compute_capability="9.0", tensorrt="10.8.0")
     with pytest.raises(ExportError, match=r"TensorRT 10.7.0 \(here: 10.8.0\)"):
         check_plan(manifest, newer)
+
+
+def test_the_launcher_refuses_a_plan_this_machine_cannot_run(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"serialized engine bytes")
+    draft = VersionDraft(
+        format="tensorrt-fp16",
+        labels=tuple("0123456789"),
+        input=TensorInfo(name="input", shape=(1, 32, 32)),
+        output_name="logits",
+        preprocessing={"size": 32},
+        tools=PlanTarget(gpu="no such GPU", compute_capability="0.0", tensorrt="0").to_tools(),
+    )
+    publish(repo, digits_plan_config(), {PLAN_FILE: plan}, draft)
+    with pytest.raises(ServerError) as refused:
+        TritonServer(ServerConfig.on_free_ports(repo)).start()
+    message = str(refused.value)
+    if have_gpu_and_tensorrt():
+        assert "digits_trt_fp16 v1 was built for GPU no such GPU" in message
+    else:
+        assert "digits_trt_fp16 v1 in" in message and "is a TensorRT plan" in message
+        assert "tensorrt-* formats need" in message
 
 
 def test_a_plan_without_its_target_is_refused() -> None:

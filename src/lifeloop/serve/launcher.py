@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
+from lifeloop.repository.manifest import Manifest
 from lifeloop.serve.errors import ServerError
 from lifeloop.serve.runtime import Runtime, prepare_runtime
 
@@ -183,6 +184,7 @@ class TritonServer:
             (config.metrics_port, "metrics"),
         ):
             check_port_free(config.host, port, what)
+        check_plans(config.repository)
         runtime = self._runtime or prepare_runtime()
         config.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(config.log_path, "wb") as log:
@@ -262,3 +264,36 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+def check_plans(repository: Path) -> None:
+    """Refuse, before starting, a repository holding a TensorRT plan this machine cannot run:
+    none can run without a GPU and tensorrt, and a plan runs only on the GPU model and
+    TensorRT version it was built with (its manifest says which)."""
+    from lifeloop.errors import LifeloopError
+    from lifeloop.export.tensorrt import check_plan, this_target
+
+    manifests = []
+    for path in sorted(Path(repository).glob("*/[0-9]*/manifest.json")):
+        try:
+            manifest = Manifest.from_json(path.read_text(), source=str(path))
+        except LifeloopError:
+            continue  # the version's own load reports it
+        if manifest.format.startswith("tensorrt-"):
+            manifests.append(manifest)
+    if not manifests:
+        return
+    try:
+        here = this_target()
+    except LifeloopError as exc:
+        first = manifests[0]
+        raise ServerError(
+            f"{first.model} v{first.version} in {repository} is a TensorRT plan and this machine "
+            f"cannot run one ({exc}); serve it on the GPU it was built for, or move the model "
+            "out of this repository"
+        ) from exc
+    for manifest in manifests:
+        try:
+            check_plan(manifest, here)
+        except LifeloopError as exc:
+            raise ServerError(str(exc)) from exc
