@@ -51,15 +51,36 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, a
     except ExportError:
         raise
     except Exception as exc:
-        text = str(exc)
-        op = re.search(r"(aten::[\w.]+|aten\.[\w.]+)", text)
-        where = f" at operator {op.group(1)}" if op else ""
-        first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+        op, reason = describe_failure(str(exc), type(exc).__name__)
+        where = f" at operator {op}" if op else ""
         raise ExportError(
-            f"{arch!r} could not be exported to ONNX opset {OPSET}{where}: {first}. Try another "
-            "architecture, or report the operator to the PyTorch ONNX exporter"
+            f"{arch!r} could not be exported to ONNX opset {OPSET}{where}: {reason}. Replace "
+            "the operator in the model, give torch.onnx.export a custom_translation_table "
+            "entry for it, or pick another architecture"
         ) from exc
     return path
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NO_FUNCTION = re.compile(
+    r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>"
+)
+_ATEN = re.compile(r"(aten::[\w.]+|aten\.[\w.]+|prims\.[\w.]+)")
+
+
+def describe_failure(text: str, kind: str) -> tuple[str, str]:
+    """(the operator, one line of why) from the exporter's multi-line report."""
+    text = _ANSI.sub("", text)
+    missing = _NO_FUNCTION.search(text)
+    named = _ATEN.search(text)
+    op = f"{missing.group(1)}.{missing.group(2)}" if missing else (named.group(1) if named else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = next(
+        (lines[i + 1] for i, line in enumerate(lines[:-1]) if line == "## Exception summary"),
+        lines[0] if lines else kind,
+    )
+    reason = re.sub(r"^<class '[\w.]+'>: ", "", summary)
+    return op, reason[:300].rstrip(". ")
 
 
 @contextlib.contextmanager
