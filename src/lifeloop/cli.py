@@ -524,10 +524,11 @@ def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
     precision = results["precision"]
     for fmt in ("int8", "fp16"):
         change = precision["accuracy"][f"onnx-{fmt}"]["accuracy_drop"] * -100
+        rounds = ", ".join(f"{r:.2f}" for r in precision["resnet18"][fmt]["ratio_per_round"])
         sources[f"{fmt}_over_fp32_resnet18"] = (
             f"{precision['resnet18'][fmt]['throughput']:.1f} {fmt} / "
-            f"{precision['resnet18']['fp32']['throughput']:.1f} fp32 images/s; top-1 "
-            f"{change:+.2f} points (trained small CNN)"
+            f"{precision['resnet18']['fp32']['throughput']:.1f} fp32 images/s, rounds "
+            f"{rounds}; top-1 {change:+.2f} points (trained small CNN)"
         )
     for key, protocol in (("locust_over_lean", "grpc"), ("locust_over_lean_http", "http")):
         sources[key] = (

@@ -4,7 +4,8 @@ Digits -> train v1 on digits 0-7 only -> export, publish, put the router in fron
 Triton -> classify the held-out set (all ten digits) through the router over HTTP and gRPC ->
 traffic of all classes, with simulated users labelling a share of it through the feedback
 model -> retrain: v2 learns 8 and 9, passes the gate, starts as a 20% canary with shadow ->
-promote v2 while traffic flows -> score both versions per class -> stop.
+promote v2 while traffic flows -> score both versions per class -> send the held-out images
+as PNG and JPEG bytes through the `classifier_image` ensemble -> stop.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lifeloop.retrain.datasets import link_folder, load_arrays
 from lifeloop.retrain.loop import RetrainSettings, retrain
 from lifeloop.retrain.training import accuracy_report
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.ensemble import install_image_ensemble
 
 MODEL = "classifier"
 ROUTER = "router"
@@ -108,6 +110,8 @@ def run_demo(
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
     installed = install_router(repository, MODEL)
     console.print(f"router and feedback models written; store {installed.store_url}")
+    images = install_image_ensemble(repository, MODEL)
+    console.print(f"{images.ensemble!r} ensemble written: clients may send encoded images")
 
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     traffic = Traffic()
@@ -206,9 +210,23 @@ def run_demo(
                 answers = client.classify(x_held, top_k=1, version=version)
                 predicted = np.array([names.index(a.label) for a in answers])
                 accuracy, per_class = accuracy_report(predicted, y_held, names)
-                scores[version] = {"accuracy": accuracy, "per_class": per_class}
+                scores[version] = {
+                    "accuracy": accuracy,
+                    "per_class": per_class,
+                    "predicted": predicted,
+                }
                 traffic.requests += len(answers)
         history = [e.action for e in store.history(MODEL)]
+
+        console.rule("[bold]10. the held-out images as PNG and JPEG bytes, class_count=1")
+        encoded = _through_image_ensemble(
+            server.grpc_url, images.ensemble, held, names, scores[report.version]["predicted"]
+        )
+        for fmt, figures in encoded.items():
+            console.print(
+                f"{fmt}: accuracy {figures['accuracy']:.3f}, top-1 agrees with v"
+                f"{report.version} on tensors for {figures['agreement']:.3f}"
+            )
 
     v1_scores, v2_scores = scores[first.published.version], scores[report.version]
     seen = traffic.versions
@@ -232,11 +250,50 @@ def run_demo(
         "version_after": seen[-1] if seen else first.published.version,
         "latency_ms": percentiles(latencies),
         "history": history,
+        "image_ensemble": encoded,
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(console, summary, out / "summary.json")
     return summary
+
+
+def _through_image_ensemble(
+    url: str, ensemble: str, held: list[Any], names: tuple[str, ...], tensor_top1: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Each held-out image's file bytes (PNG) and a JPEG of it through the ensemble, with
+    Triton's classification extension: accuracy, and agreement with the tensor path."""
+    import io
+
+    import tritonclient.grpc as grpcclient
+    from PIL import Image
+
+    def jpeg(path: Path) -> bytes:
+        buffer = io.BytesIO()
+        with Image.open(path) as image:
+            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+    results = {}
+    with grpcclient.InferenceServerClient(url.removeprefix("grpc://")) as client:
+        for fmt, encode in (("png", lambda path: Path(path).read_bytes()), ("jpeg", jpeg)):
+            labels: list[str] = []
+            for start in range(0, len(held), 32):
+                chunk = [encode(sample.path) for sample in held[start : start + 32]]
+                tensor = grpcclient.InferInput("IMAGE", [len(chunk), 1], "BYTES")
+                tensor.set_data_from_numpy(np.array(chunk, dtype=np.object_).reshape(-1, 1))
+                wanted = [grpcclient.InferRequestedOutput("logits", class_count=1)]
+                answer = client.infer(ensemble, [tensor], outputs=wanted).as_numpy("logits")
+                labels += [row[0].decode().split(":", 2)[2] for row in answer]
+            truth = [names[sample.label] for sample in held]
+            results[fmt] = {
+                "accuracy": float(np.mean([a == b for a, b in zip(labels, truth, strict=True)])),
+                "agreement": float(
+                    np.mean([names.index(a) == b for a, b in zip(labels, tensor_top1, strict=True)])
+                ),
+                "images": len(held),
+            }
+    return results
 
 
 def _send(
@@ -283,6 +340,11 @@ def _print_summary(console: Console, summary: dict[str, Any], path: Path) -> Non
         "latency p50 / p99 (ms, one image per request, via the router)",
         f"{summary['latency_ms']['p50']:.2f} / {summary['latency_ms']['p99']:.2f}",
     )
+    for fmt, figures in summary["image_ensemble"].items():
+        table.add_row(
+            f"{fmt.upper()} bytes through the image ensemble: accuracy / agreement",
+            f"{figures['accuracy']:.3f} / {figures['agreement']:.3f}",
+        )
     table.add_row("wall time (s)", f"{summary['seconds']}")
     console.print(table)
     console.print(f"summary written to {path}")

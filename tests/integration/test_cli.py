@@ -129,6 +129,10 @@ def test_demo_meets_its_acceptance_figures(tmp_path: Path) -> None:
     assert summary["failed_requests"] == 0
     assert (summary["version_before"], summary["version_after"]) == (1, 2)
     assert summary["history"] == ["init", "candidate", "promote"]
+    # Encoded images through the ensemble reach v2, with the labels it added (8 and 9).
+    png, jpeg = summary["image_ensemble"]["png"], summary["image_ensemble"]["jpeg"]
+    assert png["agreement"] == 1.0 and png["accuracy"] == summary["v2_accuracy"]
+    assert jpeg["accuracy"] >= summary["v2_accuracy"] - 0.03 and jpeg["agreement"] >= 0.95
     assert (
         summary["requests"] > 1500
         and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0

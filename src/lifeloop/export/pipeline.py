@@ -4,6 +4,7 @@ and the retrain loop use."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,17 +142,7 @@ def export_checkpoint(
                 quantize_int8(onnx_path, path, data.calibration)
             else:
                 convert_fp16(onnx_path, path)
-            report = check_quality(
-                onnx_path,
-                path,
-                data.x_held,
-                data.y_held,
-                format=fmt,
-                gate=data.gate,
-            )
-            if not report.passed:
-                raise QualityGateError(report)
-            files[fmt], quality[fmt] = path, report
+            files[fmt], quality[fmt] = path, _gated(onnx_path, path, fmt, data)
         for fmt in plans:
             path, report = _build_plan(
                 onnx_path, Path(tmp), fmt, _require(precision), shape, max_batch_size
@@ -201,20 +192,32 @@ def _build_plan(
     path = build_plan(
         typed, tmp / f"{fmt}.plan", profile=batch_profile(INPUT_NAME, shape, max_batch_size)
     )
-    report = check_quality(
+    report = _gated(
         onnx_path,
         path,
-        data.x_held,
-        data.y_held,
-        format=fmt,
-        gate=data.gate,
+        fmt,
+        data,
         predict=lambda plan, x: predict_plan(
             plan, x, input_name=INPUT_NAME, output_name=OUTPUT_NAME
         ),
     )
+    return path, report
+
+
+def _gated(
+    fp32: Path,
+    candidate: Path,
+    fmt: str,
+    data: PrecisionData,
+    predict: Callable[[Path, np.ndarray], np.ndarray] | None = None,
+) -> QualityReport:
+    """The candidate's quality report, or QualityGateError when it fails the gate."""
+    report = check_quality(
+        fp32, candidate, data.x_held, data.y_held, format=fmt, gate=data.gate, predict=predict
+    )
     if not report.passed:
         raise QualityGateError(report)
-    return path, report
+    return report
 
 
 def _require(precision: PrecisionData | None) -> PrecisionData:

@@ -19,7 +19,13 @@ from lifeloop.loop.errors import RolloutError
 from lifeloop.loop.policy import RoutingPolicy, read_policy, write_policy
 from lifeloop.loop.store import Event, Store, now
 from lifeloop.repository import config as cfg
-from lifeloop.repository.publish import model_lock, read_config, version_numbers, write_config
+from lifeloop.repository.publish import (
+    fronting_models,
+    model_lock,
+    read_config,
+    version_numbers,
+    write_config,
+)
 
 
 class Rollout:
@@ -159,6 +165,8 @@ def sync_version_policy(
         with ServerControl(server_url) as server:
             server.load_model(model)
             wait_versions_ready(server, model, versions)
+            for front in fronting_models(repository, model):  # they re-read the labels
+                server.load_model(front)
     return True
 
 

@@ -149,36 +149,43 @@ def publish(
     return published
 
 
+def fronting_models(repository: Path, classifier: str) -> list[str]:
+    """The models that front `classifier` with a label file of its labels (image ensembles):
+    Triton reads a label file when it loads a model, so they reload when it does."""
+    found = []
+    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
+        if model_dir.name == classifier or not (model_dir / CONFIG_NAME).is_file():
+            continue
+        try:
+            config = read_config(model_dir)
+        except RepositoryError:  # another model's broken config is not this caller's concern
+            continue
+        if (
+            config is not None
+            and config.parameters.get(CLASSIFIER_PARAM) == classifier
+            and any(o.label_filename for o in config.outputs)
+        ):
+            found.append(model_dir.name)
+    return found
+
+
 def refresh_fronting_models(repository: Path, classifier: cfg.ModelConfig) -> list[str]:
-    """Give the models that front `classifier` with a label file (an image ensemble) its
-    current labels; returns the names of those that changed."""
+    """Give the models that front `classifier` with a label file its current labels; returns
+    the names of those that changed."""
     labels = classifier.parameters.get(LABELS_PARAM)
     changed: list[str] = []
     if labels is None:
         return changed
-
-    def stale(config: cfg.ModelConfig | None) -> bool:
-        return (
-            config is not None
-            and config.parameters.get(CLASSIFIER_PARAM) == classifier.name
-            and any(o.label_filename for o in config.outputs)
-            and config.parameters.get(LABELS_PARAM) != labels
-        )
-
-    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
-        try:
-            if model_dir.name == classifier.name or not stale(read_config(model_dir)):
-                continue
-        except RepositoryError:  # another model's broken config is not this publish's concern
-            continue
+    for name in fronting_models(repository, classifier.name):
+        model_dir = Path(repository) / name
         with model_lock(model_dir):
             config = read_config(model_dir)
-            if config is None or not stale(config):
+            if config is None or config.parameters.get(LABELS_PARAM) == labels:
                 continue
             config = config.with_parameters(**{LABELS_PARAM: labels})
             write_label_files(model_dir, config)
             _write_config(model_dir, config)
-        changed.append(model_dir.name)
+        changed.append(name)
     return changed
 
 
