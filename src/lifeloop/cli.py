@@ -523,7 +523,7 @@ def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
         )
     precision = results["precision"]
     for fmt in ("int8", "fp16"):
-        change = precision["accuracy"][f"onnx-{fmt}"]["accuracy_drop"] * -100
+        change = precision["accuracy"][f"onnx-{fmt}"]["accuracy_drop"] * -100 + 0.0  # no "-0.00"
         rounds = ", ".join(f"{r:.2f}" for r in precision["resnet18"][fmt]["ratio_per_round"])
         sources[f"{fmt}_over_fp32_resnet18"] = (
             f"{precision['resnet18'][fmt]['throughput']:.1f} {fmt} / "

@@ -84,8 +84,8 @@ def client_for(server: TritonServer) -> LifeloopClient:
 
 def test_router_answers_and_logs_every_prediction(loop_server, store, held_out, trained) -> None:
     x, _ = held_out
-    # Kept inputs are float16: each must still be within half an 8-bit pixel level of what
-    # was sent, so that the same image is recovered.
+    # Kept inputs may be float16 (large batches): each must be within half an 8-bit pixel
+    # level of what was sent, so that the same image is recovered.
     half_level = 0.5 / 255 / min(trained.checkpoint.preprocessing.std)
     before = store.count_predictions("digits")
     with client_for(loop_server) as client:
