@@ -124,7 +124,13 @@ def export(
         int | None, typer.Option(help="Version number (default: the next one).")
     ] = None,
     server_url: Annotated[
-        str | None, typer.Option(help="Ask this server (HTTP) to load the model after publishing.")
+        str | None,
+        typer.Option(
+            "--server-url",
+            "--servers",
+            help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
+            "loads the new version and is waited on until it serves it.",
+        ),
     ] = None,
     samples: Annotated[
         Path | None, typer.Option(help="Image folder whose images join the parity check.")
@@ -212,6 +218,13 @@ def export(
         console.print(
             f"published {published.model} version {published.version} ({fmt}) at {published.path}"
         )
+        print_replicas(published.replicas)
+
+
+def print_replicas(results: Any) -> None:
+    """One line per server: what it serves now."""
+    for result in results:
+        console.print(f"  {result.url}: {result.detail}")
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:
@@ -251,7 +264,12 @@ def image_init(
         str, typer.Option(help="Image formats accepted, as Pillow names them.")
     ] = "JPEG,PNG",
     url: Annotated[
-        str | None, typer.Option(help="Triton HTTP URL: load both models there (EXPLICIT mode).")
+        str | None,
+        typer.Option(
+            "--url",
+            "--servers",
+            help="Triton HTTP URL, or URL,URL,...: load both models there (EXPLICIT mode).",
+        ),
     ] = None,
 ) -> None:
     """Write a preprocess model and an ensemble (preprocess -> classifier) for raw images."""

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lifeloop.cli import ModelName, Repository, _errors, app, console
+from lifeloop.cli import ModelName, Repository, _errors, app, console, print_replicas
 
 router_app = typer.Typer(help="Set up the router and feedback models.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
@@ -27,7 +27,9 @@ ServerUrl = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="Triton HTTP URL: load version-policy changes there (EXPLICIT mode).",
+        "--servers",
+        help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each loads "
+        "version-policy changes (EXPLICIT mode) and is waited on until it serves them.",
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the history.")]
@@ -141,6 +143,7 @@ def candidate(
     """Make a published version the candidate, as a canary, a shadow, or both."""
     rollout = _rollout(repository, store, router, url)
     _show(rollout.start_candidate(version, canary_weight=weight, shadow=shadow, reason=reason))
+    print_replicas(rollout.replicas)
 
 
 @app.command()
@@ -185,7 +188,9 @@ def promote(
     reason: Reason = "",
 ) -> None:
     """The candidate becomes champion; the champion stays loaded for rollback."""
-    _show(_rollout(repository, store, router, url).promote(reason=reason))
+    rollout = _rollout(repository, store, router, url)
+    _show(rollout.promote(reason=reason))
+    print_replicas(rollout.replicas)
 
 
 @app.command()
@@ -198,7 +203,9 @@ def rollback(
     reason: Reason = "",
 ) -> None:
     """The previous champion answers again, at once (it never left memory)."""
-    _show(_rollout(repository, store, router, url).rollback(reason=reason))
+    rollout = _rollout(repository, store, router, url)
+    _show(rollout.rollback(reason=reason))
+    print_replicas(rollout.replicas)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from lifeloop.client.replicas import ServerUrls
 from lifeloop.export import checkpoint as ckpt
 from lifeloop.export.errors import ExportError
 from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
@@ -98,7 +99,7 @@ def export_checkpoint(
     samples: np.ndarray | None = None,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
     version: int | None = None,
-    server_url: str | None = None,
+    server_url: ServerUrls = None,
     max_batch_size: int = 32,
     evaluation: dict[str, object] | None = None,
     formats: tuple[str, ...] = (ONNX,),
@@ -243,7 +244,7 @@ def publish_onnx(
     samples: np.ndarray | None = None,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
     version: int | None = None,
-    server_url: str | None = None,
+    server_url: ServerUrls = None,
     max_batch_size: int = 32,
     evaluation: dict[str, object] | None = None,
 ) -> ExportResult:
@@ -292,7 +293,7 @@ def publish_format(
     evaluation: dict[str, object],
     quality: QualityReport | None = None,
     version: int | None,
-    server_url: str | None,
+    server_url: ServerUrls,
     max_batch_size: int,
 ) -> PublishedVersion:
     shape = checkpoint.preprocessing.input_shape

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lifeloop.client.replicas import ServerUrls
 from lifeloop.loop.errors import RolloutError
 from lifeloop.loop.feedback import ROUTER_PARAM
 from lifeloop.loop.policy import RoutingPolicy, policy_path, read_policy, write_policy
@@ -59,7 +60,7 @@ def install_router(
     sample_rate: float = 1.0,
     top_k: int = 5,
     champion: int | None = None,
-    server_url: str | None = None,
+    server_url: ServerUrls = None,
 ) -> Installed:
     repository = ensure_repository(repository).resolve()
     model_dir = repository / classifier

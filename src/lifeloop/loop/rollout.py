@@ -9,12 +9,11 @@ Every change runs under the router's lock and follows one order:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from lifeloop.client import ServerControl
+from lifeloop.client.replicas import ReplicaResult, ServerUrls, load_everywhere
 from lifeloop.loop.errors import RolloutError
 from lifeloop.loop.policy import RoutingPolicy, read_policy, write_policy
 from lifeloop.loop.store import Event, Store, now
@@ -35,12 +34,14 @@ class Rollout:
         store: Store,
         *,
         router: str = "router",
-        server_url: str | None = None,
+        server_url: ServerUrls = None,
     ) -> None:
         self.repository = Path(repository)
         self.router_dir = self.repository / router
         self.store = store
         self.server_url = server_url
+        # Each server's result of the last change that made servers load something.
+        self.replicas: list[ReplicaResult] = []
 
     @property
     def policy(self) -> RoutingPolicy:
@@ -146,40 +147,28 @@ class Rollout:
             return new
 
     def _keep_loaded(self, model: str, versions: set[int]) -> None:
-        sync_version_policy(self.repository, model, versions, server_url=self.server_url)
+        results = sync_version_policy(self.repository, model, versions, server_url=self.server_url)
+        self.replicas = results or self.replicas
 
 
 def sync_version_policy(
-    repository: Path, model: str, versions: set[int], *, server_url: str | None = None
-) -> bool:
-    """Make `model`'s version policy exactly `versions`; with a URL, have the server load the
-    change (EXPLICIT mode) and wait until each version is ready. Returns whether it changed."""
+    repository: Path, model: str, versions: set[int], *, server_url: ServerUrls = None
+) -> list[ReplicaResult]:
+    """Make `model`'s version policy exactly `versions`; with URLs, have every server load
+    the change (EXPLICIT mode) and wait until each version is ready there. Returns each
+    server's result (none when the policy was already so, or no URL was given)."""
     config = read_config(Path(repository) / model)
     if config is None:
         raise RolloutError(f"model {model!r} has no config.pbtxt in {repository}")
     wanted = cfg.VersionPolicy(latest=None, specific=tuple(sorted(versions)))
     if config.version_policy == wanted:
-        return False
+        return []
     write_config(repository, replace(config, version_policy=wanted))
-    if server_url:
-        with ServerControl(server_url) as server:
-            server.load_model(model)
-            wait_versions_ready(server, model, versions)
-            for front in fronting_models(repository, model):  # they re-read the labels
-                server.load_model(front)
-    return True
-
-
-def wait_versions_ready(
-    server: ServerControl, model: str, versions: set[int], timeout_s: float = 120.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        states = server.version_states(model)
-        if all(states.get(v) == "READY" for v in versions):
-            return
-        time.sleep(0.2)
-    raise RolloutError(
-        f"versions {sorted(versions)} of {model!r} were not all READY within {timeout_s:g}s "
-        f"(server says {server.version_states(model)}); check the server log"
+    # Every server loads the change and is waited on until the versions are READY; models
+    # fronting the classifier reload too, to re-read its labels.
+    return load_everywhere(
+        server_url,
+        [model, *fronting_models(repository, model)],
+        ready={model: versions},
+        what=f"load versions {sorted(versions)} of {model}",
     )

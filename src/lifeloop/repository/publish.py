@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -52,6 +52,7 @@ class PublishedVersion:
     version: int
     path: Path
     manifest: Manifest
+    replicas: tuple[Any, ...] = ()  # each server's ReplicaResult, when servers were given
 
 
 def ensure_repository(repository: Path) -> Path:
@@ -91,12 +92,14 @@ def publish(
     draft: VersionDraft,
     *,
     version: int | None = None,
-    server_url: str | None = None,
+    server_url: str | Sequence[str] | None = None,
 ) -> PublishedVersion:
     """Publish one version of `config.name`: `files` maps names inside the version folder to
     source files. The config is written when missing and its labels are extended when this
-    version adds classes. With `server_url`, the server is asked to load the model afterwards
-    (EXPLICIT mode); in POLL mode the rename is enough."""
+    version adds classes. With `server_url` ("URL" or "URL,URL,..."), every server is asked
+    to load the model afterwards (EXPLICIT mode) and waited on until it serves the versions
+    its policy loads; a server that does not is named in a ReplicaError. In POLL mode the
+    rename is enough."""
     repository = ensure_repository(repository)
     model_dir = repository / config.name
     model_dir.mkdir(exist_ok=True)
@@ -137,16 +140,29 @@ def publish(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    published = PublishedVersion(config.name, number, model_dir / str(number), manifest)
     fronting = refresh_fronting_models(repository, updated)
+    replicas: list[Any] = []
     if server_url:
-        from lifeloop.client import ServerControl
+        from lifeloop.client.replicas import load_everywhere
 
-        with ServerControl(server_url) as server:
-            server.load_model(config.name)
-            for name in fronting:  # Triton reads a label file when it loads the model
-                server.load_model(name)
-    return published
+        # Triton reads a label file when it loads a model: fronting models reload too.
+        replicas = load_everywhere(
+            server_url,
+            [config.name, *fronting],
+            ready={config.name: loaded_by_policy(updated.version_policy, model_dir)},
+            what=f"serve {config.name} v{number}",
+        )
+    return PublishedVersion(config.name, number, model_dir / str(number), manifest, tuple(replicas))
+
+
+def loaded_by_policy(policy: cfg.VersionPolicy, model_dir: Path) -> set[int]:
+    """The versions on disk that `policy` has Triton load."""
+    numbers = version_numbers(model_dir)
+    if policy.all:
+        return set(numbers)
+    if policy.specific:
+        return set(policy.specific) & set(numbers)
+    return set(numbers[-(policy.latest or 1) :])
 
 
 def fronting_models(repository: Path, classifier: str) -> list[str]:

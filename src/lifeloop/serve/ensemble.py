@@ -47,7 +47,7 @@ def install_image_ensemble(
     preprocess: str = "preprocess",
     ensemble: str | None = None,
     limits: ImageLimits | None = None,
-    server_url: str | None = None,
+    server_url: str | list[str] | None = None,
 ) -> ImageEnsemble:
     repository = ensure_repository(repository).resolve()
     ensemble = ensemble or f"{classifier}_image"
@@ -126,11 +126,9 @@ def install_image_ensemble(
         write_label_files(ensemble_dir, ensemble_config)
     write_config(repository, ensemble_config)
     if server_url:
-        from lifeloop.client import ServerControl
+        from lifeloop.client.replicas import load_everywhere
 
-        with ServerControl(server_url) as server:
-            server.load_model(preprocess)
-            server.load_model(ensemble)
+        load_everywhere(server_url, [preprocess, ensemble], what=f"load {ensemble}")
     return ImageEnsemble(preprocess, ensemble, classifier, limits)
 
 

@@ -1,0 +1,104 @@
+"""Several tritonservers that share one model repository (a ReadWriteMany volume, say), in
+EXPLICIT mode: after a change on disk, every replica is asked to load it, in parallel, and
+each is waited on until it serves the new state. A replica that fails or lags is named,
+with what it said; the others keep what they loaded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from lifeloop.client._sync import ServerControl
+from lifeloop.client.errors import ClientError
+
+ServerUrls = str | Sequence[str] | None
+
+
+def server_urls(spec: ServerUrls) -> list[str]:
+    """ "URL,URL" or a list of URLs -> the URLs, in order, each once."""
+    if spec is None:
+        return []
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    return list(dict.fromkeys(p.strip() for p in parts if p and p.strip()))
+
+
+@dataclass(frozen=True)
+class ReplicaResult:
+    url: str
+    ok: bool
+    detail: str  # what it serves now, or why it does not
+
+
+class ReplicaError(ClientError):
+    """Some replicas did not reach the new state; `results` has every server's outcome."""
+
+    def __init__(self, results: list[ReplicaResult], what: str) -> None:
+        self.results = results
+        lagging = [r for r in results if not r.ok]
+        reached = [r.url for r in results if r.ok]
+        super().__init__(
+            f"{len(lagging)} of {len(results)} servers did not {what}: "
+            + "; ".join(f"{r.url} ({r.detail})" for r in lagging)
+            + (f"; {', '.join(reached)} did" if reached else "")
+            + ". Bring the lagging servers back and run the command again: it is idempotent"
+        )
+
+
+def load_everywhere(
+    spec: ServerUrls,
+    models: Sequence[str],
+    *,
+    ready: dict[str, set[int]] | None = None,
+    what: str = "load the change",
+    timeout_s: float = 120.0,
+) -> list[ReplicaResult]:
+    """Ask each server to load `models`, in order, then wait until the versions in `ready`
+    are READY there. Raises ReplicaError naming the servers that did not get there."""
+    urls = server_urls(spec)
+    if not urls:
+        return []
+
+    def one(url: str) -> ReplicaResult:
+        try:
+            with ServerControl(url, timeout_s=timeout_s) as server:
+                for model in models:
+                    server.load_model(model)
+                states = _wait_ready(server, ready or {}, timeout_s)
+            return ReplicaResult(url, True, states)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return ReplicaResult(url, False, text[:200])
+
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
+        results = list(pool.map(one, urls))
+    if not all(r.ok for r in results):
+        raise ReplicaError(results, what)
+    return results
+
+
+def _wait_ready(server: ServerControl, ready: dict[str, set[int]], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {model: server.version_states(model) for model in ready}
+        missing = {
+            model: sorted(v for v in versions if states[model].get(v) != "READY")
+            for model, versions in ready.items()
+        }
+        if not any(missing.values()):
+            return (
+                ", ".join(
+                    f"{model} v{','.join(map(str, sorted(versions)))} READY"
+                    for model, versions in ready.items()
+                )
+                or "loaded"
+            )
+        if time.monotonic() > deadline:
+            late = "; ".join(
+                f"{model} v{v}: {states[model].get(v, 'not in its index')}"
+                for model, versions in missing.items()
+                for v in versions
+            )
+            raise ClientError(f"not READY within {timeout_s:g}s ({late})")
+        time.sleep(0.2)
