@@ -3,6 +3,7 @@ on the real tritonserver, called with plain tritonclient as any user would call 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import queue
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
+from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
 from lifeloop.repository import read_config, write_config
 from lifeloop.repository.config import DynamicBatching
 from lifeloop.retrain import ImageFolder, TrainResult
@@ -180,3 +182,32 @@ def test_image_init_refuses_a_model_without_versions_and_bad_formats(tmp_path: P
     result = runner.invoke(app, ["image", "init", "-r", str(tmp_path), "--formats", "JPG"])
     assert result.exit_code == 1
     assert "image formats ['JPG'] are not formats Pillow reads" in result.stderr
+
+
+def test_lifeloop_clients_send_files_bytes_and_images_to_the_ensemble(
+    image_server: TritonServer, digits: ImageFolder
+) -> None:
+    samples = spread(digits, 6)
+    inputs: list = [samples[0].path, str(samples[1].path), encode(samples[2].path, "JPEG")]
+    inputs += [Image.open(samples[3].path), np.asarray(Image.open(samples[4].path))]
+    inputs += [samples[5].path.read_bytes()]
+    with LifeloopClient(image_server.grpc_url, model="digits_image") as client:
+        info = client.model_info()
+        assert info.takes_encoded_images and info.routes_to is None
+        answers = client.classify(inputs, top_k=2)
+        # The same images, preprocessed here and sent to the classifier as tensors.
+        direct = client.classify(inputs, top_k=2, model="digits")
+    assert [a.labels for a in answers] == [d.labels for d in direct]
+    assert np.allclose([a.scores for a in answers[:2]], [d.scores for d in direct[:2]])
+    assert all(a.model == "digits_image" for a in answers)
+
+    async def through_async() -> list:
+        async with AsyncLifeloopClient(image_server.http_url, "http") as client:
+            return await client.classify(inputs[:2], top_k=1, model="digits_image")
+
+    assert [a.label for a in asyncio.run(through_async())] == [d.label for d in direct[:2]]
+    with (
+        LifeloopClient(image_server.grpc_url, model="digits_image") as client,
+        pytest.raises(ClientError, match="cannot read image file"),
+    ):
+        client.classify([Path("no/such.png")])

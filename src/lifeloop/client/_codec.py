@@ -3,6 +3,7 @@ how images become batches and logits become labelled answers. Sync and async cli
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from lifeloop.preprocessing import Preprocessing, PreprocessingError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
 
-ImageLike = str | Path | Image.Image | np.ndarray
+ImageLike = str | Path | bytes | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +43,16 @@ class ModelInfo:
 
     @staticmethod
     def routed_classifier(config: cfg.ModelConfig) -> str | None:
+        """The classifier a lifeloop router fronts (a router answers with request ids); None
+        for anything else, image ensembles included."""
+        if not any(o.name == "request_id" for o in config.outputs):
+            return None
         return config.parameters.get(CLASSIFIER_PARAM) or None
+
+    @property
+    def takes_encoded_images(self) -> bool:
+        """An image ensemble: it takes JPEG/PNG bytes and preprocesses them itself."""
+        return self.input_dtype == "BYTES"
 
     @classmethod
     def from_config(
@@ -100,7 +110,10 @@ def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
     """Images, image files or arrays -> one float32 batch of the model's input shape.
 
     An array already shaped like the model's input (CHW, or NCHW) is taken as preprocessed;
-    any other array is taken as image pixels (HW or HWC, uint8)."""
+    any other array is taken as image pixels (HW or HWC, uint8). For a model that takes
+    encoded images (an image ensemble), each input becomes its file's bytes instead."""
+    if info.takes_encoded_images:
+        return to_encoded(inputs)
     samples: list[np.ndarray] = []
     for item in inputs:
         if isinstance(item, np.ndarray) and item.shape[-len(info.input_dims) :] == info.input_dims:
@@ -109,7 +122,10 @@ def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
             continue
         pre = _preprocessing(info)
         try:
-            if isinstance(item, np.ndarray):
+            if isinstance(item, bytes):
+                with Image.open(io.BytesIO(item)) as image:
+                    samples.append(pre.to_array(image))
+            elif isinstance(item, np.ndarray):
                 samples.append(pre.to_array(Image.fromarray(item)))
             elif isinstance(item, Image.Image):
                 samples.append(pre.to_array(item))
@@ -117,6 +133,8 @@ def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
                 samples.append(pre.load(item))
         except PreprocessingError as exc:
             raise ClientError(str(exc)) from exc
+        except OSError as exc:  # bytes Pillow cannot decode
+            raise ClientError(f"cannot decode the image bytes ({exc}); pass PNG or JPEG") from exc
         except (TypeError, ValueError) as exc:
             raise ClientError(
                 f"cannot use an array of shape {getattr(item, 'shape', '?')} as an image for "
@@ -125,6 +143,34 @@ def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
     if not samples:
         raise ClientError("classify() got no inputs; pass at least one image or array")
     return np.stack(samples).astype(np.float32, copy=False)
+
+
+def to_encoded(inputs: Iterable[ImageLike]) -> np.ndarray:
+    """Files, bytes, PIL images or uint8 pixel arrays -> a [n, 1] BYTES batch of encoded
+    images: files and bytes go as they are, images and pixels as PNG."""
+    encoded: list[bytes] = []
+    for item in inputs:
+        if isinstance(item, bytes):
+            encoded.append(item)
+        elif isinstance(item, str | Path):
+            try:
+                encoded.append(Path(item).read_bytes())
+            except OSError as exc:
+                raise ClientError(f"cannot read image file {item} ({exc.strerror})") from exc
+        else:
+            try:
+                image = item if isinstance(item, Image.Image) else Image.fromarray(item)
+            except (TypeError, ValueError) as exc:
+                raise ClientError(
+                    f"cannot use an array of shape {getattr(item, 'shape', '?')} as an image "
+                    f"({exc}); pass HxW or HxWxC uint8 pixels, a file or its bytes"
+                ) from exc
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            encoded.append(buffer.getvalue())
+    if not encoded:
+        raise ClientError("classify() got no inputs; pass at least one image or array")
+    return np.array(encoded, dtype=np.object_).reshape(-1, 1)
 
 
 def chunks(batch: np.ndarray, size: int) -> Iterator[np.ndarray]:
