@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -149,6 +150,7 @@ def test_canary_splits_traffic_and_shadow_records_agreement(
     loop_server, rollout, store, held_out
 ) -> None:
     x, _ = held_out
+    before = router_counters(loop_server)
     rollout.start_candidate(2, canary_weight=0.5, reason="test canary")
     with client_for(loop_server) as client:
         # The router routes per request (a request's images stay together), so send 200
@@ -163,6 +165,31 @@ def test_canary_splits_traffic_and_shadow_records_agreement(
     assert total >= 30 and agreed == total  # v2 has v1's weights
     actions = [e.action for e in store.history("digits")]
     assert actions[-3:] == ["candidate", "canary", "shadow"]
+    # The same counts on Triton's /metrics, for Prometheus and the Grafana dashboard.
+    after = router_counters(loop_server)
+    grew = {key: after[key] - before.get(key, 0.0) for key in after}
+    routed = {k: v for k, v in grew.items() if k[0] == "lifeloop_routed_images_total"}
+    assert routed[("lifeloop_routed_images_total", "canary", "2")] == versions.count(2)
+    assert routed[("lifeloop_routed_images_total", "champion", "1")] == versions.count(1) + 30
+    assert grew[("lifeloop_shadow_compared_total", "", "2")] == 30
+    assert grew[("lifeloop_shadow_agreed_total", "", "2")] == 30
+
+
+def router_counters(server: TritonServer) -> dict[tuple[str, str, str], float]:
+    """The router's counters on Triton's metrics endpoint: (name, route, version or
+    candidate) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("lifeloop_") and sample.labels.get("model") == "digits":
+                which = sample.labels.get("version") or sample.labels.get("candidate", "")
+                key = (sample.name, sample.labels.get("route", ""), which)
+                found[key] = sample.value
+    return found
 
 
 def test_promote_and_rollback_under_load_take_effect_within_2s(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,12 @@ class Router:
         # Opening the store checks it answers: a bad URL fails the router's load, not traffic.
         self.store = Store(settings.store_url)
         self.random = random.Random()
+        # On Triton's /metrics beside its own, where the python backend supports it.
+        self.metrics = (
+            RouterMetrics(pb, router_dir.name, settings.classifier)
+            if hasattr(pb, "MetricFamily")
+            else None
+        )
 
     @classmethod
     def from_args(cls, args: dict[str, str], pb: Any) -> Router:
@@ -187,6 +193,8 @@ class Router:
             # Not acknowledged: no caller may hold an id the store does not have.
             error = pb.TritonError(f"prediction log unavailable, request not served: {exc}")
             return [pb.InferenceResponse(error=error) for _ in requests]
+        if self.metrics is not None:
+            self.metrics.record(records)
 
         responses = []
         for answer, answer_ids in zip(answers, ids, strict=True):
@@ -238,6 +246,49 @@ class Router:
         if response.has_error():
             raise RuntimeError(f"{settings.classifier} v{version}: {response.error().message()}")
         return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
+
+
+class RouterMetrics:
+    """Counters on Triton's metrics endpoint, through the python backend's custom metrics:
+    images answered per version and route, and shadow comparisons and agreements per
+    candidate. Counted after the prediction log commits, so they count acknowledged work."""
+
+    def __init__(self, pb: Any, router: str, model: str) -> None:
+        counter = pb.MetricFamily.COUNTER
+        self.labels = {"router": router, "model": model}
+        self.routed = pb.MetricFamily(
+            name="lifeloop_routed_images_total",
+            description="Images a lifeloop router answered, by answering version and route",
+            kind=counter,
+        )
+        self.compared = pb.MetricFamily(
+            name="lifeloop_shadow_compared_total",
+            description="Champion answers a shadowing candidate also answered",
+            kind=counter,
+        )
+        self.agreed = pb.MetricFamily(
+            name="lifeloop_shadow_agreed_total",
+            description="Shadow comparisons where the candidate's top-1 matched the champion's",
+            kind=counter,
+        )
+        self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
+
+    def record(self, records: list[Prediction]) -> None:
+        routed = Counter((r.version, r.route) for r in records)
+        for (version, route), n in routed.items():
+            self._metric(self.routed, version=str(version), route=route).increment(n)
+        shadowed = [r for r in records if r.shadow_version is not None]
+        for candidate in {r.shadow_version for r in shadowed}:
+            mine = [r for r in shadowed if r.shadow_version == candidate]
+            agreed = sum(r.shadow_label == r.labels[0] for r in mine)
+            self._metric(self.compared, candidate=str(candidate)).increment(len(mine))
+            self._metric(self.agreed, candidate=str(candidate)).increment(agreed)
+
+    def _metric(self, family: Any, **labels: str) -> Any:
+        key = (id(family), tuple(sorted(labels.items())))
+        if key not in self._metrics:
+            self._metrics[key] = family.Metric(labels={**self.labels, **labels})
+        return self._metrics[key]
 
 
 def _label(labels: tuple[str, ...], index: int) -> str:
