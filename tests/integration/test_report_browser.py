@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,28 +12,12 @@ from PIL import Image
 from lifeloop.loadtest import LoadTestConfig
 from lifeloop.loadtest.report import write_report
 from lifeloop.loadtest.stats import Sample, window
+from tests.integration.debian import ensure_tool
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium, installed when missing. Outside CI an install that cannot happen
-    skips with the reason; in CI it fails."""
-    path = shutil.which("chromium")
-    if path is None:
-        attempt = subprocess.run(
-            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium",
-            shell=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        path = shutil.which("chromium")
-        if path is None:
-            reason = f"Chromium could not be installed: {attempt.stderr.strip()[-300:]}"
-            if os.environ.get("CI"):
-                pytest.fail(reason)
-            pytest.skip(reason)
-    return path
+    return ensure_tool("chromium", "chromium")
 
 
 def synthetic_report(out: Path) -> None:

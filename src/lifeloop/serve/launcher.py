@@ -93,6 +93,8 @@ class ServerConfig:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
+            # p50..p99 per model as Prometheus summaries, for dashboards and alerts.
+            "--metrics-config=summary_latencies=true",
             f"--model-control-mode={self.control_mode.value}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",

@@ -1,0 +1,149 @@
+"""The Prometheus configuration and rules pass promtool (Debian's prometheus package,
+installed when missing), and every query of the Grafana dashboard and of the rules names a
+metric that a live tritonserver, with a router shadowing a candidate, really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lifeloop.client import LifeloopClient
+from lifeloop.loop import Rollout, Store, install_router
+from lifeloop.retrain import TrainResult
+from lifeloop.serve import ServerConfig, TritonServer
+from tests.conftest import publish_trained
+from tests.integration.debian import ensure_tool
+
+DEPLOY = Path(__file__).parents[2] / "deploy"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "lifeloop.json"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+
+_LABELS = re.compile(r"\{[^}]*\}")
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers that are not functions,
+    aggregations, keywords, label matchers, grouping labels or numbers."""
+    text = _RANGE.sub(" ", _GROUPING.sub(" ", _LABELS.sub(" ", expr)))
+    names = set()
+    for match in _NAME.finditer(text):
+        rest = text[match.end() :].lstrip()
+        if rest.startswith("(") or match.group().lower() in _KEYWORDS:
+            continue
+        if text[max(0, match.start() - 1)].isdigit():  # 1e-9
+            continue
+        names.add(match.group())
+    return names
+
+
+def promtool() -> str:
+    return ensure_tool("promtool", "prometheus", recommends=False)
+
+
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), "check", *args], capture_output=True, text=True)
+
+
+def test_prometheus_config_and_rules_pass_promtool() -> None:
+    config = check("config", str(PROMETHEUS / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    assert "SUCCESS" in config.stdout + config.stderr
+    rules = check("rules", str(PROMETHEUS / "rules.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 8 rules found" in rules.stdout
+
+
+def test_a_broken_rule_file_fails_promtool(tmp_path: Path) -> None:
+    broken = (
+        (PROMETHEUS / "rules.yml")
+        .read_text()
+        .replace("rate(nv_inference_count[1m]))", "rate(nv_inference_count[1m])", 1)
+    )
+    path = tmp_path / "rules.yml"
+    path.write_text(broken)
+    result = check("rules", str(path))
+    assert result.returncode != 0
+    assert "parse error" in (result.stdout + result.stderr)
+
+
+def test_metric_names_are_read_from_promql() -> None:
+    expr = (
+        'sum by (model, version) (rate(nv_a_total{quantile="0.5"}[1m])) / '
+        "clamp_min(sum without (x) (lifeloop_b), 1e-9) and on (model) lifeloop:c:rate1m"
+    )
+    assert metric_names(expr) == {"nv_a_total", "lifeloop_b", "lifeloop:c:rate1m"}
+
+
+@pytest.fixture(scope="module")
+def scraped(
+    tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, held_out
+) -> Iterator[set[str]]:
+    """Metric names of a live tritonserver whose router shadows a candidate under traffic."""
+    x, _ = held_out
+    repo = tmp_path_factory.mktemp("observed") / "model_repository"
+    publish_trained(trained.checkpoint, repo, "digits", samples=x)
+    publish_trained(trained.checkpoint, repo, "digits")
+    install_router(repo, "digits", champion=1)
+    config = ServerConfig.on_free_ports(repo, log_file=repo.parent / "tritonserver.log")
+    with TritonServer(config) as server, Store.for_repository(repo) as store:
+        Rollout(repo, store, server_url=server.http_url).start_candidate(
+            2, canary_weight=0.3, shadow=True, reason="observability test"
+        )
+        with LifeloopClient(server.grpc_url, model="router") as client:
+            client.wait_until_ready(120, model="router")
+            for i in range(20):
+                client.classify(x[i : i + 1])
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+    yield {
+        line.split("{")[0].split(" ")[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_every_dashboard_query_names_an_exported_metric(scraped: set[str]) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource
+            names = metric_names(target["expr"])
+            assert names and names <= scraped, (panel["title"], names - scraped)
+            used |= names
+    # What the dashboard is for: throughput, p50/p99, queue time, requests per model and
+    # version, failures by reason, the canary split and the shadow's agreement.
+    assert {
+        "nv_inference_count",
+        "nv_inference_request_summary_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "lifeloop_routed_images_total",
+        "lifeloop_shadow_agreed_total",
+        "lifeloop_shadow_compared_total",
+    } <= used
+    assert metric_names("rate(nv_not_a_metric[1m])") - scraped == {"nv_not_a_metric"}
+
+
+def test_every_rule_reads_exported_metrics_or_recorded_rules(scraped: set[str]) -> None:
+    groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    for rule in rules:
+        names = metric_names(rule["expr"])
+        assert names and names <= scraped | recorded, (rule.get("record"), names - scraped)
