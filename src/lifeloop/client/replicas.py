@@ -42,7 +42,9 @@ class ReplicaError(ClientError):
             f"{len(lagging)} of {len(results)} servers did not {what}: "
             + "; ".join(f"{r.url} ({r.detail})" for r in lagging)
             + (f"; {', '.join(reached)} did" if reached else "")
-            + ". Bring the lagging servers back and run the command again: it is idempotent"
+            + ". Bring the lagging servers back: started with --load-model=* (as `lifeloop "
+            "serve` starts it) a server loads the repository as it now stands; a running one "
+            "takes POST /v2/repository/models/<model>/load"
         )
 
 
