@@ -6,7 +6,6 @@ classifier, and it opens the store once so that a bad URL fails here, not under 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from lifeloop.repository.publish import (
     model_lock,
     read_config,
     version_numbers,
-    write_config,
+    write_python_model,
 )
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -112,7 +111,7 @@ def install_router(
                         created_at=now(),
                     )
                 )
-        _write_model(
+        write_python_model(
             repository,
             cfg.ModelConfig(
                 name=router,
@@ -134,9 +133,9 @@ def install_router(
                     TOP_K_PARAM: str(top_k),
                 },
             ),
-            "router.py",
+            MODELS_DIR / "router.py",
         )
-        _write_model(
+        write_python_model(
             repository,
             cfg.ModelConfig(
                 name=feedback,
@@ -151,16 +150,6 @@ def install_router(
                 version_policy=cfg.VersionPolicy(latest=1),
                 parameters={ROUTER_PARAM: router, STORE_PARAM: store_url},
             ),
-            "feedback.py",
+            MODELS_DIR / "feedback.py",
         )
     return Installed(router, feedback, policy, store_url, blob_dir)
-
-
-def _write_model(repository: Path, config: cfg.ModelConfig, shell: str) -> None:
-    version_dir = repository / config.name / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    target = version_dir / "model.py"
-    tmp = version_dir / ".model.py.tmp"
-    shutil.copyfile(MODELS_DIR / shell, tmp)
-    tmp.rename(target)
-    write_config(repository, config)

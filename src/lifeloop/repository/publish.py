@@ -259,16 +259,25 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def write_python_model(repository: Path, config: cfg.ModelConfig, source: Path) -> None:
+    """A Python-backend model of lifeloop's: `source` as its one version's model.py, then
+    its config, each replaced atomically."""
+    version_dir = ensure_repository(repository) / config.name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    replace_file(version_dir / "model.py", Path(source).read_bytes())
+    write_config(repository, config)
+
+
 def _write_config(model_dir: Path, config: cfg.ModelConfig) -> Path:
     return replace_file(model_dir / CONFIG_NAME, cfg.render(config))
 
 
-def replace_file(path: Path, text: str) -> Path:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never a part:
-    a fsynced temporary file beside it, renamed over it."""
+def replace_file(path: Path, content: str | bytes) -> Path:
+    """Write `content` to `path` so that a reader sees the old file or the new one, never a
+    part: a fsynced temporary file beside it, renamed over it."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        _write_durably(tmp, text)
+        _write_durably(tmp, content)
         os.rename(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -292,9 +301,9 @@ def model_lock(model_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
+def _write_durably(path: Path, content: str | bytes) -> None:
+    with open(path, "wb" if isinstance(content, bytes) else "w") as handle:
+        handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -6,7 +6,6 @@ classification extension (`class_count`) answers "score:index:label" for raw ima
 from __future__ import annotations
 
 import io
-import shutil
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +20,11 @@ from lifeloop.repository.publish import (
     ensure_repository,
     model_lock,
     read_config,
+    replace_file,
     version_numbers,
     write_config,
     write_label_files,
+    write_python_model,
 )
 from lifeloop.serve.preprocess import IMAGE_INPUT, ImageLimits
 
@@ -86,11 +87,9 @@ def install_image_ensemble(
         ),
     )
     pre_dir = repository / preprocess
-    (pre_dir / "1").mkdir(parents=True, exist_ok=True)
-    (pre_dir / WARMUP_DIR).mkdir(exist_ok=True)
-    _write_bytes(pre_dir / WARMUP_DIR / WARMUP_IMAGE, _warmup_image(tensor.dims))
-    _copy_shell(pre_dir / "1", "preprocess.py")
-    write_config(repository, pre_config)
+    (pre_dir / WARMUP_DIR).mkdir(parents=True, exist_ok=True)
+    replace_file(pre_dir / WARMUP_DIR / WARMUP_IMAGE, _warmup_image(tensor.dims))
+    write_python_model(repository, pre_config, MODELS_DIR / "preprocess.py")
 
     step_tensor = f"{preprocess}_{tensor.name}"
     ensemble_config = cfg.ModelConfig(
@@ -148,15 +147,3 @@ def _warmup_image(dims: tuple[int, ...]) -> bytes:
     )
     png = buffer.getvalue()
     return struct.pack("<I", len(png)) + png
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _copy_shell(version_dir: Path, shell: str) -> None:
-    tmp = version_dir / ".model.py.tmp"
-    shutil.copyfile(MODELS_DIR / shell, tmp)
-    tmp.rename(version_dir / "model.py")
