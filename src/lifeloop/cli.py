@@ -61,6 +61,15 @@ def serve(
     log_file: Annotated[
         Path | None, typer.Option(help="Server log (default beside the repository).")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LIFELOOP_API_KEY",
+            show_envvar=True,
+            help="Restrict loads, unloads and the repository index to clients sending this key "
+            "(lifeloop sends LIFELOOP_API_KEY).",
+        ),
+    ] = None,
 ) -> None:
     """Run the real tritonserver on a repository until Ctrl-C or SIGTERM."""
     from lifeloop.serve import ControlMode, ServerConfig, ServerError, TritonServer
@@ -76,6 +85,7 @@ def serve(
         control_mode=ControlMode(control_mode),
         poll_secs=poll_secs,
         log_file=log_file,
+        api_key=api_key,
     )
     stopping = False
 
@@ -129,7 +139,9 @@ def export(
             "--server-url",
             "--servers",
             help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
-            "loads the new version and is waited on until it serves it.",
+            "loads the new version and is waited on until it serves it; dns+http://NAME:PORT "
+            "means every address NAME resolves to.",
+            envvar="LIFELOOP_SERVERS",
         ),
     ] = None,
     samples: Annotated[

@@ -29,7 +29,9 @@ ServerUrl = Annotated[
         "--url",
         "--servers",
         help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each loads "
-        "version-policy changes (EXPLICIT mode) and is waited on until it serves them.",
+        "version-policy changes (EXPLICIT mode) and is waited on until it serves them; "
+        "dns+http://NAME:PORT means every address NAME resolves to.",
+        envvar="LIFELOOP_SERVERS",
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the history.")]

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
-from lifeloop.client import LifeloopClient, ServerControl
+from lifeloop.client import ClientError, LifeloopClient, ServerControl
 from lifeloop.client.replicas import ReplicaError, load_everywhere, server_urls
 from lifeloop.loop import Rollout, Store, install_router
 from lifeloop.retrain import TrainResult
@@ -47,6 +47,20 @@ def test_server_urls_are_split_trimmed_and_deduplicated() -> None:
         "http://b:8000",
     ]
     assert server_urls(None) == [] and server_urls(["http://a"]) == ["http://a"]
+
+
+def test_a_dns_url_stands_for_every_address_its_name_resolves_to() -> None:
+    # A headless Service's name resolves to one address per ready pod; here, loopback.
+    assert server_urls("dns+http://127.0.0.1:8000") == ["http://127.0.0.1:8000"]
+    assert "http://127.0.0.1:9000" in server_urls("dns+http://localhost:9000")
+    assert server_urls("dns+grpc://127.0.0.1,http://b:8000") == [
+        "grpc://127.0.0.1:8001",
+        "http://b:8000",
+    ]
+    with pytest.raises(ClientError, match="cannot resolve 'no-such-host.invalid'"):
+        server_urls("dns+http://no-such-host.invalid:8000")
+    with pytest.raises(ClientError, match="is not dns"):
+        server_urls("dns+ftp://triton:21")
 
 
 def test_publish_reaches_every_replica_and_names_one_stopped_mid_publish(

@@ -6,6 +6,7 @@ that names the URL and the model."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +15,23 @@ import numpy as np
 from lifeloop.client.errors import ClientError
 
 Protocol = Literal["grpc", "http"]
+
+# A server started with model control restricted (`--http-restricted-api` and
+# `--grpc-restricted-protocol` on `model-repository`, as docker-compose and Kubernetes run it)
+# answers loads, unloads and the repository index only to requests carrying this header with
+# the key; lifeloop sends it, from this variable, whenever it is set.
+API_KEY_ENV = "LIFELOOP_API_KEY"
+API_KEY_HEADER = "lifeloop-key"
+# Over gRPC, Triton (2.51, NGC 24.10) reads a restricted protocol's header under this prefix.
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
+
+
+def model_control_headers(protocol: Protocol) -> dict[str, str] | None:
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key:
+        return None
+    prefix = GRPC_RESTRICTED_PREFIX if protocol == "grpc" else ""
+    return {prefix + API_KEY_HEADER: key}
 
 
 def split_url(url: str, protocol: str | None = None) -> tuple[str, Protocol]:
@@ -89,10 +107,18 @@ class Transport:
     def repository_index(self) -> list[dict[str, Any]]:
         if self.protocol == "grpc":
             data = self._call(
-                "repository index", self.client.get_model_repository_index, as_json=True
+                "repository index",
+                self.client.get_model_repository_index,
+                headers=model_control_headers(self.protocol),
+                as_json=True,
             )
             return list(data.get("models", []))
-        return list(self._call("repository index", self.client.get_model_repository_index))
+        index = self._call(
+            "repository index",
+            self.client.get_model_repository_index,
+            headers=model_control_headers(self.protocol),
+        )
+        return list(index)
 
     def statistics(self, model: str = "") -> list[dict[str, Any]]:
         kwargs = {"as_json": True} if self.protocol == "grpc" else {}
@@ -102,10 +128,20 @@ class Transport:
         return list(data.get("model_stats", []))
 
     def load_model(self, model: str) -> None:
-        self._call(f"load of {model!r}", self.client.load_model, model)
+        self._call(
+            f"load of {model!r}",
+            self.client.load_model,
+            model,
+            headers=model_control_headers(self.protocol),
+        )
 
     def unload_model(self, model: str) -> None:
-        self._call(f"unload of {model!r}", self.client.unload_model, model)
+        self._call(
+            f"unload of {model!r}",
+            self.client.unload_model,
+            model,
+            headers=model_control_headers(self.protocol),
+        )
 
     def prepare(
         self, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: list[str]
@@ -186,5 +222,10 @@ def _as_client_error(exc: Exception, url: str, what: str) -> ClientError:
     if refused:
         return ClientError(
             f"cannot reach Triton at {url} ({text}); start it with `lifeloop serve` or fix --url"
+        )
+    if "restricted" in text.lower():
+        return ClientError(
+            f"{what} refused at {url}: model control is restricted ({text}); set {API_KEY_ENV} "
+            "to the server's key"
         )
     return ClientError(f"{what} failed at {url}: {text}")

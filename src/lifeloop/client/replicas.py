@@ -5,10 +5,12 @@ with what it said; the others keep what they loaded."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from lifeloop.client._sync import ServerControl
 from lifeloop.client.errors import ClientError
@@ -16,12 +18,38 @@ from lifeloop.client.errors import ClientError
 ServerUrls = str | Sequence[str] | None
 
 
+# `dns+http://triton-headless:8000` stands for every address the name resolves to: a
+# Kubernetes headless Service lists one per ready pod, so a publish reaches the replicas the
+# autoscaler runs now, not a list written down before it scaled.
+DNS_PREFIX = "dns+"
+
+
 def server_urls(spec: ServerUrls) -> list[str]:
-    """ "URL,URL" or a list of URLs -> the URLs, in order, each once."""
+    """ "URL,URL" or a list of URLs -> the URLs, in order, each once; a `dns+` URL becomes
+    one URL per address its host resolves to."""
     if spec is None:
         return []
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    return list(dict.fromkeys(p.strip() for p in parts if p and p.strip()))
+    urls = [u for p in parts if p and p.strip() for u in _expand(p.strip())]
+    return list(dict.fromkeys(urls))
+
+
+def _expand(url: str) -> list[str]:
+    if not url.startswith(DNS_PREFIX):
+        return [url]
+    target = urlsplit(url.removeprefix(DNS_PREFIX))
+    if target.scheme not in ("http", "grpc") or not target.hostname:
+        raise ClientError(f"{url!r} is not dns+http://HOST:PORT or dns+grpc://HOST:PORT")
+    port = target.port or (8001 if target.scheme == "grpc" else 8000)
+    try:
+        found = socket.getaddrinfo(target.hostname, port, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise ClientError(
+            f"cannot resolve {target.hostname!r} in {url!r} ({exc}); name the headless Service "
+            "of the tritonserver pods, or list the servers"
+        ) from exc
+    hosts = sorted({str(address[4][0]) for address in found})
+    return [f"{target.scheme}://{f'[{h}]' if ':' in h else h}:{port}" for h in hosts]
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
+from lifeloop.client._transport import API_KEY_HEADER
 from lifeloop.repository.manifest import Manifest
 from lifeloop.serve.errors import ServerError
-from lifeloop.serve.runtime import Runtime, prepare_runtime
+from lifeloop.serve.runtime import Runtime, check_python, prepare_runtime
 
 
 class ControlMode(StrEnum):
@@ -47,6 +48,13 @@ class ServerConfig:
     # Per-stub shared memory for the python backend: room for a batch of 224x224 images
     # without growing the region request by request.
     python_shm_bytes: int = 64 << 20
+    # When set, loads, unloads and the repository index answer only requests that carry it
+    # (header `lifeloop-key`, which lifeloop's clients send from LIFELOOP_API_KEY); inference,
+    # health, metadata and statistics stay open.
+    api_key: str | None = None
+    # The Python whose packages lifeloop's Python models import (a venv's bin/python3);
+    # default: the one running lifeloop. The same major.minor as this one.
+    python: Path | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -101,6 +109,12 @@ class ServerConfig:
             f"--backend-config=python,shm-default-byte-size={self.python_shm_bytes}",
             f"--backend-config=python,shm-growth-byte-size={self.python_shm_bytes}",
         ]
+        if self.api_key:
+            restriction = f"model-repository:{API_KEY_HEADER}={self.api_key}"
+            args += [
+                f"--http-restricted-api={restriction}",
+                f"--grpc-restricted-protocol={restriction}",
+            ]
         if self.control_mode is ControlMode.POLL:
             args.append(f"--repository-poll-secs={self.poll_secs}")
         else:
@@ -188,13 +202,15 @@ class TritonServer:
             check_port_free(config.host, port, what)
         check_plans(config.repository)
         runtime = self._runtime or prepare_runtime()
+        if config.python is not None:
+            check_python(config.python)
         config.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(config.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 config.argv(runtime),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=runtime.env(),
+                env=runtime.env(python=config.python),
                 start_new_session=True,  # its stubs share its group, which stop() sweeps
                 preexec_fn=_die_with_parent,
             )

@@ -38,12 +38,13 @@ class Runtime:
     def caches(self) -> Path:
         return self.root / "caches"
 
-    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+    def env(self, base: dict[str, str] | None = None, python: Path | None = None) -> dict[str, str]:
         """The server's environment. The stub embeds Python with an isolated config: it ignores
-        PYTHONPATH and finds site-packages through the first `python3` on PATH, so this venv's
-        bin/ goes first."""
+        PYTHONPATH and finds site-packages through the first `python3` on PATH, so the bin/ of
+        `python` (default: this venv's) goes first."""
         env = dict(os.environ if base is None else base)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        bin_dir = Path(python or sys.executable).parent
+        env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(self.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p
         )
@@ -133,4 +134,25 @@ def check_stub_libraries(runtime: Runtime) -> None:
         raise ServerError(
             f"the python backend stub cannot find {', '.join(missing)}; install your "
             f"distribution's libpython package (Debian/Ubuntu: apt-get install libpython{py})"
+        )
+
+
+def check_python(python: Path) -> None:
+    """`python` can host the stub: it exists and is this Python's major.minor (the stub in the
+    runtime folder is built for that one)."""
+    ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except OSError as exc:
+        raise ServerError(f"cannot run the models' Python {python} ({exc}); fix --python") from exc
+    theirs = done.stdout.strip()
+    if done.returncode != 0 or theirs != ours:
+        raise ServerError(
+            f"the models' Python {python} is {theirs or 'not runnable'}, but the python "
+            f"backend stub here is built for {ours}; use a Python {ours} venv"
         )
