@@ -25,6 +25,7 @@ DEPLOY = Path(__file__).parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "lifeloop.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+K8S_ADAPTER = DEPLOY / "k8s" / "base" / "prometheus-adapter.yaml"
 
 _LABELS = re.compile(r"\{[^}]*\}")
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
@@ -56,10 +57,36 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool(), "check", *args], capture_output=True, text=True)
 
 
-def test_prometheus_config_and_rules_pass_promtool() -> None:
-    config = check("config", str(PROMETHEUS / "prometheus.yml"))
-    assert config.returncode == 0, config.stdout + config.stderr
-    assert "SUCCESS" in config.stdout + config.stderr
+def adapter_rules() -> list[dict]:
+    """Prometheus Adapter's rules from deploy/k8s, their PromQL with the adapter's template
+    filled in as it does for one pod."""
+    configmap = yaml.safe_load((K8S_ADAPTER).read_text())
+    rules = yaml.safe_load(configmap["data"]["config.yaml"])["rules"]
+    for rule in rules:
+        rule["expr"] = (
+            rule["metricsQuery"]
+            .replace("<<.GroupBy>>", "namespace, pod")
+            .replace("<<.LabelMatchers>>", 'namespace="lifeloop",pod="lifeloop-triton-0"')
+        )
+    return rules
+
+
+def test_the_prometheus_config_passes_promtool() -> None:
+    result = check("config", str(PROMETHEUS / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_the_autoscalers_adapter_query_passes_promtool(tmp_path: Path) -> None:
+    rules = adapter_rules()
+    recorded = [{"record": f"adapter:{r['name']['as']}", "expr": r["expr"]} for r in rules]
+    path = tmp_path / "adapter.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": recorded}]}))
+    result = check("rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_rules_pass_promtool() -> None:
     rules = check("rules", str(PROMETHEUS / "rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert "SUCCESS: 8 rules found" in rules.stdout
@@ -147,3 +174,10 @@ def test_every_rule_reads_exported_metrics_or_recorded_rules(scraped: set[str]) 
     for rule in rules:
         names = metric_names(rule["expr"])
         assert names and names <= scraped | recorded, (rule.get("record"), names - scraped)
+
+
+def test_the_autoscaler_reads_exported_metrics(scraped: set[str]) -> None:
+    for rule in adapter_rules():
+        names = metric_names(rule["expr"]) | metric_names(rule["seriesQuery"])
+        assert names == {"nv_inference_queue_duration_us", "nv_inference_request_success"}
+        assert names <= scraped

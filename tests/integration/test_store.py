@@ -159,3 +159,31 @@ def test_unreachable_store_fails_at_open_in_one_line(tmp_path: Path) -> None:
 def test_sqlite_store_is_in_wal_mode(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 's.db'}") as store, store.engine.connect() as c:
         assert c.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_a_url_without_host_or_credentials_takes_them_from_libpq_variables(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker-compose and Kubernetes write `postgresql+psycopg://` into the feedback model's
+    config and pass PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE from a Secret, so no
+    password lands in config.pbtxt."""
+    import sqlalchemy as sa
+
+    from lifeloop.loop.store import metadata
+    from lifeloop.serve.launcher import free_port
+
+    server = sa.engine.make_url(postgres_url)
+    for name, value in {
+        "PGHOST": server.host,
+        "PGPORT": server.port,
+        "PGUSER": server.username,
+        "PGDATABASE": server.database,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    with Store("postgresql+psycopg://") as store:
+        store.record_predictions(predictions(3))
+        assert store.count_predictions("digits") == 3
+        metadata.drop_all(store.engine)
+    monkeypatch.setenv("PGPORT", str(free_port()))
+    with pytest.raises(StoreError, match="cannot open the store at postgresql"):
+        Store("postgresql+psycopg://")
