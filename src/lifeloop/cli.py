@@ -233,6 +233,43 @@ def export(
         print_replicas(published.replicas)
 
 
+@app.command()
+@_errors
+def publish(
+    source: Annotated[
+        Path, typer.Argument(help="A version folder with its manifest.json, made by an export.")
+    ],
+    repository: Repository = Path("model_repository"),
+    model: Annotated[
+        str | None, typer.Option(help="Model to publish under (default: the manifest's).")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version number (default: the next one).")
+    ] = None,
+    server_url: Annotated[
+        str | None,
+        typer.Option(
+            "--servers",
+            "--server-url",
+            help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
+            "loads the new version and is waited on until it serves it; dns+http://NAME:PORT "
+            "means every address NAME resolves to.",
+            envvar="LIFELOOP_SERVERS",
+        ),
+    ] = None,
+) -> None:
+    """Publish a version exported elsewhere (another machine, a GPU host's TensorRT plan):
+    checked against its manifest, then published atomically and loaded on every server."""
+    from lifeloop.repository import publish_folder
+
+    published = publish_folder(repository, source, model, version=version, server_url=server_url)
+    console.print(
+        f"published {published.model} version {published.version} "
+        f"({published.manifest.format}) at {published.path}"
+    )
+    print_replicas(published.replicas)
+
+
 def print_replicas(results: Any) -> None:
     """One line per server: what it serves now."""
     for result in results:

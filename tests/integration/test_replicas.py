@@ -4,6 +4,7 @@ stopped mid-publish is named, and the other serves one consistent version."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lifeloop.cli import app
 from lifeloop.client import ClientError, LifeloopClient, ServerControl
 from lifeloop.client.replicas import ReplicaError, load_everywhere, server_urls
 from lifeloop.loop import Rollout, Store, install_router
+from lifeloop.repository import version_numbers
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, TritonServer
 from tests.conftest import publish_trained
@@ -123,3 +125,34 @@ def test_rollout_switches_every_replica_and_reports_each(replicas, trained, held
             rollout.rollback(reason="test")
         assert lagging.value.results[0].ok and not lagging.value.results[1].ok
         assert b.http_url in str(lagging.value)
+
+
+def test_publish_checks_a_version_made_elsewhere_and_brings_it_to_every_replica(
+    replicas, trained: TrainResult, held_out, tmp_path: Path
+) -> None:
+    repo, a, b = replicas
+    x, _ = held_out
+    both = f"{a.http_url},{b.http_url}"
+    made = publish_trained(trained.checkpoint, tmp_path / "build", "digits").published
+    tampered = tmp_path / "copy" / "digits" / "1"
+    shutil.copytree(made.path, tampered)
+    onnx = tampered / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 1
+    onnx.write_bytes(bytes(data))
+
+    refused = runner.invoke(app, ["publish", str(tampered), "--repository", str(repo)])
+    assert refused.exit_code == 1
+    error = refused.stderr.strip()
+    assert "\n" not in error and "nothing published" in error and "model.onnx" in error
+    assert version_numbers(repo / "digits") == [1]
+    assert not [p for p in (repo / "digits").iterdir() if p.name.startswith(".staging")]
+    missing = runner.invoke(app, ["publish", str(tmp_path), "--repository", str(repo)])
+    assert missing.exit_code == 1 and "has no manifest.json" in missing.stderr
+
+    done = runner.invoke(
+        app, ["publish", str(made.path), "--repository", str(repo), "--servers", both]
+    )
+    assert done.exit_code == 0, done.output
+    assert "published digits version 2 (onnx)" in done.stdout
+    assert served_versions(a.http_url, x) == served_versions(b.http_url, x) == {2}

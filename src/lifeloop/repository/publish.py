@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from lifeloop.repository import config as cfg
-from lifeloop.repository.errors import RepositoryError, VersionExistsError
-from lifeloop.repository.manifest import MANIFEST_NAME, Manifest, TensorInfo, describe_files
+from lifeloop.repository.errors import ManifestMismatchError, RepositoryError, VersionExistsError
+from lifeloop.repository.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    TensorInfo,
+    describe_files,
+    verify,
+)
 
 CONFIG_NAME = "config.pbtxt"
 STAGING_PREFIX = ".staging-"
@@ -153,6 +159,50 @@ def publish(
             what=f"serve {config.name} v{number}",
         )
     return PublishedVersion(config.name, number, model_dir / str(number), manifest, tuple(replicas))
+
+
+def publish_folder(
+    repository: Path,
+    source: Path,
+    model: str | None = None,
+    *,
+    version: int | None = None,
+    server_url: str | Sequence[str] | None = None,
+) -> PublishedVersion:
+    """Publish a version folder made elsewhere (by `lifeloop export` on another machine, a
+    plan built on a GPU host) as the next version of `model` (default: the manifest's). Its
+    files are checked against its manifest before anything is written, and it is published
+    like any export: atomically, then loaded on every server of `server_url`. A model new to
+    the repository takes the config beside the source folder."""
+    source = Path(source)
+    if not (source / MANIFEST_NAME).is_file():
+        raise RepositoryError(
+            f"{source} has no {MANIFEST_NAME}: publish a version folder that `lifeloop export` "
+            "wrote (such as model_repository/classifier/3)"
+        )
+    try:
+        manifest = verify(source)
+    except ManifestMismatchError as exc:
+        raise ManifestMismatchError(f"nothing published: {exc}") from exc
+    name = model or manifest.model
+    config = read_config(Path(repository) / name)
+    brought = read_config(source.parent)
+    if config is None and brought is None:
+        raise RepositoryError(
+            f"{Path(repository) / name} has no {CONFIG_NAME}, and neither has {source.parent}: "
+            "copy the version with its model folder's config, or export it here once"
+        )
+    if config is not None and brought is not None and brought.backend != config.backend:
+        raise RepositoryError(
+            f"{source} is a {brought.backend!r} version but {name!r} is served by "
+            f"{config.backend!r}; publish it under the model of its format"
+        )
+    if config is None:
+        assert brought is not None
+        config = replace(brought, name=name)
+    draft = VersionDraft(**{f: getattr(manifest, f) for f in VersionDraft.__dataclass_fields__})
+    files = {entry.path: source / entry.path for entry in manifest.files}
+    return publish(repository, config, files, draft, version=version, server_url=server_url)
 
 
 def loaded_by_policy(policy: cfg.VersionPolicy, model_dir: Path) -> set[int]:
