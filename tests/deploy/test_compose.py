@@ -87,8 +87,14 @@ def test_the_services_are_wired_to_each_other_and_to_deploy(compose) -> None:
             c.startswith("--grpc-restricted-protocol=model-repository:lifeloop-key=")
             for c in command
         )
-        assert "./model_repository:/models" in triton["volumes"]
         assert triton["shm_size"] and triton["networks"]["default"]["aliases"] == ["tritonserver"]
+        # The repository and what lifeloop keeps beside it are at the same paths in Triton
+        # and the tools: the router's config names its kept-input folder by absolute path.
+        beside = [v for v in triton["volumes"] if v.startswith("./model_repository")]
+        assert len(beside) == 3 and set(beside) <= set(services["lifeloop"]["volumes"])
+        repository = dict(v.split(":")[:2] for v in beside)["./model_repository"]
+        assert f"--model-repository={repository}" in command
+        assert f"{services['lifeloop']['working_dir']}/model_repository" == repository
 
     # Prometheus scrapes the alias and loads deploy/prometheus; Grafana provisions deploy/grafana.
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())

@@ -141,9 +141,24 @@ def test_the_pieces_refer_to_each_other(rendered) -> None:
                     data = find(docs, "ConfigMap", ref["name"])["data"]
                     assert ref["key"] in data, (name, ref)
 
-    # The model repository is ReadWriteMany: every Triton pod and the retrain job share it.
-    claim = find(docs, "PersistentVolumeClaim", "lifeloop-models")
+    # One ReadWriteMany volume at the same path in every lifeloop pod: the router's config
+    # names its kept-input folder by absolute path, and retraining reads it; Triton and the
+    # retrain job agree on where the repository is.
+    claim = find(docs, "PersistentVolumeClaim", "lifeloop-data")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in ("lifeloop-triton", "lifeloop-retrain", "lifeloop-tools"):
+        spec = pods[name]["spec"]
+        volume = next(v["name"] for v in spec["volumes"] if "persistentVolumeClaim" in v)
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            assert mounts[volume] == "/var/lib/lifeloop", (name, container["name"])
+    retrain = pods["lifeloop-retrain"]["spec"]["containers"][0]["args"]
+    repository = "/var/lib/lifeloop/model_repository"
+    assert (
+        f"--model-repository={repository}"
+        in triton["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert f"--repository={repository}" in retrain
 
     # Probes on Triton's health endpoints, and an in-memory /dev/shm for the python backend.
     server = triton["spec"]["template"]["spec"]["containers"][0]
