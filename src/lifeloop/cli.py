@@ -44,6 +44,18 @@ Repository = Annotated[
     Path, typer.Option("--repository", "-r", help="Triton model repository folder.")
 ]
 ModelName = Annotated[str, typer.Option("--model", "-m", help="Model name in the repository.")]
+NewVersion = Annotated[int | None, typer.Option(help="Version number (default: the next one).")]
+PublishServers = Annotated[
+    str | None,
+    typer.Option(
+        "--servers",
+        "--server-url",
+        help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
+        "loads the new version and is waited on until it serves it; dns+http://NAME:PORT "
+        "means every address NAME resolves to.",
+        envvar="LIFELOOP_SERVERS",
+    ),
+]
 
 
 @app.command()
@@ -130,20 +142,8 @@ def export(
     input_size: Annotated[
         int | None, typer.Option(help="Input height and width in pixels.")
     ] = None,
-    version: Annotated[
-        int | None, typer.Option(help="Version number (default: the next one).")
-    ] = None,
-    server_url: Annotated[
-        str | None,
-        typer.Option(
-            "--server-url",
-            "--servers",
-            help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
-            "loads the new version and is waited on until it serves it; dns+http://NAME:PORT "
-            "means every address NAME resolves to.",
-            envvar="LIFELOOP_SERVERS",
-        ),
-    ] = None,
+    version: NewVersion = None,
+    server_url: PublishServers = None,
     samples: Annotated[
         Path | None, typer.Option(help="Image folder whose images join the parity check.")
     ] = None,
@@ -243,20 +243,8 @@ def publish(
     model: Annotated[
         str | None, typer.Option(help="Model to publish under (default: the manifest's).")
     ] = None,
-    version: Annotated[
-        int | None, typer.Option(help="Version number (default: the next one).")
-    ] = None,
-    server_url: Annotated[
-        str | None,
-        typer.Option(
-            "--servers",
-            "--server-url",
-            help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
-            "loads the new version and is waited on until it serves it; dns+http://NAME:PORT "
-            "means every address NAME resolves to.",
-            envvar="LIFELOOP_SERVERS",
-        ),
-    ] = None,
+    version: NewVersion = None,
+    server_url: PublishServers = None,
 ) -> None:
     """Publish a version exported elsewhere (another machine, a GPU host's TensorRT plan):
     checked against its manifest, then published atomically and loaded on every server."""
