@@ -138,3 +138,17 @@ def test_a_broken_compose_file_fails(breakage: tuple[str, str]) -> None:
     assert old in text
     errors = compose_errors(yaml.safe_load(text.replace(old, new, 1)))
     assert errors
+
+
+def test_the_build_context_holds_only_what_the_dockerfile_copies() -> None:
+    """`docker compose build` sends the context to the engine: the venv alone is gigabytes."""
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line]
+    assert ignore[ignore.index("*")] == "*"  # everything is left out first...
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = set()
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied |= {source.rstrip("/") for source in line.split()[1:-1]}
+    assert copied  # ...then what COPY needs is let back in
+    for source in copied:
+        assert any(source == a or source.startswith(f"{a}/") for a in allowed), source
