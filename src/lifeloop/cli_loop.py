@@ -314,24 +314,23 @@ def retrain(
         shadow=shadow,
         seed=seed,
     )
-    place = distributed.init_from_env()
-    try:
+    with distributed.process_group() as place:
         if not place.is_leader:
             retrain_follower(model, settings)
-            return
-        with Store.for_repository(repository, store) as opened:
-            report = run_retrain(
-                repository,
-                model,
-                opened,
-                router=router,
-                replay_dir=replay,
-                eval_dir=eval_dir,
-                settings=settings,
-                server_url=url,
-            )
-    finally:
-        distributed.shutdown()
+        else:
+            with Store.for_repository(repository, store) as opened:
+                report = run_retrain(
+                    repository,
+                    model,
+                    opened,
+                    router=router,
+                    replay_dir=replay,
+                    eval_dir=eval_dir,
+                    settings=settings,
+                    server_url=url,
+                )
+    if not place.is_leader:
+        return
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")

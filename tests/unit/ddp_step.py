@@ -10,13 +10,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lifeloop.export.architectures import build
-from lifeloop.retrain.distributed import init_from_env, shutdown, synchronise_batch_norm
+from lifeloop.retrain.distributed import World, process_group, synchronise_batch_norm
 
 BATCH = 24
 
 
-def main(out: str) -> None:
-    place = init_from_env()
+def main(out: str, fail: bool) -> None:
+    with process_group() as place:
+        step(out, place, fail)
+
+
+def step(out: str, place: World, fail: bool) -> None:
+    if fail and place.is_leader:  # the other ranks are left waiting in the backward's all-reduce
+        raise RuntimeError("rank 0 failed on purpose")
     torch.manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32) * 2 + 0.5
     y = torch.randint(0, 10, (BATCH,))
@@ -31,8 +37,7 @@ def main(out: str) -> None:
         grads = {f"grad:{k}": p.grad for k, p in network.named_parameters()}
         buffers = {k: v for k, v in network.state_dict().items() if "running" in k}
         torch.save({**grads, **buffers}, out)
-    shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], fail=sys.argv[2:] == ["--rank0-fails"])

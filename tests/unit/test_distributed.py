@@ -41,3 +41,13 @@ def test_the_synchronised_batch_norm_is_plain_batch_norm_outside_training() -> N
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), synced(x))
+
+
+def test_a_failing_rank_leaves_at_once_instead_of_waiting_in_a_barrier(tmp_path: Path) -> None:
+    """Rank 0 raises while rank 1 waits in a collective: rank 0 must not wait for rank 1 in
+    shutdown's barrier (gloo would hold it there for its 30-minute timeout)."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [sys.executable, *launcher, str(STEP), str(tmp_path / "x.pt"), "--rank0-fails"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "rank 0 failed on purpose" in done.stderr
