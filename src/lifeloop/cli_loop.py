@@ -314,23 +314,21 @@ def retrain(
         shadow=shadow,
         seed=seed,
     )
-    with distributed.process_group() as place:
+    with distributed.process_group() as place:  # a return leaves it together, a raise at once
         if not place.is_leader:
             retrain_follower(model, settings)
-        else:
-            with Store.for_repository(repository, store) as opened:
-                report = run_retrain(
-                    repository,
-                    model,
-                    opened,
-                    router=router,
-                    replay_dir=replay,
-                    eval_dir=eval_dir,
-                    settings=settings,
-                    server_url=url,
-                )
-    if not place.is_leader:
-        return
+            return
+        with Store.for_repository(repository, store) as opened:
+            report = run_retrain(
+                repository,
+                model,
+                opened,
+                router=router,
+                replay_dir=replay,
+                eval_dir=eval_dir,
+                settings=settings,
+                server_url=url,
+            )
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")

@@ -149,7 +149,10 @@ def check_python(python: Path) -> None:
             timeout=30,
         )
     except OSError as exc:
-        raise ServerError(f"cannot run the models' Python {python} ({exc}); fix --python") from exc
+        raise ServerError(
+            f"cannot run the models' Python {python} ({exc}); point ServerConfig.python at a "
+            f"Python {ours} venv's bin/python3"
+        ) from exc
     theirs = done.stdout.strip()
     if done.returncode != 0 or theirs != ours:
         raise ServerError(
