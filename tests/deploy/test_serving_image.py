@@ -10,7 +10,6 @@ import io
 import re
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, ServerError, TritonServer
 from lifeloop.serve.ensemble import install_image_ensemble
 from tests.conftest import publish_trained
+from tests.deploy import DOCKERFILE, PROJECT, ROOT
 
-ROOT = Path(__file__).parents[2]
 REQUIREMENTS = ROOT / "deploy" / "docker" / "requirements-serve.txt"
-DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 _PIN = re.compile(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)$")
 
 
@@ -46,19 +44,17 @@ def pins(lines: list[str]) -> dict[str, str]:
 
 
 def project_pins() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return pins(project["dependencies"])
+    return pins(PROJECT["dependencies"])
 
 
 def test_the_images_pins_are_pyprojects() -> None:
     lines = [line for line in REQUIREMENTS.read_text().splitlines() if line and line[0] != "#"]
     serving = pins(lines)
     assert len(serving) == len(lines) == 5, lines  # every line is an exact pin
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    wanted = {canonical(r.name): r.specifier for r in map(Requirement, project)}
+    wanted = {canonical(r.name): r.specifier for r in map(Requirement, PROJECT["dependencies"])}
     for name, version in serving.items():
         assert name in wanted and version in wanted[name], (name, version, wanted.get(name))
-    assert pins(project)["tritonclient"] == serving["tritonclient"]
+    assert project_pins()["tritonclient"] == serving["tritonclient"]
     installs = re.findall(r"pip install --no-deps (\S+)==(\S+)", DOCKERFILE.read_text())
     assert installs == [("nvidia-pytriton", project_pins()["nvidia-pytriton"])]
 
