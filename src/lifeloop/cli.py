@@ -552,7 +552,38 @@ def bench(
         )
         table.add_row(name, f"{value:.3f}", verdict, sources[name])
     console.print(table)
+    console.print(_cpu_table(results))
     console.print(f"bench.json: {out / 'bench.json'}")
+
+
+def _cpu_table(results: dict[str, Any]) -> Table:
+    """Where the CPU goes: on shared cores, the cost of a request bounds the rate."""
+    table = Table(title="CPU per request (ms) by process, at concurrency 32")
+    for column in ("measurement", "client", "tritonserver", "stubs", "total", "cores busy"):
+        table.add_column(column)
+    rows = [
+        (f"{model} batching {side}", results["batching"][model][side]["cpu"])
+        for model in ("resnet18", "small_cnn")
+        for side in ("on", "off")
+    ]
+    rows += [
+        (f"small_cnn lean {protocol}", results["harness"][protocol]["lean"]["before"]["cpu"])
+        for protocol in ("grpc", "http")
+    ]
+    for name, cpu in rows:
+        figures = (cpu[f"{k}_ms"] for k in ("client", "tritonserver", "stubs", "total"))
+        table.add_row(name, *(f"{v:.3f}" for v in figures), f"{cpu['busy']:.0%}")
+    for model in ("resnet18", "small_cnn"):
+        raw = results["raw"][model]
+        table.add_row(
+            f"{model} raw onnxruntime, per image at batch {raw['best_batch']}",
+            "",
+            "",
+            "",
+            f"{raw['cpu_ms_per_image']:.3f}",
+            "",
+        )
+    return table
 
 
 def _bench_sources(results: dict[str, Any]) -> dict[str, str]:

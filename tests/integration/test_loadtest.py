@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
+from lifeloop.client import LifeloopClient
 from lifeloop.loadtest import LoadTestConfig, LoadTestError, run_loadtest
+from lifeloop.loadtest.cpu import CpuMeter
 from lifeloop.repository import read_config
 from tests.conftest import publish_trained
 
@@ -190,11 +194,34 @@ def test_tune_climbs_a_tiny_space_and_writes_the_winner_back(server, trained, tm
         best["max_queue_delay_us"],
     )
     assert "winner" in result.output
-    from lifeloop.client import LifeloopClient
 
     with LifeloopClient(server.grpc_url, model="tuned") as client:
         client.wait_until_ready(60, model="tuned")
         assert client.model_info(refresh=True).max_batch_size == best["max_batch_size"]
+
+
+def test_cpu_split_counts_triton_requests_and_charges_each_process(server, repository) -> None:
+    """Three hundred requests and half a second of client-side work inside one span: Triton
+    counts exactly those requests, the client's share holds the work, and the server's two
+    processes (tritonserver and the classifier's python backend stub) each spent CPU on them.
+    The kernel counts CPU time in 10 ms ticks, hence that many requests."""
+    config = read_config(repository / "classifier")
+    assert config is not None
+    batch = np.zeros((1, *config.inputs[0].dims), dtype=np.float32)
+    meter = CpuMeter(server.process.pid)
+    with LifeloopClient(server.grpc_url, model="classifier") as client:
+        client.infer(batch)  # model metadata fetched outside the span
+        with meter.span(server.metrics_url, "classifier") as found:
+            for _ in range(300):
+                client.infer(batch)
+            busy_until = time.process_time() + 0.5
+            while time.process_time() < busy_until:
+                pass
+    split = found[0]
+    assert split.requests == 300
+    assert split.client_ms * 300 >= 500
+    assert split.tritonserver_ms > 0 and split.stubs_ms > 0
+    assert 0 < split.busy <= 1.05
 
 
 @pytest.mark.slow
@@ -224,7 +251,14 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         assert bench["routing"][model]["routed"]["failures"] == 0, bench["routing"][model]
     assert not (tmp_path / "model_repository.blobs").exists()
     assert bench["raw"]["resnet18"]["best_batch"] in (1, 8, 16)
+    for model in ("resnet18", "small_cnn"):
+        assert bench["raw"][model]["cpu_ms_per_image"] > 0
+        for side in ("on", "off"):
+            cpu = bench["batching"][model][side]["cpu"]
+            assert cpu["requests"] >= bench["batching"][model][side]["requests"] > 0
+            assert min(cpu["client_ms"], cpu["tritonserver_ms"], cpu["stubs_ms"]) > 0
     for protocol in ("grpc", "http"):
         harness = bench["harness"][protocol]
+        assert harness["lean"]["before"]["cpu"]["client_ms"] > 0
         assert harness["locust"]["failures"] == 0
         assert harness["lean"]["before"]["failures"] == 0, harness["lean"]

@@ -10,7 +10,9 @@
   that precision costs a trained model (the small CNN trained on the digits).
 
 Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
-what carry across machines."""
+what carry across machines. Beside the batching and harness figures, the CPU each request
+cost the client, tritonserver and the python backend's stubs (`cpu.py`), and raw
+onnxruntime's CPU per image: where client and server share cores, those bound the ratios."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ import torch
 from lifeloop.export import Checkpoint, build, export_checkpoint
 from lifeloop.export.pipeline import FP16, INT8, ONNX, format_model, publish_format
 from lifeloop.export.quantize import QualityGate, convert_fp16, quantize_int8
-from lifeloop.loadtest.lean import measure_lean, measure_raw
+from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
+from lifeloop.loadtest.lean import measure_lean, measure_raw, raw_cpu_ms_per_sample
 from lifeloop.loadtest.stats import Measurement
 from lifeloop.loop import install_router
 from lifeloop.loop.install import default_blob_dir
@@ -120,6 +123,8 @@ def run_bench(
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     with TritonServer(config) as server:
         url = server.grpc_url
+        assert server.process is not None
+        cpu = CpuMeter(server.process.pid)
         for spec in MODELS:
             # Raw at each batch size, then served, then raw again at the best batch size: the
             # ceiling is the mean of the two raw figures that bracket the served one, so slow
@@ -135,9 +140,10 @@ def run_bench(
             best = max(by_batch, key=lambda b: by_batch[b]["throughput"])
             # Saturating concurrency is 32 in flight: the batcher then forms full batches. The
             # same measurement is the "on" side of the batching comparison.
-            served = measure_lean(
-                url, spec.name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s
-            )
+            with cpu.span(server.metrics_url, spec.name) as on_cpu:
+                served = measure_lean(
+                    url, spec.name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s
+                )
             again = measure_raw(
                 onnx[spec.name], spec.shape, int(best), window_s=window_s, max_s=max_s
             )
@@ -149,28 +155,31 @@ def run_bench(
                 "before_served": by_batch[best]["throughput"],
                 "after_served": after,
                 "by_batch": by_batch,
+                "cpu_ms_per_image": raw_cpu_ms_per_sample(onnx[spec.name], spec.shape, int(best)),
             }
             results["served"][spec.name] = {"concurrency": 32, **served.to_dict()}
             say(
                 f"  served {spec.name} (dynamic batching, concurrency 32): "
                 f"{served.throughput:.1f} images/s; raw ceiling {ceiling:.1f} (batch {best})"
             )
-            off = measure_lean(
-                url,
-                f"{spec.name}_nobatch",
-                spec.shape,
-                concurrency=32,
-                window_s=window_s,
-                max_s=max_s,
-            )
+            with cpu.span(server.metrics_url, f"{spec.name}_nobatch") as off_cpu:
+                off = measure_lean(
+                    url,
+                    f"{spec.name}_nobatch",
+                    spec.shape,
+                    concurrency=32,
+                    window_s=window_s,
+                    max_s=max_s,
+                )
             results["batching"][spec.name] = {
                 "concurrency": 32,
-                "on": served.to_dict(),
-                "off": off.to_dict(),
+                "on": {**served.to_dict(), "cpu": on_cpu[0].to_dict()},
+                "off": {**off.to_dict(), "cpu": off_cpu[0].to_dict()},
             }
             say(
                 f"  {spec.name} at concurrency 32: batching on {served.throughput:.1f}, "
-                f"off {off.throughput:.1f} requests/s"
+                f"off {off.throughput:.1f} requests/s; CPU per request: on {_cpu(on_cpu[0])}, "
+                f"off {_cpu(off_cpu[0])}"
             )
             if spec.name == "resnet18":
                 results["precision"][spec.name] = _precision(url, spec, served, window_s, max_s)
@@ -195,7 +204,7 @@ def run_bench(
         # the two Locust users reach Triton through different client stacks.
         for protocol in ("grpc", "http"):
             results["harness"][protocol] = _harness(
-                server, protocol, locust_users, window_s, max_s, out / f"locust_{protocol}"
+                server, cpu, protocol, locust_users, window_s, max_s, out / f"locust_{protocol}"
             )
             figures = results["harness"][protocol]
             say(
@@ -233,6 +242,13 @@ def run_bench(
     }
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _cpu(split: CpuSplit) -> str:
+    return (
+        f"{split.total_ms:.2f} ms (client {split.client_ms:.2f}, tritonserver "
+        f"{split.tritonserver_ms:.2f}, stubs {split.stubs_ms:.2f}; cores {split.busy:.0%} busy)"
+    )
 
 
 def _ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> float:
@@ -408,10 +424,17 @@ def _harness_ratio(harness: dict[str, Any]) -> float:
 
 
 def _harness(
-    server: TritonServer, protocol: str, users: int, window_s: float, max_s: float, out: Path
+    server: TritonServer,
+    cpu: CpuMeter,
+    protocol: str,
+    users: int,
+    window_s: float,
+    max_s: float,
+    out: Path,
 ) -> dict[str, Any]:
     """Lean, Locust, lean again on small_cnn over one protocol; the lean figure is the mean of
-    the two that bracket Locust's."""
+    the two that bracket Locust's. The first lean run's CPU split gives what the client costs
+    per request over this protocol."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
     shape = MODELS[1].shape
 
@@ -426,7 +449,8 @@ def _harness(
             max_s=max_s,
         )
 
-    before = lean()
+    with cpu.span(server.metrics_url, "small_cnn") as split:
+        before = lean()
     locust = _locust(server, protocol, users, window_s, max_s, out)
     after = lean()
     return {
@@ -435,7 +459,7 @@ def _harness(
         "protocol": protocol,
         "lean": {
             "throughput": (before.throughput + after.throughput) / 2,
-            "before": before.to_dict(),
+            "before": {**before.to_dict(), "cpu": split[0].to_dict()},
             "after": after.to_dict(),
         },
         "locust": locust,

@@ -189,3 +189,21 @@ def measure_raw(
         session.run(None, {name: batch})
         meter.add((time.perf_counter() - began) * 1000)
     return meter.result()
+
+
+def raw_cpu_ms_per_sample(
+    onnx_path: str, input_shape: tuple[int, ...], batch_size: int, *, seconds: float = 2.0
+) -> float:
+    """CPU milliseconds (every thread of this process) that in-process onnxruntime spends
+    per sample at one batch size: the least a served request of that model can cost."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    batch = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
+    session.run(None, {name: batch})  # first run: allocations, not measured
+    runs, began, cpu = 0, time.perf_counter(), time.process_time()
+    while runs < 3 or time.perf_counter() - began < seconds:
+        session.run(None, {name: batch})
+        runs += 1
+    return (time.process_time() - cpu) * 1000 / (runs * batch_size)
