@@ -566,13 +566,14 @@ def _cpu_table(results: dict[str, Any]) -> Table:
         for model in ("resnet18", "small_cnn")
         for side in ("on", "off")
     ]
-    rows += [
-        (f"small_cnn lean {protocol}", results["harness"][protocol]["lean"]["before"]["cpu"])
-        for protocol in ("grpc", "http")
-    ]
+    for protocol in ("grpc", "http"):
+        harness = results["harness"][protocol]
+        rows.append((f"small_cnn lean {protocol}", harness["lean"]["before"]["cpu"]))
+        rows.append((f"small_cnn Locust {protocol}", harness["locust"]["cpu"]))
     for name, cpu in rows:
         figures = (cpu[f"{k}_ms"] for k in ("client", "tritonserver", "stubs", "total"))
-        table.add_row(name, *(f"{v:.3f}" for v in figures), f"{cpu['busy']:.0%}")
+        busy = "" if cpu["busy"] is None else f"{cpu['busy']:.0%}"
+        table.add_row(name, *(f"{v:.3f}" for v in figures), busy)
     for model in ("resnet18", "small_cnn"):
         raw = results["raw"][model]
         table.add_row(

@@ -4,6 +4,7 @@ itself, bad input, tune over a tiny search space, and a quick bench through the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,8 +47,15 @@ def test_locust_run_reports_throughput_percentiles_and_server_split(
     assert list(report["per_name"]) == ["classifier v1"]
     assert report["server"]["requests"] > 0 and report["server"]["compute_infer_ms"] > 0
     assert 0 < report["server"]["request_ms"] <= lat["mean"]
+    # The Locust process's own CPU: something per request, and no more than its cores allow.
+    generator = report["load_generator"]
+    assert 0 < generator["cores"] <= len(os.sched_getaffinity(0))
+    assert generator["cpu_ms_per_request"] == pytest.approx(
+        generator["cpu_s"] * 1000 / report["requests"]
+    )
     rows = (tmp_path / "windows.csv").read_text().splitlines()
     assert rows[0].startswith("start_s,end_s,requests") and len(rows) == report["windows_total"] + 1
+    assert rows[0].endswith(",load_generator_cores")
     page = (tmp_path / "report.html").read_text()
     assert page.count("<svg") == 3
 
@@ -261,4 +269,9 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         harness = bench["harness"][protocol]
         assert harness["lean"]["before"]["cpu"]["client_ms"] > 0
         assert harness["locust"]["failures"] == 0
+        locust_cpu = harness["locust"]["cpu"]
+        assert locust_cpu["client_ms"] > 0 and locust_cpu["busy"] is None
+        assert locust_cpu["total_ms"] == pytest.approx(
+            locust_cpu["client_ms"] + locust_cpu["tritonserver_ms"] + locust_cpu["stubs_ms"]
+        )
         assert harness["lean"]["before"]["failures"] == 0, harness["lean"]

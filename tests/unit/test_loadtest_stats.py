@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lifeloop.loadtest import LoadTestConfig, LoadTestError
-from lifeloop.loadtest.report import build_report
+from lifeloop.loadtest.report import build_report, summary_rows, window_rows
 from lifeloop.loadtest.stats import (
     Latency,
     Meter,
@@ -137,10 +137,11 @@ def test_schedules_keep_their_rate() -> None:
     assert np.diff(slots).std() == pytest.approx(0.005, rel=0.1)  # exponential: std == mean
 
 
-def report_for(samples, *, rate=None, stable=True):
+def report_for(samples, *, rate=None, stable=True, generator_cpu_s=None):
     config = LoadTestConfig(url="127.0.0.1:1", rate=rate, duration_s=3, window_s=1.0)
     windows = [window(samples, s, s + 1.0) for s in range(3)]
     return build_report(
+        generator_cpu_s=generator_cpu_s,
         config=config,
         samples=samples,
         windows=windows,
@@ -167,6 +168,32 @@ def test_open_loop_report_warns_above_one_percent_late() -> None:
     assert report["mode"] == "open loop" and report["late_share"] == pytest.approx(0.05)
     assert any("5.0% of requests were sent more than 1 ms late" in w for w in report["warnings"])
     assert any(w.startswith("not stable") for w in report["warnings"])
+
+
+def test_report_charges_the_load_generator_cpu_per_good_request() -> None:
+    # 3 windows of 1 s, 30 requests each, 3 of them failed; 0.6 s of CPU in all.
+    samples = [Sample(0.1 * i + 0.05, 1.0, ok=i % 10 != 0, error="x") for i in range(30)]
+    report = report_for(samples, generator_cpu_s=[4.0, 4.1, 4.3, 4.6])
+    generator = report["load_generator"]
+    assert generator["cpu_s"] == pytest.approx(0.6) and generator["cores"] == pytest.approx(0.2)
+    assert generator["cpu_ms_per_request"] == pytest.approx(600 / 27)
+    assert [w["load_generator_cores"] for w in report["windows"]] == pytest.approx([0.1, 0.2, 0.3])
+    assert ("load generator CPU", "20% of a core, 22.222 ms per request") in summary_rows(report)
+    assert not any("load generator kept" in w for w in report["warnings"])
+
+
+def test_report_warns_when_the_load_generator_is_near_a_full_core() -> None:
+    samples = [Sample(0.1 * i + 0.05, 1.0) for i in range(30)]
+    report = report_for(samples, generator_cpu_s=[0.0, 0.95, 1.9, 2.85])
+    assert report["load_generator"]["cores"] == pytest.approx(0.95)
+    assert any("the load generator kept 95% of a core busy" in w for w in report["warnings"])
+
+
+def test_windows_csv_rows_carry_the_generator_cores_only_when_measured() -> None:
+    windows = [window([Sample(0.5, 1.0)], 0.0, 1.0), window([Sample(1.5, 1.0)], 1.0, 2.0)]
+    assert "load_generator_cores" not in window_rows(windows, None)[0]
+    rows = window_rows(windows, [0.25, 0.5])
+    assert [row["load_generator_cores"] for row in rows] == [0.25, 0.5]
 
 
 @pytest.mark.parametrize(

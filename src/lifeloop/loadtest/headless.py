@@ -90,11 +90,15 @@ def run(config: LoadTestConfig) -> dict[str, Any]:
     gevent.sleep(step)  # warm-up window, not measured
     began = time.monotonic()
     marks, scrapes = [began], [scrape(config.metrics)]
+    # This process's CPU (all its threads, gRPC's pool included) at each mark: what the load
+    # generator itself costs per request.
+    cpu = [time.process_time()]
     windows: list[Window] = []
     stable = False
     while True:
         gevent.sleep(max(0.0, marks[-1] + step - time.monotonic()))
         marks.append(time.monotonic())
+        cpu.append(time.process_time())
         scrapes.append(scrape(config.metrics))
         windows.append(window(samples, marks[-2], marks[-1], late_ms=config.late_threshold_ms))
         current = windows[-1]
@@ -136,6 +140,7 @@ def run(config: LoadTestConfig) -> dict[str, Any]:
         stable=stable,
         server=merged_split,
         metrics_available=scrapes[-1] is not None,
+        generator_cpu_s=cpu,
     )
 
 

@@ -19,6 +19,9 @@ from lifeloop.loadtest.config import LoadTestConfig
 from lifeloop.loadtest.stats import Latency, Sample, Window, merge
 
 LATE_WARNING_SHARE = 0.01
+# Locust warns when its process passes 90% CPU: past that, the load generator may be what
+# limits the rate, not the server.
+BUSY_GENERATOR_CORES = 0.9
 
 
 def build_report(
@@ -31,7 +34,10 @@ def build_report(
     stable: bool,
     server: dict[str, float] | None,
     metrics_available: bool,
+    generator_cpu_s: Sequence[float] | None = None,
 ) -> dict[str, Any]:
+    """`generator_cpu_s`, when given, holds the load generator's own CPU seconds at each window
+    boundary (one more entry than `windows`)."""
     first, last = measured
     chosen = list(windows[first:last])
     total = merge(samples, chosen, late_ms=config.late_threshold_ms) if chosen else None
@@ -82,6 +88,21 @@ def build_report(
     )
     if server and server.get("requests"):
         report["client_overhead_ms"] = max(0.0, total.latency.mean - server["request_ms"])
+    cores = _generator_cores(windows, generator_cpu_s)
+    if generator_cpu_s is not None and chosen:
+        spent = max(generator_cpu_s[last] - generator_cpu_s[first], 0.0)
+        good = total.requests - total.failures
+        report["load_generator"] = {
+            "cpu_s": spent,
+            "cores": spent / total.seconds,
+            "cpu_ms_per_request": spent * 1000 / good if good else None,
+        }
+        if report["load_generator"]["cores"] >= BUSY_GENERATOR_CORES:
+            warnings.append(
+                f"the load generator kept {report['load_generator']['cores']:.0%} of a core "
+                "busy: it may be what limits the rate; add Locust workers or run it on "
+                "another machine"
+            )
     if config.open_loop:
         report.update(
             target_rate=config.rate,
@@ -96,9 +117,31 @@ def build_report(
                 "late: the load generator could not keep the rate; add --users or workers"
             )
     report["windows"] = [
-        {**w.row(), "server": split} for w, split in zip(windows, window_splits, strict=True)
+        {**row, "server": split}
+        for row, split in zip(window_rows(windows, cores), window_splits, strict=True)
     ]
     return report
+
+
+def _generator_cores(
+    windows: Sequence[Window], generator_cpu_s: Sequence[float] | None
+) -> list[float] | None:
+    """The load generator's CPU in each window, in cores."""
+    if generator_cpu_s is None:
+        return None
+    return [
+        max(generator_cpu_s[i + 1] - generator_cpu_s[i], 0.0) / max(w.seconds, 1e-9)
+        for i, w in enumerate(windows)
+    ]
+
+
+def window_rows(windows: Sequence[Window], cores: Sequence[float] | None) -> list[dict[str, Any]]:
+    """The CSV's rows: each window's figures and, when measured, the load generator's cores."""
+    rows = [w.row() for w in windows]
+    if cores is not None:
+        for row, used in zip(rows, cores, strict=True):
+            row["load_generator_cores"] = round(used, 4)
+    return rows
 
 
 def write_report(**kwargs: Any) -> dict[str, Any]:
@@ -110,7 +153,7 @@ def write_report(**kwargs: Any) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "windows.csv", "w", newline="") as handle:
-        rows = [w.row() for w in windows]
+        rows = window_rows(windows, _generator_cores(windows, kwargs.get("generator_cpu_s")))
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["start_s"])
         writer.writeheader()
         writer.writerows(rows)
@@ -191,6 +234,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
         rows.append(("average batch formed", f"{server['average_batch']:.2f}"))
+    generator = report.get("load_generator")
+    if generator:
+        per_request = generator["cpu_ms_per_request"]
+        rows.append(
+            (
+                "load generator CPU",
+                f"{generator['cores']:.0%} of a core"
+                + (f", {per_request:.3f} ms per request" if per_request is not None else ""),
+            )
+        )
     if "late_share" in report:
         rows.append(
             (
