@@ -1,5 +1,6 @@
 """The learning loop's commands: `router init`, `feedback`, `candidate`, `canary`, `shadow`,
-`promote`, `rollback`, `history`. They register on lifeloop's Typer app (see lifeloop.cli)."""
+`promote`, `rollback`, `history`, `soak`. They register on lifeloop's Typer app (see
+lifeloop.cli)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,26 @@ def router_init(
         int | None, typer.Option(help="Champion version (default: the newest).")
     ] = None,
     url: ServerUrl = None,
+    spool_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the router journals predictions the store cannot take in time "
+            "(default: <repository>.spool/<router> beside the repository)."
+        ),
+    ] = None,
+    store_timeout_ms: Annotated[
+        int, typer.Option(help="How long a batch waits on the store before it is spooled.")
+    ] = 250,
+    spool_max_bytes: Annotated[
+        int, typer.Option(help="Size limit of the spool (default 1 GiB).")
+    ] = 1 << 30,
+    spool_when_full: Annotated[
+        str,
+        typer.Option(
+            help="With the spool full: refuse (answer UNAVAILABLE, lose nothing) or drop "
+            "(answer, log nothing, count it)."
+        ),
+    ] = "refuse",
 ) -> None:
     """Put a router (canary, shadow, prediction log) and a feedback model before a classifier."""
     from lifeloop.loop import install_router
@@ -88,9 +109,17 @@ def router_init(
         top_k=top_k,
         champion=champion,
         server_url=url,
+        spool_dir=spool_dir,
+        store_timeout_ms=store_timeout_ms,
+        spool_max_bytes=spool_max_bytes,
+        spool_when_full=spool_when_full,
     )
     console.print(f"router {done.router!r} and feedback model {done.feedback!r} written")
     console.print(f"store: {done.store_url}; inputs kept in {done.blob_dir}")
+    console.print(
+        f"spool: {done.spool.folder} (after {store_timeout_ms} ms, up to "
+        f"{done.spool.max_bytes} bytes, then {done.spool.when_full.value})"
+    )
     _show(done.policy)
 
 
@@ -352,3 +381,98 @@ def retrain(
     if report.refused:
         raise RetrainError("candidate refused, nothing published: " + "; ".join(report.refused))
     console.print(f"published {model} v{report.version} as candidate (canary {canary_weight:g})")
+
+
+@app.command()
+@_errors
+def soak(
+    url: Annotated[str, typer.Option(help="The router's server, grpc://HOST:PORT or http://.")],
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    cycles: Annotated[int, typer.Option(help="candidate -> promote -> rollback cycles.")] = 20,
+    users: Annotated[int, typer.Option(help="Client threads classifying throughout.")] = 4,
+    router: RouterName = "router",
+    store: StoreUrl = None,
+    servers: Annotated[
+        str | None,
+        typer.Option(
+            "--servers",
+            help="HTTP URL(s) that load each change (default: --url when it is http://); "
+            "URL,URL,... or dns+http://NAME:PORT for replicas.",
+            envvar="LIFELOOP_SERVERS",
+        ),
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version cycled in (default: newest but the champion).")
+    ] = None,
+    max_rss_growth: Annotated[
+        float, typer.Option(help="Fail above this growth of resident memory, in percent.")
+    ] = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Reload under load: N cycles of candidate, promote and rollback while clients classify
+    through the router; fails on any failed request or on memory growth."""
+    import json
+    from dataclasses import asdict
+
+    from lifeloop.loadtest.soak import SoakConfig, run_soak
+
+    config = SoakConfig(
+        url=url,
+        repository=repository,
+        model=model,
+        cycles=cycles,
+        users=users,
+        router=router,
+        store=store,
+        servers=servers,
+        version=version,
+        max_rss_growth_pct=max_rss_growth,
+    )
+    step = max(1, cycles // 10)
+
+    def progress(done: int) -> None:
+        if not json_out and (done % step == 0 or done == cycles):
+            console.print(f"cycle {done}/{cycles}")
+
+    result = run_soak(config, progress=progress)
+    if json_out:
+        data = asdict(result)
+        data["failures"] = dict(result.failures)
+        data["rss_growth_pct"] = result.rss_growth_pct
+        data["failed"] = result.failed
+        typer.echo(json.dumps(data, sort_keys=True))
+    else:
+        _print_soak(result)
+    if result.failed:
+        typer.echo(f"error: soak failed: {'; '.join(result.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+def _print_soak(result) -> None:  # type: ignore[no-untyped-def]
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f} ms"
+
+    def mib(memory) -> str:  # type: ignore[no-untyped-def]
+        if memory is None:
+            return "n/a"
+        return (
+            f"{memory.total / 2**20:.0f} MiB (tritonserver {memory.server / 2**20:.0f}, "
+            f"{memory.stub_count} stubs {memory.stubs / 2**20:.0f})"
+        )
+
+    table = Table(title=f"soak: {result.cycles} cycles", show_header=False)
+    table.add_row("requests", str(result.requests))
+    table.add_row("failed", str(sum(result.failures.values())))
+    for cause, n in result.failures.most_common():
+        table.add_row(f"  {n}x", cause)
+    table.add_row("p99 during reloads", ms(result.p99_reload_ms))
+    table.add_row("p99 between reloads", ms(result.p99_between_ms))
+    table.add_row("time in reloads", f"{result.reload_s:.1f} s")
+    table.add_row("RSS after warm-up", mib(result.memory_after_warmup))
+    table.add_row("RSS at end", mib(result.memory_at_end))
+    growth = result.rss_growth_pct
+    table.add_row("RSS growth", "n/a" if growth is None else f"{growth:+.2f}%")
+    console.print(table)
+    for note in result.notes:
+        console.print(note)

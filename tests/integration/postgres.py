@@ -4,6 +4,7 @@ authentication on 127.0.0.1 and a free port, stopped at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -46,9 +47,40 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
+class PostgresServer:
+    """A running cluster that a test may stop and start again on the same port, as a
+    restart or failover would."""
+
+    def __init__(self, bin_dir: Path, data: Path, root: Path, options: str, port: int) -> None:
+        self.bin_dir, self.data, self.root, self.options = bin_dir, data, root, options
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def start(self) -> None:
+        _run(
+            _as_postgres(
+                [
+                    str(self.bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-o",
+                    self.options,
+                    "-w",
+                    "-l",
+                    str(self.root / "log"),
+                    "start",
+                ]
+            )
+        )
+
+    def stop(self) -> None:
+        _run(
+            _as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"])
+        )
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a SQLAlchemy URL of a running, empty PostgreSQL server."""
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """Yields a running, empty PostgreSQL server."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         _install()
@@ -69,27 +101,22 @@ def postgres_server() -> Iterator[str]:
             )
         )
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on"
-        _run(
-            _as_postgres(
-                [
-                    str(bin_dir / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-o",
-                    options,
-                    "-w",
-                    "-l",
-                    str(root / "log"),
-                    "start",
-                ]
-            )
-        )
+        server = PostgresServer(bin_dir, data, root, options, port)
+        server.start()
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield server
         finally:
-            _run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]))
+            with contextlib.suppress(PostgresUnavailable):  # a test may leave it stopped
+                server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yields a SQLAlchemy URL of a running, empty PostgreSQL server."""
+    with postgres_cluster() as server:
+        yield server.url
 
 
 def _run(command: list[str]) -> None:

@@ -40,9 +40,13 @@ def write_batch(path: Path, samples: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp")
     dtype = np.float16 if samples.nbytes >= HALF_FROM_BYTES else None
-    with open(tmp, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(samples, dtype=dtype), allow_pickle=False)
-    tmp.rename(path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(samples, dtype=dtype), allow_pickle=False)
+        tmp.rename(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        raise
     return path
 
 

@@ -13,13 +13,19 @@ from lifeloop.client.replicas import ServerUrls
 from lifeloop.loop.errors import RolloutError
 from lifeloop.loop.feedback import ROUTER_PARAM
 from lifeloop.loop.policy import RoutingPolicy, policy_path, read_policy, write_policy
+from lifeloop.loop.prediction_log import SpoolSettings, WhenFull
 from lifeloop.loop.rollout import sync_version_policy
 from lifeloop.loop.router import (
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
     SAMPLE_RATE_PARAM,
+    SPOOL_DIR_PARAM,
+    SPOOL_MAX_BYTES_PARAM,
+    SPOOL_WHEN_FULL_PARAM,
     STORE_PARAM,
+    STORE_TIMEOUT_PARAM,
     TOP_K_PARAM,
+    default_spool_dir,
 )
 from lifeloop.loop.store import Event, Store, default_store_url, now
 from lifeloop.repository import config as cfg
@@ -41,6 +47,7 @@ class Installed:
     policy: RoutingPolicy
     store_url: str
     blob_dir: Path
+    spool: SpoolSettings
 
 
 def default_blob_dir(repository: Path) -> Path:
@@ -60,6 +67,10 @@ def install_router(
     top_k: int = 5,
     champion: int | None = None,
     server_url: ServerUrls = None,
+    spool_dir: Path | None = None,
+    store_timeout_ms: int = 250,
+    spool_max_bytes: int = 1 << 30,
+    spool_when_full: str = WhenFull.REFUSE.value,
 ) -> Installed:
     repository = ensure_repository(repository).resolve()
     model_dir = repository / classifier
@@ -80,7 +91,14 @@ def install_router(
         )
     store_url = store_url or default_store_url(repository)
     blob_dir = Path(blob_dir or default_blob_dir(repository)).resolve()
+    spool = SpoolSettings(
+        folder=Path(spool_dir or default_spool_dir(repository, router)).resolve(),
+        timeout_s=store_timeout_ms / 1000,
+        max_bytes=spool_max_bytes,
+        when_full=WhenFull.parse(spool_when_full),
+    )
     blob_dir.mkdir(parents=True, exist_ok=True)
+    spool.folder.mkdir(parents=True, exist_ok=True)
     with Store(store_url) as store:  # fails here on a bad URL
         router_dir = repository / router
         router_dir.mkdir(exist_ok=True)
@@ -131,6 +149,10 @@ def install_router(
                     BLOB_DIR_PARAM: str(blob_dir),
                     SAMPLE_RATE_PARAM: f"{sample_rate:g}",
                     TOP_K_PARAM: str(top_k),
+                    SPOOL_DIR_PARAM: str(spool.folder),
+                    STORE_TIMEOUT_PARAM: str(store_timeout_ms),
+                    SPOOL_MAX_BYTES_PARAM: str(spool.max_bytes),
+                    SPOOL_WHEN_FULL_PARAM: spool.when_full.value,
                 },
             ),
             MODELS_DIR / "router.py",
@@ -148,8 +170,12 @@ def install_router(
                 outputs=(cfg.TensorSpec(name="accepted", data_type=cfg.DataType.BOOL, dims=(1,)),),
                 dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=1000),
                 version_policy=cfg.VersionPolicy(latest=1),
-                parameters={ROUTER_PARAM: router, STORE_PARAM: store_url},
+                parameters={
+                    ROUTER_PARAM: router,
+                    STORE_PARAM: store_url,
+                    SPOOL_DIR_PARAM: str(spool.folder),
+                },
             ),
             MODELS_DIR / "feedback.py",
         )
-    return Installed(router, feedback, policy, store_url, blob_dir)
+    return Installed(router, feedback, policy, store_url, blob_dir, spool)

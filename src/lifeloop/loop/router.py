@@ -5,8 +5,10 @@ champion or, with the canary weight's probability, to the candidate, one BLS cal
 for the whole batch, and in shadow mode also runs the candidate on every input and records
 whether it agrees. Every image gets a request id. Its prediction (version, top-k labels and
 scores, content hash, and the input itself at the sample rate) is committed to the store, one
-transaction per batch, before the batch's responses leave: an id a caller holds is always in
-the store, even if tritonserver is killed right after.
+transaction per batch, or when the store does not answer within a short bound, to a local
+fsynced journal that is drained into the store later (lifeloop.loop.prediction_log), before
+the batch's responses leave: an id a caller holds is never lost, even if tritonserver is
+killed right after. A store outage never fails or stalls inference.
 
 Outputs per image: `logits` (the answering version's), `model_version` and `request_id`."""
 
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,14 @@ import numpy as np
 from lifeloop.client._codec import softmax_top_k
 from lifeloop.loop.blobs import content_hash, new_path, write_batch
 from lifeloop.loop.policy import PolicyWatcher, RoutingPolicy
+from lifeloop.loop.prediction_log import (
+    Counters,
+    LogUnavailable,
+    PredictionLog,
+    SpoolSettings,
+    WhenFull,
+)
+from lifeloop.loop.responses import log, unavailable
 from lifeloop.loop.store import Prediction, Store
 from lifeloop.repository.publish import CLASSIFIER_PARAM, CONFIG_NAME, LABELS_PARAM, read_config
 from lifeloop.serve.ort_runner import parameters
@@ -34,6 +45,17 @@ STORE_PARAM = "lifeloop.store"
 BLOB_DIR_PARAM = "lifeloop.blob_dir"
 SAMPLE_RATE_PARAM = "lifeloop.blob_sample_rate"
 TOP_K_PARAM = "lifeloop.top_k"
+SPOOL_DIR_PARAM = "lifeloop.spool_dir"
+STORE_TIMEOUT_PARAM = "lifeloop.store_timeout_ms"
+SPOOL_MAX_BYTES_PARAM = "lifeloop.spool_max_bytes"
+SPOOL_WHEN_FULL_PARAM = "lifeloop.spool_when_full"
+
+
+def default_spool_dir(repository: Path, router: str) -> Path:
+    """`<parent>/<repository name>.spool/<router>`: beside the repository, like the kept
+    inputs, so it lives on the same (shared, persistent) volume."""
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.spool" / router
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +67,12 @@ class RouterSettings:
     top_k: int
     input_name: str
     output_name: str
+    spool: SpoolSettings
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> RouterSettings:
+    def from_config(cls, config: dict[str, Any], repository: Path) -> RouterSettings:
         params = parameters(config)
+        spool_dir = params.get(SPOOL_DIR_PARAM) or default_spool_dir(repository, config["name"])
         return cls(
             classifier=params[CLASSIFIER_PARAM],
             store_url=params[STORE_PARAM],
@@ -57,6 +81,12 @@ class RouterSettings:
             top_k=int(params.get(TOP_K_PARAM, "5")),
             input_name=config["input"][0]["name"],
             output_name="logits",
+            spool=SpoolSettings(
+                folder=Path(spool_dir),
+                timeout_s=float(params.get(STORE_TIMEOUT_PARAM, "250")) / 1000,
+                max_bytes=int(params.get(SPOOL_MAX_BYTES_PARAM, str(1 << 30))),
+                when_full=WhenFull.parse(params.get(SPOOL_WHEN_FULL_PARAM, WhenFull.REFUSE.value)),
+            ),
         )
 
 
@@ -87,8 +117,6 @@ class Router:
         self.settings = settings
         self.policies = PolicyWatcher(router_dir)
         self.labels = Labels(router_dir.parent / settings.classifier)
-        # Opening the store checks it answers: a bad URL fails the router's load, not traffic.
-        self.store = Store(settings.store_url)
         self.random = random.Random()
         # On Triton's /metrics beside its own, where the python backend supports it.
         self.metrics = (
@@ -96,14 +124,23 @@ class Router:
             if hasattr(pb, "MetricFamily")
             else None
         )
+        # A bad URL fails the router's load; a store that is down does not: the router
+        # loads, spools, and drains once the store answers.
+        self.log = PredictionLog(
+            Store(settings.store_url, connect=False),
+            settings.spool,
+            log=lambda line: log(pb, "warn", line),
+            on_change=None if self.metrics is None else self.metrics.log_counters,
+        )
 
     @classmethod
     def from_args(cls, args: dict[str, str], pb: Any) -> Router:
         config = json.loads(args["model_config"])
-        return cls(pb, Path(args["model_repository"]), RouterSettings.from_config(config))
+        router_dir = Path(args["model_repository"])
+        return cls(pb, router_dir, RouterSettings.from_config(config, router_dir.parent))
 
     def close(self) -> None:
-        self.store.close()
+        self.log.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb, settings = self.pb, self.settings
@@ -185,13 +222,21 @@ class Router:
             ids.append(request_ids)
             offset += n
 
-        try:
-            if kept:
+        if kept:
+            try:
                 write_batch(blob_path, np.stack(kept))
-            self.store.record_predictions(records)
-        except Exception as exc:
-            # Not acknowledged: no caller may hold an id the store does not have.
-            error = pb.TritonError(f"prediction log unavailable, request not served: {exc}")
+            except OSError as exc:
+                # Kept inputs serve retraining only: a full or failing disk costs this batch's
+                # inputs, never its answers.
+                records = [replace(r, blob=None, blob_row=None) for r in records]
+                if self.metrics is not None:
+                    self.metrics.kept_input_failed(len(kept))
+                log(pb, "warn", f"lifeloop: kept inputs not written to {blob_path}: {exc}")
+        try:
+            self.log.record(records)
+        except LogUnavailable as exc:
+            # Not acknowledged: no caller may hold an id that is neither stored nor spooled.
+            error = unavailable(pb, str(exc))
             return [pb.InferenceResponse(error=error) for _ in requests]
         if self.metrics is not None:
             self.metrics.record(records)
@@ -271,7 +316,46 @@ class RouterMetrics:
             description="Shadow comparisons where the candidate's top-1 matched the champion's",
             kind=counter,
         )
+        self.logged = pb.MetricFamily(
+            name="lifeloop_log_records_total",
+            description="Predictions the router logged, by outcome: stored, spooled (to the "
+            "local journal while the store was slow or down), dropped or refused (journal full)",
+            kind=counter,
+        )
+        self.drained = pb.MetricFamily(
+            name="lifeloop_spool_drained_records_total",
+            description="Spooled predictions drained into the store",
+            kind=counter,
+        )
+        self.spooled_now = pb.MetricFamily(
+            name="lifeloop_spooled_records",
+            description="Predictions waiting in the router's spool for the store",
+            kind=pb.MetricFamily.GAUGE,
+        )
+        self.kept_failed = pb.MetricFamily(
+            name="lifeloop_kept_input_failures_total",
+            description="Inputs the router could not keep for retraining (disk full or failing)",
+            kind=counter,
+        )
         self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
+        self._published = Counters()
+        self._lock = threading.Lock()  # the log's worker thread publishes too
+
+    def log_counters(self, counters: Counters) -> None:
+        """Publish what the prediction log counted since the last call."""
+        with self._lock:
+            last = self._published
+            for outcome in ("stored", "spooled", "dropped", "refused"):
+                grew = getattr(counters, outcome) - getattr(last, outcome)
+                if grew:
+                    self._metric(self.logged, outcome=outcome).increment(grew)
+            if counters.drained - last.drained:
+                self._metric(self.drained).increment(counters.drained - last.drained)
+            self._metric(self.spooled_now).set(counters.pending)
+            self._published = replace(counters)
+
+    def kept_input_failed(self, n: int) -> None:
+        self._metric(self.kept_failed).increment(n)
 
     def record(self, records: list[Prediction]) -> None:
         routed = Counter((r.version, r.route) for r in records)

@@ -109,6 +109,17 @@ class Prediction:
     shadow_label: str | None = None
     created_at: datetime = field(default_factory=now)
 
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values: what the spool journal keeps."""
+        data = dict(self.__dict__)
+        data["labels"], data["scores"] = list(self.labels), [float(x) for x in self.scores]
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Prediction:
+        return cls(**{**data, "created_at": datetime.fromisoformat(data["created_at"])})
+
     def row(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
@@ -171,20 +182,29 @@ class ArmScore:
 
 class Store:
     """One SQLAlchemy engine over the loop's tables. Opening checks that the database answers
-    and creates missing tables, so a bad URL fails at start-up, never under traffic."""
+    and creates missing tables, so a bad URL fails at start-up, never under traffic.
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    With `connect=False` (the models inside Triton, which must load while the database is
+    down) only the URL is checked; the tables are made by the first write that reaches it."""
+
+    def __init__(self, url: str, *, create: bool = True, connect: bool = True) -> None:
         self.url = url
+        self._create = create
         try:
             self.engine: Engine = _engine(url)
-            with self.engine.begin() as connection:
-                if create:
-                    metadata.create_all(connection)
+            if connect:
+                self._ensure_tables()
         except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
             raise StoreError(
                 f"cannot open the store at {_safe(url)} ({_first_line(exc)}); fix --store, "
                 "or start the database"
             ) from exc
+
+    def _ensure_tables(self) -> None:
+        if self._create:
+            with self.engine.begin() as connection:
+                metadata.create_all(connection)
+            self._create = False
 
     @classmethod
     def for_repository(cls, repository: Path, url: str | None = None) -> Store:
@@ -201,10 +221,14 @@ class Store:
 
     # --- predictions --------------------------------------------------------------------
 
-    def record_predictions(self, batch: Sequence[Prediction]) -> None:
-        """All of `batch` in one transaction; returns once it is committed."""
-        if batch:
-            self._write(lambda c: c.execute(predictions.insert(), [p.row() for p in batch]))
+    def record_predictions(self, batch: Sequence[Prediction], *, replay: bool = False) -> None:
+        """All of `batch` in one transaction; returns once it is committed. With `replay`,
+        ids already stored are skipped: a spooled batch may have reached the store already
+        (a write that outlived its wait), or be drained twice after a crash."""
+        if not batch:
+            return
+        insert = _insert_ignoring_duplicates(self.engine) if replay else predictions.insert()
+        self._write(lambda c: c.execute(insert, [p.row() for p in batch]))
 
     def prediction(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
@@ -382,6 +406,7 @@ class Store:
 
     def _write(self, fn: Any) -> None:
         try:
+            self._ensure_tables()
             with self.engine.begin() as connection:
                 fn(connection)
         except FeedbackError:
@@ -390,6 +415,18 @@ class Store:
             raise StoreError(
                 f"write to the store at {_safe(self.url)} failed: {_first_line(exc)}"
             ) from exc
+
+
+def _insert_ignoring_duplicates(engine: Engine) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(predictions).on_conflict_do_nothing(index_elements=["request_id"])
+    if engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(predictions).on_conflict_do_nothing(index_elements=["request_id"])
+    raise StoreError(f"the store has no idempotent insert for {engine.dialect.name}")
 
 
 def _engine(url: str) -> Engine:
@@ -423,7 +460,18 @@ def _engine(url: str) -> Engine:
 
 
 def _connect_timeout(url: sa.engine.URL) -> dict[str, Any]:
-    return {"connect_timeout": 5} if url.get_backend_name() == "postgresql" else {}
+    """libpq's bounds: a connect gives up after 5 s, and a connection whose server stops
+    answering (a failover, a cut network) errors within about 10 s instead of hanging."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    return {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+    }
 
 
 def _safe(url: str) -> str:
