@@ -7,6 +7,7 @@ number. Triton therefore never sees a half-written version, in POLL or EXPLICIT 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -120,11 +121,18 @@ def publish(
         if version is not None and version < 1:
             raise RepositoryError(f"version must be >= 1, got {version}")
         number = version if version is not None else (max(existing, default=0) + 1)
+        needed = sum(Path(source).stat().st_size for source in files.values()) + SLACK_BYTES
+        check_free_space(model_dir, needed, f"publishing {config.name} v{number}")
         current = read_config(model_dir)
         updated = _merge_config(current or config, draft, model_dir)
-        write_label_files(model_dir, updated)
-        if updated != current:
-            _write_config(model_dir, updated)
+        try:  # each replaced whole or not at all
+            write_label_files(model_dir, updated)
+            if updated != current:
+                _write_config(model_dir, updated)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(model_dir, needed, f"publishing {config.name} v{number}") from exc
+            raise
         staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
             staging.mkdir()
@@ -143,6 +151,11 @@ def publish(
             _fsync_dir(staging)
             os.rename(staging, model_dir / str(number))
             _fsync_dir(model_dir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(model_dir, needed, f"publishing {config.name} v{number}") from exc
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -333,6 +346,28 @@ def replace_file(path: Path, content: str | bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# Room for the manifest, the config and the label files beside the version's own files.
+SLACK_BYTES = 1 << 20
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse before writing anything when `folder`'s filesystem has less than `needed`."""
+    if shutil.disk_usage(folder).free < needed:
+        raise _no_space(folder, needed, what)
+
+
+def _no_space(folder: Path, needed: int, what: str) -> RepositoryError:
+    free = shutil.disk_usage(folder).free
+    return RepositoryError(
+        f"{what} needs {_mib(needed)} in {folder}, and its filesystem has {_mib(free)} free; "
+        "nothing was written: free space there, or publish to another repository"
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _remove_stale_staging(model_dir: Path) -> None:
