@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -41,12 +42,17 @@ class Runtime:
     def env(self, base: dict[str, str] | None = None, python: Path | None = None) -> dict[str, str]:
         """The server's environment. The stub embeds Python with an isolated config: it ignores
         PYTHONPATH and finds site-packages through the first `python3` on PATH, so the bin/ of
-        `python` (default: this venv's) goes first."""
+        `python` (default: this venv's) goes first. And it embeds whichever
+        libpython<major.minor>.so.1.0 the dynamic loader finds first: the interpreter's own
+        goes first, where it has one, so that the runtime matches its standard library (a
+        distribution's 3.11.2 under pyenv's 3.11.7 stdlib fails to import `ssl`, and with it
+        psycopg)."""
         env = dict(os.environ if base is None else base)
         bin_dir = Path(python or sys.executable).parent
         env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+        own = libpython_dir(python)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(self.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p
+            p for p in (str(self.lib_dir), str(own or ""), env.get("LD_LIBRARY_PATH", "")) if p
         )
         return env
 
@@ -116,6 +122,32 @@ def _build(root: Path, server: Path) -> None:
     shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
     (tmp / ".complete").write_text("ok\n")
     os.rename(tmp, root)
+
+
+def libpython_dir(python: Path | None = None) -> Path | None:
+    """The folder of `python`'s own shared libpython (default: this interpreter's), or None
+    for a statically linked Python."""
+    if python is None or Path(python).resolve() == Path(sys.executable).resolve():
+        libdir, name = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+    else:
+        try:
+            done = subprocess.run(
+                [
+                    str(python),
+                    "-c",
+                    "import sysconfig as s; print(s.get_config_var('LIBDIR'));"
+                    "print(s.get_config_var('LDLIBRARY'))",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            libdir, name = done.stdout.split()[:2]
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return None
+    if not libdir or not name or not str(name).endswith(".so"):
+        return None
+    return Path(libdir) if (Path(libdir) / f"{name}.1.0").exists() else None
 
 
 def check_stub_libraries(runtime: Runtime) -> None:
