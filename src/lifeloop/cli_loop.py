@@ -476,3 +476,64 @@ def _print_soak(result) -> None:  # type: ignore[no-untyped-def]
     console.print(table)
     for note in result.notes:
         console.print(note)
+
+
+store_app = typer.Typer(help="Retention and privacy of what the loop keeps.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("purge")
+@_errors
+def store_purge(
+    older_than: Annotated[
+        str, typer.Option(help="Age past which things go: 30d, 12h, 90m or 3600s.")
+    ],
+    repository: Repository = Path("model_repository"),
+    store: StoreUrl = None,
+    keep_labelled: Annotated[
+        bool, typer.Option(help="Keep predictions that have feedback, whatever their age.")
+    ] = False,
+    include_trained: Annotated[
+        bool,
+        typer.Option(help="Also remove inputs a published version was trained on."),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Rows per transaction.")] = 500,
+) -> None:
+    """Delete predictions, their feedback and kept inputs older than the window, and the
+    archived checkpoints of versions nothing loads; in short transactions, beside traffic."""
+    from lifeloop.export.pipeline import archive_dir
+    from lifeloop.loop import Store
+    from lifeloop.loop.retention import blob_dirs, loaded_versions, parse_age, purge
+
+    age = parse_age(older_than)
+    repository = Path(repository)
+    with Store.for_repository(repository, store) as opened:
+        result = purge(
+            opened,
+            older_than=age,
+            blob_dirs=blob_dirs(repository),
+            checkpoint_dir=archive_dir(repository),
+            loaded=loaded_versions(repository),
+            keep_labelled=keep_labelled,
+            include_trained=include_trained,
+            batch_size=batch_size,
+        )
+    console.print(f"purged what was older than {result.before.isoformat(timespec='seconds')}:")
+    console.print(f"  {result.predictions} predictions and {result.feedback} labels")
+    console.print(
+        f"  {result.kept_inputs} kept-input files ({result.kept_input_bytes / 2**20:.1f} MiB)"
+    )
+    console.print(f"  {len(result.checkpoints)} archived checkpoints")
+    console.print(
+        f"kept: {result.protected_trained} old predictions a version was trained on, "
+        f"{result.protected_labelled} labelled ones"
+    )
+
+
+@store_app.command("new-key")
+def store_new_key() -> None:
+    """Print a new key for encrypting kept inputs: set it as LIFELOOP_KEPT_INPUT_KEY where
+    tritonserver and retraining run."""
+    from cryptography.fernet import Fernet
+
+    typer.echo(Fernet.generate_key().decode())

@@ -58,7 +58,13 @@ def repo(tmp_path: Path, v1: TrainResult) -> Path:
 
 
 def send_feedback(
-    repository: Path, digits: ImageFolder, samples: list[Sample], v1: TrainResult, *, shuffle=False
+    repository: Path,
+    digits: ImageFolder,
+    samples: list[Sample],
+    v1: TrainResult,
+    *,
+    shuffle=False,
+    fernet=None,
 ) -> list[str]:
     """What the router and the feedback model write for served images: a prediction with its
     input kept as a blob, then the true (or, with shuffle, a random) label."""
@@ -66,7 +72,8 @@ def send_feedback(
     names = [digits.labels[i] for i in y]
     if shuffle:
         names = list(np.random.default_rng(3).permutation(names))
-    kept = blobs.write_batch(blobs.new_path(default_blob_dir(repository)), x)
+    path = blobs.new_path(default_blob_dir(repository), encrypted=fernet is not None)
+    kept = blobs.write_batch(path, x, fernet=fernet)
     records = [
         Prediction(
             request_id=f"r{i:05d}",
@@ -164,3 +171,38 @@ def test_torchrun_retrain_on_two_processes_matches_one_process(
         for r in (single, ddp)
     ]
     assert np.mean(answers[0] == answers[1]) >= 0.97
+
+
+def test_encrypted_kept_inputs_round_trip_and_a_wrong_key_fails_in_one_line(
+    repo, digits, splits, v1, eval_dir, monkeypatch
+):
+    from cryptography.fernet import Fernet
+    from typer.testing import CliRunner
+
+    from lifeloop.cli import app
+
+    key = Fernet.generate_key().decode()
+    send_feedback(repo, digits, splits[0][::2], v1, fernet=blobs.cipher(key))
+    (kept,) = list(default_blob_dir(repo).rglob("*.npy.fernet"))
+    with pytest.raises(ValueError):  # ciphertext at rest, not an array
+        np.load(kept, allow_pickle=False)
+    runner = CliRunner()
+    command = ["retrain", "--repository", str(repo), "--model", "digits"]
+    command += ["--eval-dir", str(eval_dir)]
+    for env, says in (
+        (None, "is encrypted; set LIFELOOP_KEPT_INPUT_KEY to the router's key"),
+        (Fernet.generate_key().decode(), "does not decrypt with LIFELOOP_KEPT_INPUT_KEY"),
+        ("not-a-key", "LIFELOOP_KEPT_INPUT_KEY is not a Fernet key"),
+    ):
+        if env is None:
+            monkeypatch.delenv(blobs.KEY_ENV, raising=False)
+        else:
+            monkeypatch.setenv(blobs.KEY_ENV, env)
+        result = runner.invoke(app, command)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and says in lines[0], result.output
+    assert version_numbers(repo / "digits") == [1]
+    monkeypatch.setenv(blobs.KEY_ENV, key)
+    with Store.for_repository(repo) as store:
+        report = retrain(repo, "digits", store, eval_dir=eval_dir, progress=False)
+    assert report.version == 2 and report.new_classes == ("8", "9")

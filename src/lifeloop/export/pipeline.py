@@ -227,11 +227,16 @@ def _require(precision: PrecisionData | None) -> PrecisionData:
     return precision
 
 
+def archive_dir(repository: Path) -> Path:
+    """`<parent>/<repository name>.checkpoints`: beside the repository, like the store."""
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.checkpoints"
+
+
 def archived_checkpoint(repository: Path, model: str, version: int) -> Path:
     """Where the checkpoint a version was exported from is kept:
-    `<parent>/<repository name>.checkpoints/<model>/<version>.pt`."""
-    repository = Path(repository).resolve()
-    return repository.parent / f"{repository.name}.checkpoints" / model / f"{version}.pt"
+    `<archive_dir>/<model>/<version>.pt`."""
+    return archive_dir(repository) / model / f"{version}.pt"
 
 
 def publish_onnx(

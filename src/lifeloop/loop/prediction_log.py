@@ -3,8 +3,12 @@ journal before its answers leave, and `record` never waits on the store for long
 short bound, whatever the store does.
 
 Why the bound: the python backend answers `execute` over shared memory, and a batch that
-blocks on a store lock stalls every request queued behind it; near the stub's timeout
-tritonserver was seen to crash. So one worker thread owns the store. `record` hands it the
+blocks on a store lock stalls every request queued behind it. A router held ~30 s in SQLite's
+busy wait was seen to crash tritonserver (SIGSEGV, boost lock_exception in libtriton_python);
+`stub-timeout-seconds` turned out not to be the cause (a model sleeping 36 s in execute ran
+clean with it at 5, 30 and 60 s), and the same trace is reported under concurrent load with
+large payloads (server#8882). Whatever the trigger, a bounded execute never sits in it. So
+one worker thread owns the store. `record` hands it the
 batch and waits `timeout_s`; if the store has not committed by then (locked, restarting,
 unreachable, full), the batch goes to the journal instead and is answered. From then on
 batches go straight to the journal while the worker drains it into the store, in order and

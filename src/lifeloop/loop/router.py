@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lifeloop.client._codec import softmax_top_k
-from lifeloop.loop.blobs import content_hash, new_path, write_batch
+from lifeloop.loop.blobs import cipher, content_hash, new_path, write_batch
 from lifeloop.loop.policy import PolicyWatcher, RoutingPolicy
 from lifeloop.loop.prediction_log import (
     Counters,
@@ -118,6 +118,7 @@ class Router:
         self.policies = PolicyWatcher(router_dir)
         self.labels = Labels(router_dir.parent / settings.classifier)
         self.random = random.Random()
+        self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
         # On Triton's /metrics beside its own, where the python backend supports it.
         self.metrics = (
             RouterMetrics(pb, router_dir.name, settings.classifier)
@@ -182,7 +183,7 @@ class Router:
         records: list[Prediction] = []
         ids: list[list[str] | None] = []
         kept: list[np.ndarray] = []  # the batch's sampled inputs, one file at blob_path
-        blob_path = new_path(settings.blob_dir)
+        blob_path = new_path(settings.blob_dir, encrypted=self.fernet is not None)
         offset = 0
         for i, answer in enumerate(answers):
             n = len(arrays[i])
@@ -224,7 +225,11 @@ class Router:
 
         if kept:
             try:
-                write_batch(blob_path, np.stack(kept))
+                written = write_batch(blob_path, np.stack(kept), fernet=self.fernet)
+                if written != blob_path:
+                    records = [
+                        r if r.blob is None else replace(r, blob=str(written)) for r in records
+                    ]
             except OSError as exc:
                 # Kept inputs serve retraining only: a full or failing disk costs this batch's
                 # inputs, never its answers.

@@ -41,6 +41,9 @@ predictions = sa.Table(
     sa.Column("shadow_agree", sa.Boolean),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_predictions_model_version", "model", "version"),
+    # retention: `store purge` walks predictions by age and asks which files are still used
+    sa.Index("ix_predictions_created_at", "created_at"),
+    sa.Index("ix_predictions_blob", "blob"),
 )
 
 feedback = sa.Table(
@@ -204,6 +207,8 @@ class Store:
         if self._create:
             with self.engine.begin() as connection:
                 metadata.create_all(connection)
+                for index in predictions.indexes:  # stores made before an index was added
+                    index.create(connection, checkfirst=True)
             self._create = False
 
     @classmethod
