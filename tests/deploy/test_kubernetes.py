@@ -190,6 +190,17 @@ def test_the_pieces_refer_to_each_other(rendered) -> None:
     assert gpus == ("1" if overlay == "gpu" else None)
 
 
+def test_retention_runs_nightly_on_the_shared_volume(rendered) -> None:
+    _, docs = rendered
+    purge = find(docs, "CronJob", "lifeloop-purge")
+    (container,) = purge["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["store", "purge"]
+    assert "--older-than=$(LIFELOOP_RETENTION)" in container["args"]
+    assert "--repository=/var/lib/lifeloop/model_repository" in container["args"]
+    assert find(docs, "ConfigMap", "lifeloop")["data"]["LIFELOOP_RETENTION"] == "30d"
+    assert purge["spec"]["concurrencyPolicy"] == "Forbid"
+
+
 def test_every_image_is_pinned(rendered) -> None:
     _, docs = rendered
     images = {c["image"] for c in containers(docs)}
@@ -229,3 +240,41 @@ def test_a_kustomization_naming_a_missing_file_does_not_render(tmp_path: Path) -
     (copy / "base" / "triton-pdb.yaml").unlink()
     with pytest.raises(RenderError, match="triton-pdb.yaml"):
         render(copy / "overlays" / "gpu")
+
+
+def test_the_business_hours_floor_raises_and_lowers_the_hpa_it_may_patch() -> None:
+    docs = render(K8S / "overlays" / "cpu-business-hours")
+    for version in KUBERNETES_VERSIONS:
+        assert schema_errors(docs, version) == [], version
+    hpa = find(docs, "HorizontalPodAutoscaler", "lifeloop-triton")["spec"]
+    floors = {}
+    for name in ("lifeloop-replica-floor-peak", "lifeloop-replica-floor-off-peak"):
+        job = find(docs, "CronJob", name)["spec"]
+        assert len(job["schedule"].split()) == 5 and job["timeZone"]
+        pod = job["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "lifeloop-replica-floor"
+        (container,) = pod["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        floors[name] = int(env["FLOOR"])
+        script = container["args"][0]
+        assert "kubectl patch hpa lifeloop-triton" in script and "minReplicas" in script
+    # Off-peak goes back to the HPA's own floor; the peak floor fits under its ceiling.
+    assert floors["lifeloop-replica-floor-off-peak"] == hpa["minReplicas"]
+    assert hpa["minReplicas"] < floors["lifeloop-replica-floor-peak"] <= hpa["maxReplicas"]
+    # The jobs may get and patch that one HPA, nothing else.
+    (rule,) = find(docs, "Role", "lifeloop-replica-floor")["rules"]
+    assert rule == {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "resourceNames": ["lifeloop-triton"],
+        "verbs": ["get", "patch"],
+    }
+    binding = find(docs, "RoleBinding", "lifeloop-replica-floor")
+    assert binding["roleRef"]["name"] == "lifeloop-replica-floor"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "lifeloop-replica-floor", "namespace": "lifeloop"}
+    ]
+    find(docs, "ServiceAccount", "lifeloop-replica-floor")
+    assert {d["metadata"].get("namespace") for d in docs} == {"lifeloop"}
+    images = {c["image"] for c in containers(docs)}
+    assert "bitnami/kubectl:1.31.4" in images
