@@ -89,7 +89,91 @@ def test_the_autoscalers_adapter_query_passes_promtool(tmp_path: Path) -> None:
 def test_prometheus_rules_pass_promtool() -> None:
     rules = check("rules", str(PROMETHEUS / "rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 8 rules found" in rules.stdout
+    assert "SUCCESS: 12 rules found" in rules.stdout
+
+
+def test_the_spool_alerts_fire_while_predictions_wait_and_when_they_are_dropped(
+    tmp_path: Path,
+) -> None:
+    """promtool's rule unit tests on synthetic series: an outage that spools for 5 minutes
+    fires LifeloopPredictionsSpooled after its 2 minutes, and stops once drained; a full
+    spool that drops fires LifeloopPredictionsNotLogged at once."""
+    tests = {
+        "rule_files": [str(PROMETHEUS / "rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": 'lifeloop_spooled_records{model="digits",instance="a"}',
+                        "values": "0 0 120 480 900 1300 1700 0 0 0 0 0",
+                    },
+                    {
+                        "series": 'lifeloop_log_records_total{model="digits",outcome="dropped"}',
+                        "values": "0 0 0 0 0 0 50 100 150 200 250 300",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "3m",
+                        "alertname": "LifeloopPredictionsSpooled",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "5m",
+                        "alertname": "LifeloopPredictionsSpooled",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "model": "digits",
+                                    "instance": "a",
+                                },
+                                "exp_annotations": {
+                                    "summary": "1300 predictions of digits wait in the "
+                                    "router's spool on a: the store is slow or down "
+                                    "(inference goes on)"
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "9m",
+                        "alertname": "LifeloopPredictionsSpooled",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "9m",
+                        "alertname": "LifeloopPredictionsNotLogged",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "model": "digits",
+                                    "outcome": "dropped",
+                                },
+                                "exp_annotations": {
+                                    "summary": "digits: predictions dropped because the "
+                                    "router's spool is full or its disk refuses writes"
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "spool-alerts.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # And the test itself can fail: the same series with the alert expected too early.
+    tests["tests"][0]["alert_rule_test"][0]["eval_time"] = "5m"
+    tests["tests"][0]["alert_rule_test"][0]["exp_alerts"] = []
+    path.write_text(yaml.safe_dump(tests))
+    done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode != 0
 
 
 def test_a_broken_rule_file_fails_promtool(tmp_path: Path) -> None:

@@ -345,6 +345,13 @@ class RouterMetrics:
         self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
         self._published = Counters()
         self._lock = threading.Lock()  # the log's worker thread publishes too
+        # Every series from the start, at 0: an alert on "spooled > 0" or a rate of drops
+        # needs the series to exist before the first outage.
+        for outcome in ("stored", "spooled", "dropped", "refused"):
+            self._metric(self.logged, outcome=outcome)
+        self._metric(self.drained)
+        self._metric(self.spooled_now).set(0)
+        self._metric(self.kept_failed)
 
     def log_counters(self, counters: Counters) -> None:
         """Publish what the prediction log counted since the last call."""
