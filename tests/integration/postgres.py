@@ -119,6 +119,21 @@ def postgres_server() -> Iterator[str]:
         yield server.url
 
 
+@contextmanager
+def cluster_or_skip() -> Iterator[PostgresServer]:
+    """postgres_cluster() for a fixture: where the server cannot start, the test skips with
+    the reason, except in CI, where that is a failure."""
+    import pytest
+
+    try:
+        with postgres_cluster() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+
+
 def _run(command: list[str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,37 +17,13 @@ from typer.testing import CliRunner
 from lifeloop.cli import app
 from lifeloop.loop import Store, StoreError, blobs, install_router
 from lifeloop.loop.retention import parse_age, purge
-from lifeloop.loop.store import Prediction, metadata, now
+from lifeloop.loop.store import Prediction, now
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
-from tests.integration.postgres import PostgresUnavailable, postgres_server
 
 DAY = 86400
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    with Store(url) as opened:
-        yield opened
-        if request.param == "postgresql":
-            metadata.drop_all(opened.engine)
 
 
 def served(store: Store, blob_dir: Path, n: int, *, age_days: float) -> list[Prediction]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,32 +12,6 @@ import sqlalchemy as sa
 
 from lifeloop.loop import FeedbackError, Store, StoreError
 from lifeloop.loop.store import Event, Prediction, now
-from tests.integration.postgres import PostgresUnavailable, postgres_server
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    with Store(url) as opened:
-        yield opened
-        if request.param == "postgresql":  # one server for the module: leave it empty
-            from lifeloop.loop.store import metadata
-
-            metadata.drop_all(opened.engine)
 
 
 def predictions(n: int, *, version: int = 1, route: str = "champion") -> list[Prediction]:

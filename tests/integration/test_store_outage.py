@@ -27,7 +27,7 @@ from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
-from tests.integration.postgres import PostgresServer, PostgresUnavailable, postgres_cluster
+from tests.integration.postgres import PostgresServer, cluster_or_skip
 
 
 @dataclass
@@ -255,13 +255,8 @@ def test_sqlite_locked_for_10_and_60_s_fails_no_request(tmp_path, trained, held_
 
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
-    try:
-        with postgres_cluster() as server:
-            yield server
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+    with cluster_or_skip() as server:
+        yield server
 
 
 @pytest.mark.slow

@@ -304,43 +304,38 @@ class RouterMetrics:
     candidate. Counted after the prediction log commits, so they count acknowledged work."""
 
     def __init__(self, pb: Any, router: str, model: str) -> None:
-        counter = pb.MetricFamily.COUNTER
+        def family(name: str, description: str, kind: Any = pb.MetricFamily.COUNTER) -> Any:
+            return pb.MetricFamily(name=name, description=description, kind=kind)
+
         self.labels = {"router": router, "model": model}
-        self.routed = pb.MetricFamily(
-            name="lifeloop_routed_images_total",
-            description="Images a lifeloop router answered, by answering version and route",
-            kind=counter,
+        self.routed = family(
+            "lifeloop_routed_images_total",
+            "Images a lifeloop router answered, by answering version and route",
         )
-        self.compared = pb.MetricFamily(
-            name="lifeloop_shadow_compared_total",
-            description="Champion answers a shadowing candidate also answered",
-            kind=counter,
+        self.compared = family(
+            "lifeloop_shadow_compared_total",
+            "Champion answers a shadowing candidate also answered",
         )
-        self.agreed = pb.MetricFamily(
-            name="lifeloop_shadow_agreed_total",
-            description="Shadow comparisons where the candidate's top-1 matched the champion's",
-            kind=counter,
+        self.agreed = family(
+            "lifeloop_shadow_agreed_total",
+            "Shadow comparisons where the candidate's top-1 matched the champion's",
         )
-        self.logged = pb.MetricFamily(
-            name="lifeloop_log_records_total",
-            description="Predictions the router logged, by outcome: stored, spooled (to the "
-            "local journal while the store was slow or down), dropped or refused (journal full)",
-            kind=counter,
+        self.logged = family(
+            "lifeloop_log_records_total",
+            "Predictions the router logged, by outcome: stored, spooled (to the local journal "
+            "while the store was slow or down), dropped or refused (journal full)",
         )
-        self.drained = pb.MetricFamily(
-            name="lifeloop_spool_drained_records_total",
-            description="Spooled predictions drained into the store",
-            kind=counter,
+        self.drained = family(
+            "lifeloop_spool_drained_records_total", "Spooled predictions drained into the store"
         )
-        self.spooled_now = pb.MetricFamily(
-            name="lifeloop_spooled_records",
-            description="Predictions waiting in the router's spool for the store",
-            kind=pb.MetricFamily.GAUGE,
+        self.spooled_now = family(
+            "lifeloop_spooled_records",
+            "Predictions waiting in the router's spool for the store",
+            pb.MetricFamily.GAUGE,
         )
-        self.kept_failed = pb.MetricFamily(
-            name="lifeloop_kept_input_failures_total",
-            description="Inputs the router could not keep for retraining (disk full or failing)",
-            kind=counter,
+        self.kept_failed = family(
+            "lifeloop_kept_input_failures_total",
+            "Inputs the router could not keep for retraining (disk full or failing)",
         )
         self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
         self._published = Counters()
