@@ -241,6 +241,11 @@ def test_canary_with_permuted_labels_is_withdrawn(loop_server, loop_repo, store,
             assert time.monotonic() < deadline, "the bad canary was never withdrawn"
             answers = client.classify(x[:64])
             client.feedback([a.request_id for a in answers], [names[i] for i in y[:64]])
+    # The check runs on the feedback model's own thread, which writes the policy, then the
+    # history: the event follows the policy by a moment.
+    while store.history("digits")[-1].action != "auto-rollback":
+        assert time.monotonic() < deadline + 10, store.history("digits")[-1]
+        time.sleep(0.05)
     event = store.history("digits")[-1]
     assert event.action == "auto-rollback" and event.candidate is None
     assert "canary v3 error rate" in event.reason

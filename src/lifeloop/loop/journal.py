@@ -70,10 +70,9 @@ class Journal:
     def create(cls, root: Path, owner: str, **limits: int) -> Journal:
         """A new, empty journal `<root>/<owner>-<random>/`, locked before it gets its name so
         that no other process can take it for an orphan."""
-        if limits.get("max_bytes", 1) <= HEADER.size:
-            raise StoreError(
-                f"the journal's size limit must be positive, got {limits['max_bytes']} bytes"
-            )
+        max_bytes = limits.get("max_bytes", 1 << 30)
+        if max_bytes <= HEADER.size:
+            raise StoreError(f"the journal's size limit must be positive, got {max_bytes} bytes")
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         name = f"{owner}-{uuid.uuid4().hex[:8]}"
