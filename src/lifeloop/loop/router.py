@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -303,6 +304,8 @@ class RouterMetrics:
     images answered per version and route, and shadow comparisons and agreements per
     candidate. Counted after the prediction log commits, so they count acknowledged work."""
 
+    flush_s = 0.5
+
     def __init__(self, pb: Any, router: str, model: str) -> None:
         def family(name: str, description: str, kind: Any = pb.MetricFamily.COUNTER) -> Any:
             return pb.MetricFamily(name=name, description=description, kind=kind)
@@ -339,6 +342,7 @@ class RouterMetrics:
         )
         self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
         self._published = Counters()
+        self._published_at = 0.0
         self._lock = threading.Lock()  # the log's worker thread publishes too
         # Every series from the start, at 0: an alert on "spooled > 0" or a rate of drops
         # needs the series to exist before the first outage.
@@ -349,17 +353,28 @@ class RouterMetrics:
         self._metric(self.kept_failed)
 
     def log_counters(self, counters: Counters) -> None:
-        """Publish what the prediction log counted since the last call."""
+        """Publish what the prediction log counted since the last call. Each metric call is
+        a round trip to tritonserver, so in steady state (only `stored` grew) the counter
+        is flushed at most every `flush_s`; anything else is published at once."""
         with self._lock:
             last = self._published
+            steady = all(
+                getattr(counters, f) == getattr(last, f)
+                for f in ("spooled", "dropped", "refused", "drained", "pending")
+            )
+            at = time.monotonic()
+            if steady and at - self._published_at < self.flush_s:
+                return
             for outcome in ("stored", "spooled", "dropped", "refused"):
                 grew = getattr(counters, outcome) - getattr(last, outcome)
                 if grew:
                     self._metric(self.logged, outcome=outcome).increment(grew)
             if counters.drained - last.drained:
                 self._metric(self.drained).increment(counters.drained - last.drained)
-            self._metric(self.spooled_now).set(counters.pending)
+            if counters.pending != last.pending:
+                self._metric(self.spooled_now).set(counters.pending)
             self._published = replace(counters)
+            self._published_at = at
 
     def kept_input_failed(self, n: int) -> None:
         self._metric(self.kept_failed).increment(n)
