@@ -357,24 +357,25 @@ class RouterMetrics:
         a round trip to tritonserver, so in steady state (only `stored` grew) the counter
         is flushed at most every `flush_s`; anything else is published at once."""
         with self._lock:
-            last = self._published
+            # One snapshot for the deltas and for what is remembered as published: the other
+            # thread may count more meanwhile, and that must go out next time, not be lost.
+            now, last = replace(counters), self._published
             steady = all(
-                getattr(counters, f) == getattr(last, f)
+                getattr(now, f) == getattr(last, f)
                 for f in ("spooled", "dropped", "refused", "drained", "pending")
             )
             at = time.monotonic()
             if steady and at - self._published_at < self.flush_s:
                 return
             for outcome in ("stored", "spooled", "dropped", "refused"):
-                grew = getattr(counters, outcome) - getattr(last, outcome)
+                grew = getattr(now, outcome) - getattr(last, outcome)
                 if grew:
                     self._metric(self.logged, outcome=outcome).increment(grew)
-            if counters.drained - last.drained:
-                self._metric(self.drained).increment(counters.drained - last.drained)
-            if counters.pending != last.pending:
-                self._metric(self.spooled_now).set(counters.pending)
-            self._published = replace(counters)
-            self._published_at = at
+            if now.drained - last.drained:
+                self._metric(self.drained).increment(now.drained - last.drained)
+            if now.pending != last.pending:
+                self._metric(self.spooled_now).set(now.pending)
+            self._published, self._published_at = now, at
 
     def kept_input_failed(self, n: int) -> None:
         self._metric(self.kept_failed).increment(n)
