@@ -226,11 +226,7 @@ class Router:
 
         if kept:
             try:
-                written = write_batch(blob_path, np.stack(kept), fernet=self.fernet)
-                if written != blob_path:
-                    records = [
-                        r if r.blob is None else replace(r, blob=str(written)) for r in records
-                    ]
+                write_batch(blob_path, np.stack(kept), fernet=self.fernet)
             except OSError as exc:
                 # Kept inputs serve retraining only: a full or failing disk costs this batch's
                 # inputs, never its answers.
