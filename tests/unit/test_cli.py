@@ -132,3 +132,25 @@ def test_serve_names_a_missing_repository(tmp_path: Path) -> None:
 def test_classify_against_no_server_fails_in_one_line(digits) -> None:
     line = one_line_error(invoke("classify", "--url", "127.0.0.1:1", digits.samples[0].path))
     assert "cannot reach Triton at 127.0.0.1:1" in line
+
+
+def test_store_new_key_prints_a_fernet_key_that_encrypts_kept_inputs(tmp_path: Path) -> None:
+    import numpy as np
+
+    from lifeloop.loop import blobs
+
+    result = invoke("store", "new-key")
+    assert result.exit_code == 0, result.output
+    key = result.output.strip()
+    fernet = blobs.cipher(key)
+    path = blobs.write_batch(
+        blobs.new_path(tmp_path, encrypted=True), np.ones((2, 3)), fernet=fernet
+    )
+    assert path.name.endswith(".npy.fernet")
+    assert blobs.load(str(path), 1, fernet=fernet).tolist() == [1.0, 1.0, 1.0]
+    assert invoke("store", "new-key").output.strip() != key  # a new one each time
+
+
+def test_store_purge_refuses_a_window_without_a_unit(tmp_path: Path) -> None:
+    line = one_line_error(invoke("store", "purge", "--older-than", "30", "--repository", tmp_path))
+    assert "--older-than takes a number and a unit" in line
