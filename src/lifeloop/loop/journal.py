@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeloop.loop.errors import StoreError
+from lifeloop.repository.publish import fsync_dir
 
 HEADER = struct.Struct("<II")
 SEGMENT_SUFFIX = ".journal"
@@ -82,7 +83,7 @@ class Journal:
         if fd is None:  # nobody else knows this name
             raise StoreError(f"cannot lock the new journal {staging}")
         staging.rename(root / name)
-        _fsync_dir(root)
+        fsync_dir(root)
         return cls(root / name, fd, **limits)
 
     # --- writing --------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class Journal:
                 handle.flush()
                 os.fsync(handle.fileno())
             if size == 0:
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
         except OSError as exc:
             with contextlib.suppress(OSError):  # leave no torn frame behind
                 os.truncate(path, size)
@@ -296,11 +297,3 @@ def _lock(folder: Path, *, create: bool = False) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -122,7 +122,8 @@ def publish(
             raise RepositoryError(f"version must be >= 1, got {version}")
         number = version if version is not None else (max(existing, default=0) + 1)
         needed = sum(Path(source).stat().st_size for source in files.values()) + SLACK_BYTES
-        check_free_space(model_dir, needed, f"publishing {config.name} v{number}")
+        what = f"publishing {config.name} v{number}"
+        check_free_space(model_dir, needed, what)
         current = read_config(model_dir)
         updated = _merge_config(current or config, draft, model_dir)
         try:  # each replaced whole or not at all
@@ -130,8 +131,7 @@ def publish(
             if updated != current:
                 _write_config(model_dir, updated)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _no_space(model_dir, needed, f"publishing {config.name} v{number}") from exc
+            _raise_if_no_space(exc, model_dir, needed, what)
             raise
         staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
@@ -148,13 +148,12 @@ def publish(
                 **vars(draft),
             )
             _write_durably(staging / MANIFEST_NAME, manifest.to_json())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             os.rename(staging, model_dir / str(number))
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _no_space(model_dir, needed, f"publishing {config.name} v{number}") from exc
+            _raise_if_no_space(exc, model_dir, needed, what)
             raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -342,7 +341,7 @@ def replace_file(path: Path, content: str | bytes) -> Path:
     try:
         _write_durably(tmp, content)
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -356,6 +355,11 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
     """Refuse before writing anything when `folder`'s filesystem has less than `needed`."""
     if shutil.disk_usage(folder).free < needed:
         raise _no_space(folder, needed, what)
+
+
+def _raise_if_no_space(exc: OSError, folder: Path, needed: int, what: str) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise _no_space(folder, needed, what) from exc
 
 
 def _no_space(folder: Path, needed: int, what: str) -> RepositoryError:
@@ -398,7 +402,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
