@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,9 @@ class Journal:
         self._lock_fd: int | None = lock_fd
         self._cursor = self._read_cursor()
         self._repair_tail()
+        # The writer appends while the drainer consumes, from two threads: the count of
+        # records not yet drained changes under this lock only.
+        self._count_lock = threading.Lock()
         self._records = sum(len(f.records) for f in self.frames())
 
     @classmethod
@@ -119,7 +123,8 @@ class Journal:
                 f"cannot write the journal {path} ({exc.strerror or exc}); free space on its "
                 "disk or move lifeloop.spool_dir"
             ) from exc
-        self._records += len(records)
+        with self._count_lock:
+            self._records += len(records)
 
     # --- draining -------------------------------------------------------------------------
 
@@ -150,17 +155,21 @@ class Journal:
             if number < last.segment:
                 with contextlib.suppress(FileNotFoundError):
                     self._segment(number).unlink()
-        self._records = max(0, self._records - sum(len(f.records) for f in frames))
+        with self._count_lock:
+            self._records = max(0, self._records - sum(len(f.records) for f in frames))
 
     def reset_if_drained(self) -> bool:
         """When every frame is drained: delete the segments and start the next one empty.
         Returns whether the journal is empty."""
-        if self._records or next(self.frames(), None) is not None:
+        # What is on disk decides, not the count: the caller holds off appends meanwhile.
+        if next(self.frames(), None) is not None:
             return False
         for number in self._segment_sizes():
             self._segment(number).unlink()
         self._cursor = (self._cursor[0] + 1, 0)
         self._write_cursor()
+        with self._count_lock:
+            self._records = 0
         return True
 
     def close(self, *, remove_if_empty: bool = False) -> None:
