@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lifeloop.datasets import load_arrays
 from lifeloop.export import Checkpoint, export_checkpoint
 from lifeloop.retrain import ImageFolder, TrainResult, train, write_digits
-from lifeloop.retrain.datasets import load_arrays
 
 
 @pytest.fixture(scope="session")

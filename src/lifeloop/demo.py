@@ -23,14 +23,17 @@ from rich.console import Console
 from rich.table import Table
 
 from lifeloop.client import ClientError, LifeloopClient
+from lifeloop.datasets import link_folder, load_arrays
+from lifeloop.errors import RetrainError
 from lifeloop.export import export_checkpoint
-from lifeloop.loop import RetrainError, Rollout, Store, install_router
 from lifeloop.retrain import train, write_digits
-from lifeloop.retrain.datasets import link_folder, load_arrays
-from lifeloop.retrain.loop import RetrainSettings, retrain
+from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import accuracy_report
+from lifeloop.rollout import Rollout
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.ensemble import install_image_ensemble
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
 
 MODEL = "classifier"
 ROUTER = "router"

@@ -10,11 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lifeloop.errors import LifeloopError
-
-
-class PreprocessingError(LifeloopError):
-    """An image or a preprocessing description that cannot be used."""
+from lifeloop.errors import PreprocessingError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,10 +19,11 @@ from packaging.requirements import Requirement
 from PIL import Image
 
 from lifeloop.client import LifeloopClient
-from lifeloop.loop import Store, install_router
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, ServerError, TritonServer
 from lifeloop.serve.ensemble import install_image_ensemble
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.deploy import DOCKERFILE, PROJECT, ROOT
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lifeloop.loop import Store
-from lifeloop.loop.store import metadata
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.store import Store
+from lifeloop.store.database import metadata
 from tests.conftest import publish_trained
 from tests.integration.postgres import cluster_or_skip
 

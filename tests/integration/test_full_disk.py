@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from lifeloop.client import LifeloopClient
-from lifeloop.loop import Store, install_router
 from lifeloop.repository import RepositoryError
 from lifeloop.repository.publish import version_numbers
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 

@@ -21,9 +21,11 @@ import torch
 
 from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
 from lifeloop.export import Checkpoint
-from lifeloop.loop import Rollout, Store, blobs, install_router, read_policy
 from lifeloop.retrain import TrainResult
+from lifeloop.rollout import Rollout, read_policy
 from lifeloop.serve import TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store, blobs
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 

@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 from lifeloop.client import LifeloopClient
-from lifeloop.loop import Rollout, Store, install_router
 from lifeloop.retrain import TrainResult
+from lifeloop.rollout import Rollout
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.debian import ensure_tool
 

@@ -14,11 +14,14 @@ from typer.testing import CliRunner
 
 from lifeloop.cli import app
 from lifeloop.client import ClientError, LifeloopClient, ServerControl
-from lifeloop.client.replicas import ReplicaError, load_everywhere, server_urls
-from lifeloop.loop import Rollout, Store, install_router
+from lifeloop.errors import ReplicaError
 from lifeloop.repository import version_numbers
 from lifeloop.retrain import TrainResult
+from lifeloop.rollout import Rollout
+from lifeloop.rollout.replicas import load_everywhere, server_urls
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
 from tests.conftest import publish_trained
 
 runner = CliRunner()

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lifeloop.client import API_KEY_ENV, ClientError, LifeloopClient, ServerControl
+from lifeloop.client import ClientError, LifeloopClient, ServerControl
+from lifeloop.contract import API_KEY_ENV
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, TritonServer
 from tests.conftest import publish_trained

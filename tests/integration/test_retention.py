@@ -15,11 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
-from lifeloop.loop import Store, StoreError, blobs, install_router
-from lifeloop.loop.retention import parse_age, purge
-from lifeloop.loop.store import Prediction, now
+from lifeloop.errors import StoreError
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store, blobs
+from lifeloop.store.database import Prediction, now
+from lifeloop.store.retention import parse_age, purge
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 

@@ -12,16 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lifeloop.datasets import Sample, link_folder, load_arrays, scan
+from lifeloop.errors import RetrainError
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint
-from lifeloop.loop import RetrainError, Store, blobs, install_router, read_policy
-from lifeloop.loop.install import default_blob_dir
-from lifeloop.loop.store import Prediction
 from lifeloop.repository.publish import version_numbers
 from lifeloop.retrain import ImageFolder, TrainResult, train
-from lifeloop.retrain.datasets import Sample, link_folder, load_arrays, scan
-from lifeloop.retrain.loop import RetrainSettings, retrain
+from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import predict
+from lifeloop.rollout import read_policy
+from lifeloop.serve.install import default_blob_dir, install_router
+from lifeloop.store import Store, blobs
+from lifeloop.store.database import Prediction
 from tests.conftest import publish_trained
 
 OLD = [str(d) for d in range(8)]

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
-from lifeloop.loop import install_router
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
+from lifeloop.serve.install import install_router
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lifeloop.loop import FeedbackError, Store, StoreError
-from lifeloop.loop.store import Event, Prediction, now
+from lifeloop.errors import FeedbackError, StoreError
+from lifeloop.store import Store
+from lifeloop.store.database import Event, Prediction, now
 
 
 def predictions(n: int, *, version: int = 1, route: str = "champion") -> list[Prediction]:
@@ -141,8 +142,8 @@ def test_a_url_without_host_or_credentials_takes_them_from_libpq_variables(
     password lands in config.pbtxt."""
     import sqlalchemy as sa
 
-    from lifeloop.loop.store import metadata
     from lifeloop.serve.launcher import free_port
+    from lifeloop.store.database import metadata
 
     server = sa.engine.make_url(postgres_url)
     for name, value in {

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
-from lifeloop.loop import Store, install_router
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 from tests.integration.postgres import PostgresServer, cluster_or_skip

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifeloop.loop import blobs
 from lifeloop.preprocessing import Preprocessing
+from lifeloop.store import blobs
 
 
 def normalised(pre: Preprocessing, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -137,7 +137,7 @@ def test_classify_against_no_server_fails_in_one_line(digits) -> None:
 def test_store_new_key_prints_a_fernet_key_that_encrypts_kept_inputs(tmp_path: Path) -> None:
     import numpy as np
 
-    from lifeloop.loop import blobs
+    from lifeloop.store import blobs
 
     result = invoke("store", "new-key")
     assert result.exit_code == 0, result.output

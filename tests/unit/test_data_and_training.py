@@ -3,9 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lifeloop.datasets import load_arrays
+from lifeloop.errors import DataError
 from lifeloop.export import load
-from lifeloop.retrain import DataError, ImageFolder, scan, train
-from lifeloop.retrain.datasets import load_arrays
+from lifeloop.retrain import ImageFolder, scan, train
 
 
 def test_digits_are_a_real_image_folder(digits: ImageFolder) -> None:

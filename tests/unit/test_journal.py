@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lifeloop.loop import journal
-from lifeloop.loop.errors import StoreError
-from lifeloop.loop.journal import Journal, JournalFull, orphans
+from lifeloop.errors import JournalFull, StoreError
+from lifeloop.store import journal
+from lifeloop.store.journal import Journal, orphans
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -69,7 +69,7 @@ def test_a_living_owners_journal_is_never_taken_and_a_dead_ones_is(tmp_path: Pat
     script = textwrap.dedent(
         f"""
         import os
-        from lifeloop.loop.journal import Journal
+        from lifeloop.store.journal import Journal
         spool = Journal.create({str(tmp_path)!r}, "other")
         spool.append([{{"request_id": "theirs"}}])
         os._exit(0)

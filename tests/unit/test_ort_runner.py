@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lifeloop.errors import RequestError
 from lifeloop.export import export_onnx
 from lifeloop.repository import (
     ManifestMismatchError,
@@ -18,7 +19,7 @@ from lifeloop.repository import (
     publish,
 )
 from lifeloop.repository.config import to_proto
-from lifeloop.serve.ort_runner import BatchRunner, RequestError, session_options
+from lifeloop.serve.ort_runner import BatchRunner, session_options
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from lifeloop.loop.prediction_log import (
-    LogUnavailable,
-    Outcome,
-    PredictionLog,
-    SpoolSettings,
-    WhenFull,
-)
-from lifeloop.loop.store import Prediction, Store
+from lifeloop.errors import LogUnavailable
+from lifeloop.store.database import Prediction, Store
+from lifeloop.store.prediction_log import Outcome, PredictionLog, SpoolSettings, WhenFull
 
 
 def batch(n: int) -> list[Prediction]:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from lifeloop.contract import CLASSIFIER_PARAM, LABELS_PARAM
 from lifeloop.repository import (
     ManifestMismatchError,
     RepositoryError,
@@ -18,7 +19,7 @@ from lifeloop.repository import (
 )
 from lifeloop.repository.config import DataType, EnsembleStep, ModelConfig, TensorSpec
 from lifeloop.repository.manifest import Manifest
-from lifeloop.repository.publish import CLASSIFIER_PARAM, LABELS_PARAM, write_config
+from lifeloop.repository.publish import write_config
 
 
 def draft(labels=("a", "b"), shape=(3, 8, 8)) -> VersionDraft:

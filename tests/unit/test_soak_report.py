@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lifeloop.loadtest.soak import Memory, Request, SoakConfig, SoakError, summarize
+from lifeloop.errors import SoakError
+from lifeloop.loadtest.soak import Memory, Request, SoakConfig, summarize
 
 
 def test_requests_overlapping_a_reload_count_as_during_it() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lifeloop.errors import ServerError
 from lifeloop.export import ExportError, export_checkpoint
 from lifeloop.export.calibration import precision_data
 from lifeloop.export.tensorrt import (
@@ -26,7 +27,6 @@ from lifeloop.repository import config as cfg
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import read_config, write_label_files
 from lifeloop.serve import ServerConfig, TritonServer
-from lifeloop.serve.errors import ServerError
 
 H100 = PlanTarget(gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt="10.7.0")
 

@@ -3,8 +3,8 @@
 from lifeloop.client._async import AsyncLifeloopClient
 from lifeloop.client._codec import Classification, ModelInfo
 from lifeloop.client._sync import LifeloopClient, ServerControl
-from lifeloop.client._transport import API_KEY_ENV, API_KEY_HEADER
-from lifeloop.client.errors import ClientError
+from lifeloop.contract import API_KEY_ENV, API_KEY_HEADER
+from lifeloop.errors import ClientError
 
 __all__ = [
     "API_KEY_ENV",

@@ -28,7 +28,7 @@ from lifeloop.client._transport import (
     config_payload,
     split_url,
 )
-from lifeloop.client.errors import ClientError
+from lifeloop.errors import ClientError
 from lifeloop.repository import config as cfg
 
 

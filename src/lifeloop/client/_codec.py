@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lifeloop.client.errors import ClientError
-from lifeloop.preprocessing import Preprocessing, PreprocessingError
+from lifeloop.contract import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
+from lifeloop.errors import ClientError, PreprocessingError
+from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import config as cfg
-from lifeloop.repository.publish import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
+from lifeloop.scoring import softmax_top_k
 
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
 
@@ -207,16 +208,6 @@ def decode(
             )
         )
     return answers
-
-
-def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax top-k per row of logits [n, classes]: (indices [n, k], scores [n, k])."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=1, keepdims=True)
-    k = max(1, min(k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(probs, order, axis=1)
 
 
 def routed_answers(

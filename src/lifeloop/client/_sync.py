@@ -20,7 +20,7 @@ from lifeloop.client._codec import (
     to_samples,
 )
 from lifeloop.client._transport import Prepared, Transport
-from lifeloop.client.errors import ClientError
+from lifeloop.errors import ClientError
 from lifeloop.repository.config import ModelConfig
 
 

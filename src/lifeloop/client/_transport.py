@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lifeloop.client.errors import ClientError
+from lifeloop.contract import API_KEY_ENV, API_KEY_HEADER
+from lifeloop.errors import ClientError
 
 Protocol = Literal["grpc", "http"]
 
@@ -20,8 +21,6 @@ Protocol = Literal["grpc", "http"]
 # `--grpc-restricted-protocol` on `model-repository`, as docker-compose and Kubernetes run it)
 # answers loads, unloads and the repository index only to requests carrying this header with
 # the key; lifeloop sends it, from this variable, whenever it is set.
-API_KEY_ENV = "LIFELOOP_API_KEY"
-API_KEY_HEADER = "lifeloop-key"
 # Over gRPC, Triton (2.51, NGC 24.10) reads a restricted protocol's header under this prefix.
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
 

@@ -1,8 +1,8 @@
 """PyTorch checkpoints -> parity-gated ONNX versions in a Triton model repository."""
 
+from lifeloop.errors import CheckpointError, ExportError, ParityError
 from lifeloop.export.architectures import SMALL_CNN, SmallCNN, build, known_architectures
 from lifeloop.export.checkpoint import Checkpoint, load
-from lifeloop.export.errors import CheckpointError, ExportError, ParityError
 from lifeloop.export.onnx_export import export_onnx
 from lifeloop.export.parity import ParityReport, Tolerance, check_parity
 from lifeloop.export.pipeline import ExportResult, export_checkpoint, publish_onnx

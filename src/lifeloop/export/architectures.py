@@ -7,7 +7,7 @@ from functools import cache
 
 from torch import nn
 
-from lifeloop.export.errors import ExportError
+from lifeloop.errors import ExportError
 
 SMALL_CNN = "small_cnn"
 

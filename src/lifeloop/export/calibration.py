@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lifeloop.errors import ExportError
 from lifeloop.export.checkpoint import Checkpoint
-from lifeloop.export.errors import ExportError
 from lifeloop.export.pipeline import PrecisionData
 from lifeloop.export.quantize import QualityGate
 
@@ -24,7 +24,7 @@ def precision_data(
     eval_dir: Path | None = None,
     gate: QualityGate | None = None,
 ) -> PrecisionData:
-    from lifeloop.retrain.datasets import load_arrays, scan
+    from lifeloop.datasets import load_arrays, scan
 
     gate = gate or QualityGate()
     pre = checkpoint.preprocessing

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lifeloop.errors import CheckpointError
 from lifeloop.export.architectures import build, check_architecture
-from lifeloop.export.errors import CheckpointError
 from lifeloop.preprocessing import Preprocessing
 
 FORMAT = "lifeloop-checkpoint/1"

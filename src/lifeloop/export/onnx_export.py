@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lifeloop.export.errors import ExportError
+from lifeloop.errors import ExportError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lifeloop.export.errors import ExportError, ParityError
+from lifeloop.errors import ExportError, ParityError
 
 SPREAD_FLOOR = 1e-4
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lifeloop.client.replicas import ServerUrls
+from lifeloop.errors import ExportError, QualityGateError
 from lifeloop.export import checkpoint as ckpt
-from lifeloop.export.errors import ExportError
 from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
 from lifeloop.export.parity import (
     DEFAULT_TOLERANCE,
@@ -27,7 +26,6 @@ from lifeloop.export.quantize import (
     FP16,
     INT8,
     QualityGate,
-    QualityGateError,
     QualityReport,
     check_quality,
     convert_fp16,
@@ -41,6 +39,7 @@ from lifeloop.repository import (
     ensure_repository,
     publish,
 )
+from lifeloop.rollout.replicas import ServerUrls
 
 BATCH_SIZES = (1, 4, 16)
 ONNX = "onnx"

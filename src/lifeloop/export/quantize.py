@@ -13,20 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from lifeloop.export.errors import ExportError
+from lifeloop.errors import ExportError
 from lifeloop.export.onnx_export import INPUT_NAME
 
 INT8, FP16 = "onnx-int8", "onnx-fp16"
-
-
-class QualityGateError(ExportError):
-    """A reduced-precision export lost too much against fp32; nothing was published."""
-
-    def __init__(self, report: QualityReport) -> None:
-        self.report = report
-        super().__init__(
-            f"{report.format} refused, nothing published: " + "; ".join(report.failures)
-        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lifeloop.export.errors import ExportError
+from lifeloop.errors import ExportError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.manifest import Manifest
 

@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "LoadTestConfig": "lifeloop.loadtest.config",
-    "LoadTestError": "lifeloop.loadtest.errors",
+    "LoadTestError": "lifeloop.errors",
     "run_loadtest": "lifeloop.loadtest.runner",
 }
 __all__ = sorted(_EXPORTS)

@@ -36,11 +36,10 @@ from lifeloop.export.quantize import QualityGate, convert_fp16, quantize_int8
 from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
 from lifeloop.loadtest.lean import measure_lean, measure_raw, raw_cpu_ms_per_sample
 from lifeloop.loadtest.stats import Measurement
-from lifeloop.loop import install_router
-from lifeloop.loop.install import default_blob_dir
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.install import default_blob_dir, install_router
 
 TARGETS = {
     "served_over_raw_resnet18": 0.90,

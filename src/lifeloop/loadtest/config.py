@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lifeloop.client._transport import split_url
-from lifeloop.loadtest.errors import LoadTestError
+from lifeloop.errors import LoadTestError
 
 
 @dataclass(frozen=True, kw_only=True)

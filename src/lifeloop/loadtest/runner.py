@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from lifeloop.client import ClientError, LifeloopClient
+from lifeloop.errors import LoadTestError
 from lifeloop.loadtest.config import LoadTestConfig
-from lifeloop.loadtest.errors import LoadTestError
 
 Event = dict[str, Any]
 

@@ -22,11 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from lifeloop.errors import LifeloopError
-
-
-class SoakError(LifeloopError):
-    """A soak that cannot start: no version to cycle with, bad settings."""
+from lifeloop.errors import SoakError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,8 +132,9 @@ def summarize(
 
 def run_soak(config: SoakConfig, *, progress: Callable[[int], None] | None = None) -> SoakResult:
     from lifeloop.client import ClientError, LifeloopClient
-    from lifeloop.loop import Rollout, Store, read_policy
     from lifeloop.repository.publish import version_numbers
+    from lifeloop.rollout import Rollout, read_policy
+    from lifeloop.store import Store
 
     repository = Path(config.repository)
     policy = read_policy(repository / config.router)

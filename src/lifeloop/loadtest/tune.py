@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeloop.client import ClientError, ServerControl
-from lifeloop.loadtest.errors import LoadTestError
+from lifeloop.errors import LoadTestError
 from lifeloop.loadtest.lean import measure_lean
 from lifeloop.repository import ModelConfig, read_config, write_config
 from lifeloop.repository.config import DynamicBatching, InstanceGroup, standard_warmup

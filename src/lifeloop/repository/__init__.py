@@ -1,7 +1,7 @@
 """The Triton model repository: typed configs, manifests, the atomic publisher, listings."""
 
+from lifeloop.errors import ManifestMismatchError, RepositoryError, VersionExistsError
 from lifeloop.repository.config import ModelConfig, classifier_config, parse, render
-from lifeloop.repository.errors import ManifestMismatchError, RepositoryError, VersionExistsError
 from lifeloop.repository.manifest import Manifest, TensorInfo, verify
 from lifeloop.repository.publish import (
     PublishedVersion,

@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from lifeloop.repository.errors import RepositoryError
+from lifeloop.errors import RepositoryError
 
 # The labels of a classifier, one per line in class-index order, beside its config.pbtxt.
 LABELS_FILE = "labels.txt"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifeloop.repository.errors import ManifestMismatchError, RepositoryError
+from lifeloop.errors import ManifestMismatchError, RepositoryError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

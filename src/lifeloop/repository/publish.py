@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lifeloop.contract import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
+from lifeloop.errors import ManifestMismatchError, RepositoryError, VersionExistsError
 from lifeloop.repository import config as cfg
-from lifeloop.repository.errors import ManifestMismatchError, RepositoryError, VersionExistsError
 from lifeloop.repository.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -32,10 +33,6 @@ from lifeloop.repository.manifest import (
 
 CONFIG_NAME = "config.pbtxt"
 STAGING_PREFIX = ".staging-"
-LABELS_PARAM = "lifeloop.labels"
-PREPROCESSING_PARAM = "lifeloop.preprocessing"
-# On a router: the classifier it fronts, whose config holds the labels and preprocessing.
-CLASSIFIER_PARAM = "lifeloop.classifier"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,7 +158,7 @@ def publish(
     fronting = refresh_fronting_models(repository, updated)
     replicas: list[Any] = []
     if server_url:
-        from lifeloop.client.replicas import load_everywhere
+        from lifeloop.rollout.replicas import load_everywhere
 
         # Triton reads a label file when it loads a model: fronting models reload too.
         replicas = load_everywhere(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifeloop.repository.errors import RepositoryError
+from lifeloop.errors import RepositoryError
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import version_numbers
 

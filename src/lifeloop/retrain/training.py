@@ -12,10 +12,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lifeloop.datasets import load_arrays, scan
+from lifeloop.errors import DataError
 from lifeloop.export.architectures import SMALL_CNN, build, check_architecture
 from lifeloop.export.checkpoint import Checkpoint
 from lifeloop.preprocessing import Preprocessing
-from lifeloop.retrain.datasets import DataError, load_arrays, scan
 from lifeloop.retrain.distributed import synchronise_batch_norm, world
 
 

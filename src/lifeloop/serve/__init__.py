@@ -1,6 +1,6 @@
 """Run the real tritonserver locally, and the Triton models lifeloop ships."""
 
-from lifeloop.serve.errors import ServerError
+from lifeloop.errors import ServerError
 from lifeloop.serve.launcher import ControlMode, ServerConfig, TritonServer, free_port
 from lifeloop.serve.runtime import Runtime, prepare_runtime
 

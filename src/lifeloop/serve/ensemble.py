@@ -12,11 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from lifeloop.contract import CLASSIFIER_PARAM, IMAGE_INPUT, LABELS_PARAM
+from lifeloop.errors import RepositoryError
 from lifeloop.repository import config as cfg
-from lifeloop.repository.errors import RepositoryError
 from lifeloop.repository.publish import (
-    CLASSIFIER_PARAM,
-    LABELS_PARAM,
     ensure_repository,
     model_lock,
     read_config,
@@ -26,7 +25,7 @@ from lifeloop.repository.publish import (
     write_label_files,
     write_python_model,
 )
-from lifeloop.serve.preprocess import IMAGE_INPUT, ImageLimits
+from lifeloop.serve.preprocess import ImageLimits
 
 MODELS_DIR = Path(__file__).parent / "models"
 WARMUP_DIR = "warmup"
@@ -125,7 +124,7 @@ def install_image_ensemble(
         write_label_files(ensemble_dir, ensemble_config)
     write_config(repository, ensemble_config)
     if server_url:
-        from lifeloop.client.replicas import load_everywhere
+        from lifeloop.rollout.replicas import load_everywhere
 
         load_everywhere(server_url, [preprocess, ensemble], what=f"load {ensemble}")
     return ImageEnsemble(preprocess, ensemble, classifier, limits)

@@ -19,9 +19,9 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
-from lifeloop.client._transport import API_KEY_HEADER
+from lifeloop.contract import API_KEY_HEADER
+from lifeloop.errors import ServerError
 from lifeloop.repository.manifest import Manifest
-from lifeloop.serve.errors import ServerError
 from lifeloop.serve.runtime import Runtime, check_python, prepare_runtime
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lifeloop.contract import parameters
+from lifeloop.errors import RequestError
 from lifeloop.repository.manifest import verify
 
 _DTYPES = {
@@ -26,10 +28,6 @@ _DTYPES = {
     "TYPE_BOOL": np.bool_,
 }
 _EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
-
-
-class RequestError(ValueError):
-    """One request that cannot be run; its message goes back to that request's caller."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +57,6 @@ class Contract:
             raise RequestError(
                 f"input {self.name!r} has batch size {array.shape[0]}, expected 1..{max_batch_size}"
             )
-
-
-def parameters(config: dict[str, Any]) -> dict[str, str]:
-    """Triton's JSON config parameters {"key": {"string_value": "v"}} -> {"key": "v"}."""
-    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
 def session_options(params: dict[str, str]) -> Any:

@@ -19,22 +19,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lifeloop.preprocessing import Preprocessing, PreprocessingError
+from lifeloop.contract import (
+    CLASSIFIER_PARAM,
+    FORMATS_PARAM,
+    IMAGE_INPUT,
+    MAX_BYTES_PARAM,
+    MAX_PIXELS_PARAM,
+    parameters,
+)
+from lifeloop.errors import ImageError, PreprocessingError
+from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository.manifest import Manifest
-from lifeloop.repository.publish import CLASSIFIER_PARAM, version_numbers
-from lifeloop.serve.ort_runner import parameters
+from lifeloop.repository.publish import version_numbers
 
-IMAGE_INPUT = "IMAGE"
-MAX_BYTES_PARAM = "lifeloop.max_image_bytes"
-MAX_PIXELS_PARAM = "lifeloop.max_image_pixels"
-FORMATS_PARAM = "lifeloop.image_formats"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000  # width x height; a decompression bomb is refused before decoding
 DEFAULT_FORMATS = ("JPEG", "PNG")
-
-
-class ImageError(ValueError):
-    """One request's image cannot be used; the message goes back to that caller only."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
-from lifeloop.serve.errors import ServerError
+from lifeloop.errors import ServerError
 
 PROJECT_BACKENDS = ("onnxruntime",)
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifeloop.client.replicas import ServerUrls
-from lifeloop.loop.errors import RolloutError
-from lifeloop.loop.feedback import ROUTER_PARAM
-from lifeloop.loop.policy import RoutingPolicy, policy_path, read_policy, write_policy
-from lifeloop.loop.prediction_log import SpoolSettings, WhenFull
-from lifeloop.loop.rollout import sync_version_policy
-from lifeloop.loop.router import (
+from lifeloop.contract import (
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
+    ROUTER_PARAM,
     SAMPLE_RATE_PARAM,
     SPOOL_DIR_PARAM,
     SPOOL_MAX_BYTES_PARAM,
@@ -25,9 +20,8 @@ from lifeloop.loop.router import (
     STORE_PARAM,
     STORE_TIMEOUT_PARAM,
     TOP_K_PARAM,
-    default_spool_dir,
 )
-from lifeloop.loop.store import Event, Store, default_store_url, now
+from lifeloop.errors import RolloutError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import (
     ensure_repository,
@@ -36,6 +30,12 @@ from lifeloop.repository.publish import (
     version_numbers,
     write_python_model,
 )
+from lifeloop.rollout.policy import RoutingPolicy, policy_path, read_policy, write_policy
+from lifeloop.rollout.replicas import ServerUrls
+from lifeloop.rollout.rollout import sync_version_policy
+from lifeloop.serve.router import default_spool_dir
+from lifeloop.store.database import Event, Store, default_store_url, now
+from lifeloop.store.prediction_log import SpoolSettings, WhenFull
 
 MODELS_DIR = Path(__file__).parent / "models"
 

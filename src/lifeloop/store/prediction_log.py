@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from lifeloop.loop.errors import StoreError
-from lifeloop.loop.journal import Journal, JournalFull, orphans
-from lifeloop.loop.store import Prediction, Store
+from lifeloop.errors import JournalFull, LogUnavailable, StoreError
+from lifeloop.store.database import Prediction, Store
+from lifeloop.store.journal import Journal, orphans
 
 
 class WhenFull(StrEnum):
@@ -58,10 +58,6 @@ class Outcome(StrEnum):
     STORED = "stored"
     SPOOLED = "spooled"
     DROPPED = "dropped"
-
-
-class LogUnavailable(StoreError):
-    """The batch could be neither stored nor spooled, and `when_full` is `refuse`."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lifeloop.loop.errors import StoreError
+from lifeloop.errors import StoreError
 
 KEY_ENV = "LIFELOOP_KEPT_INPUT_KEY"
 ENCRYPTED_SUFFIX = ".fernet"

@@ -29,17 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifeloop.loop.errors import StoreError
+from lifeloop.errors import JournalFull, StoreError
 from lifeloop.repository.publish import fsync_dir
 
 HEADER = struct.Struct("<II")
 SEGMENT_SUFFIX = ".journal"
 LOCK_NAME = "lock"
 CURSOR_NAME = "cursor"
-
-
-class JournalFull(StoreError):
-    """The journal holds its size limit, or its disk refused the write."""
 
 
 @dataclass(frozen=True)

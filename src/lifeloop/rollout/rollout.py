@@ -13,10 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from lifeloop.client.replicas import ReplicaResult, ServerUrls, load_everywhere
-from lifeloop.loop.errors import RolloutError
-from lifeloop.loop.policy import RoutingPolicy, read_policy, write_policy
-from lifeloop.loop.store import Event, Store, now
+from lifeloop.errors import RolloutError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import (
     fronting_models,
@@ -25,6 +22,9 @@ from lifeloop.repository.publish import (
     version_numbers,
     write_config,
 )
+from lifeloop.rollout.policy import RoutingPolicy, read_policy, write_policy
+from lifeloop.rollout.replicas import ReplicaResult, ServerUrls, load_everywhere
+from lifeloop.store.database import Event, Store, now
 
 
 class Rollout:

@@ -1,8 +1,8 @@
-"""lifeloop's feedback model for Triton: a thin shell over lifeloop.loop.feedback."""
+"""lifeloop's feedback model for Triton: a thin shell over lifeloop.serve.feedback."""
 
 import triton_python_backend_utils as pb_utils
 
-from lifeloop.loop.feedback import FeedbackModel
+from lifeloop.serve.feedback import FeedbackModel
 
 
 class TritonPythonModel:

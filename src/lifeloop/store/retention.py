@@ -18,8 +18,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from lifeloop.loop.errors import StoreError
-from lifeloop.loop.store import Store, feedback, now, predictions, trainings
+from lifeloop.errors import StoreError
+from lifeloop.store.database import Store, feedback, now, predictions, trainings
 
 BLOB_SUFFIXES = (".npy", ".npy.fernet")
 
@@ -107,8 +107,8 @@ def purge(
 
 def loaded_versions(repository: Path) -> dict[str, set[int]]:
     """Per model, the versions its version policy or any router's policy keeps loaded."""
-    from lifeloop.loop.policy import policy_path, read_policy
     from lifeloop.repository.publish import loaded_by_policy, read_config
+    from lifeloop.rollout.policy import policy_path, read_policy
 
     loaded: dict[str, set[int]] = {}
     for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
@@ -125,9 +125,9 @@ def loaded_versions(repository: Path) -> dict[str, set[int]]:
 
 def blob_dirs(repository: Path) -> list[Path]:
     """Every folder a router of `repository` keeps inputs in, and the default one."""
-    from lifeloop.loop.install import default_blob_dir
-    from lifeloop.loop.router import BLOB_DIR_PARAM
+    from lifeloop.contract import BLOB_DIR_PARAM
     from lifeloop.repository.publish import read_config
+    from lifeloop.serve.install import default_blob_dir
 
     found = [default_blob_dir(repository)]
     for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):

@@ -13,14 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lifeloop.errors import LifeloopError
+from lifeloop.errors import DataError
 from lifeloop.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DataError(LifeloopError):
-    """An image folder that cannot be used for training or evaluation."""
 
 
 @dataclass(frozen=True)

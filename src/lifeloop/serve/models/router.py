@@ -1,8 +1,8 @@
-"""lifeloop's router model for Triton: a thin shell over lifeloop.loop.router."""
+"""lifeloop's router model for Triton: a thin shell over lifeloop.serve.router."""
 
 import triton_python_backend_utils as pb_utils
 
-from lifeloop.loop.router import Router
+from lifeloop.serve.router import Router
 
 
 class TritonPythonModel:

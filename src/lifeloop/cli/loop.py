@@ -1,6 +1,5 @@
 """The learning loop's commands: `router init`, `feedback`, `candidate`, `canary`, `shadow`,
-`promote`, `rollback`, `history`, `soak`. They register on lifeloop's Typer app (see
-lifeloop.cli)."""
+`promote`, `rollback`, `history`, `retrain`, `store purge`, `store new-key`."""
 
 from __future__ import annotations
 
@@ -11,35 +10,27 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lifeloop.cli import ModelName, Repository, _errors, app, console, print_replicas
+from lifeloop.cli._common import (
+    ModelName,
+    Reason,
+    Repository,
+    RouterName,
+    ServerUrl,
+    StoreUrl,
+    _errors,
+    console,
+    print_replicas,
+)
+
+app = typer.Typer()
 
 router_app = typer.Typer(help="Set up the router and feedback models.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
 
-StoreUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        help="SQLAlchemy URL of the store (default: SQLite beside the repository).",
-    ),
-]
-RouterName = Annotated[str, typer.Option("--router", help="Name of the router model.")]
-ServerUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        "--servers",
-        help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each loads "
-        "version-policy changes (EXPLICIT mode) and is waited on until it serves them; "
-        "dns+http://NAME:PORT means every address NAME resolves to.",
-        envvar="LIFELOOP_SERVERS",
-    ),
-]
-Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the history.")]
-
 
 def _rollout(repository: Path, store: str | None, router: str, url: str | None):  # type: ignore[no-untyped-def]
-    from lifeloop.loop import Rollout, Store
+    from lifeloop.rollout import Rollout
+    from lifeloop.store import Store
 
     return Rollout(
         repository, Store.for_repository(repository, store), router=router, server_url=url
@@ -96,7 +87,7 @@ def router_init(
     ] = "refuse",
 ) -> None:
     """Put a router (canary, shadow, prediction log) and a feedback model before a classifier."""
-    from lifeloop.loop import install_router
+    from lifeloop.serve.install import install_router
 
     done = install_router(
         repository,
@@ -202,7 +193,7 @@ def shadow(
     reason: Reason = "",
 ) -> None:
     """Run the candidate beside the champion on every request; answer with the champion."""
-    from lifeloop.loop import RolloutError
+    from lifeloop.errors import RolloutError
 
     if state not in ("on", "off"):
         raise RolloutError(f"shadow takes on or off, got {state!r}")
@@ -253,7 +244,7 @@ def history(
     import dataclasses
     import json
 
-    from lifeloop.loop import Store
+    from lifeloop.store import Store
 
     with Store.for_repository(repository, store) as opened:
         events = opened.history(model)
@@ -328,10 +319,11 @@ def retrain(
     data-parallel processes (gloo on CPU, nccl on GPUs); rank 0 gates and publishes."""
     import json
 
-    from lifeloop.loop import RetrainError, Store
+    from lifeloop.errors import RetrainError
     from lifeloop.retrain import distributed
-    from lifeloop.retrain.loop import RetrainSettings, retrain_follower
-    from lifeloop.retrain.loop import retrain as run_retrain
+    from lifeloop.retrain.cycle import RetrainSettings, retrain_follower
+    from lifeloop.retrain.cycle import retrain as run_retrain
+    from lifeloop.store import Store
 
     settings = RetrainSettings(
         epochs=epochs,
@@ -383,101 +375,6 @@ def retrain(
     console.print(f"published {model} v{report.version} as candidate (canary {canary_weight:g})")
 
 
-@app.command()
-@_errors
-def soak(
-    url: Annotated[str, typer.Option(help="The router's server, grpc://HOST:PORT or http://.")],
-    repository: Repository = Path("model_repository"),
-    model: ModelName = "classifier",
-    cycles: Annotated[int, typer.Option(help="candidate -> promote -> rollback cycles.")] = 20,
-    users: Annotated[int, typer.Option(help="Client threads classifying throughout.")] = 4,
-    router: RouterName = "router",
-    store: StoreUrl = None,
-    servers: Annotated[
-        str | None,
-        typer.Option(
-            "--servers",
-            help="HTTP URL(s) that load each change (default: --url when it is http://); "
-            "URL,URL,... or dns+http://NAME:PORT for replicas.",
-            envvar="LIFELOOP_SERVERS",
-        ),
-    ] = None,
-    version: Annotated[
-        int | None, typer.Option(help="Version cycled in (default: newest but the champion).")
-    ] = None,
-    max_rss_growth: Annotated[
-        float, typer.Option(help="Fail above this growth of resident memory, in percent.")
-    ] = 10.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Reload under load: N cycles of candidate, promote and rollback while clients classify
-    through the router; fails on any failed request or on memory growth."""
-    import json
-    from dataclasses import asdict
-
-    from lifeloop.loadtest.soak import SoakConfig, run_soak
-
-    config = SoakConfig(
-        url=url,
-        repository=repository,
-        model=model,
-        cycles=cycles,
-        users=users,
-        router=router,
-        store=store,
-        servers=servers,
-        version=version,
-        max_rss_growth_pct=max_rss_growth,
-    )
-    step = max(1, cycles // 10)
-
-    def progress(done: int) -> None:
-        if not json_out and (done % step == 0 or done == cycles):
-            console.print(f"cycle {done}/{cycles}")
-
-    result = run_soak(config, progress=progress)
-    if json_out:
-        data = asdict(result)
-        data["failures"] = dict(result.failures)
-        data["rss_growth_pct"] = result.rss_growth_pct
-        data["failed"] = result.failed
-        typer.echo(json.dumps(data, sort_keys=True))
-    else:
-        _print_soak(result)
-    if result.failed:
-        typer.echo(f"error: soak failed: {'; '.join(result.failed)}", err=True)
-        raise typer.Exit(1)
-
-
-def _print_soak(result) -> None:  # type: ignore[no-untyped-def]
-    def ms(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.1f} ms"
-
-    def mib(memory) -> str:  # type: ignore[no-untyped-def]
-        if memory is None:
-            return "n/a"
-        return (
-            f"{memory.total / 2**20:.0f} MiB (tritonserver {memory.server / 2**20:.0f}, "
-            f"{memory.stub_count} stubs {memory.stubs / 2**20:.0f})"
-        )
-
-    table = Table(title=f"soak: {result.cycles} cycles", show_header=False)
-    table.add_row("requests", str(result.requests))
-    table.add_row("failed", str(sum(result.failures.values())))
-    for cause, n in result.failures.most_common():
-        table.add_row(f"  {n}x", cause)
-    table.add_row("p99 during reloads", ms(result.p99_reload_ms))
-    table.add_row("p99 between reloads", ms(result.p99_between_ms))
-    table.add_row("time in reloads", f"{result.reload_s:.1f} s")
-    table.add_row("RSS after warm-up", mib(result.memory_after_warmup))
-    table.add_row("RSS at end", mib(result.memory_at_end))
-    growth = result.rss_growth_pct
-    table.add_row("RSS growth", "n/a" if growth is None else f"{growth:+.2f}%")
-    console.print(table)
-    for note in result.notes:
-        console.print(note)
-
-
 store_app = typer.Typer(help="Retention and privacy of what the loop keeps.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
@@ -502,8 +399,8 @@ def store_purge(
     """Delete predictions, their feedback and kept inputs older than the window, and the
     archived checkpoints of versions nothing loads; in short transactions, beside traffic."""
     from lifeloop.export.pipeline import archive_dir
-    from lifeloop.loop import Store
-    from lifeloop.loop.retention import blob_dirs, loaded_versions, parse_age, purge
+    from lifeloop.store import Store
+    from lifeloop.store.retention import blob_dirs, loaded_versions, parse_age, purge
 
     age = parse_age(older_than)
     repository = Path(repository)

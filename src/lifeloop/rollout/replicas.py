@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from lifeloop.client._sync import ServerControl
-from lifeloop.client.errors import ClientError
+from lifeloop.errors import ClientError, ReplicaError
 
 ServerUrls = str | Sequence[str] | None
 
@@ -57,23 +57,6 @@ class ReplicaResult:
     url: str
     ok: bool
     detail: str  # what it serves now, or why it does not
-
-
-class ReplicaError(ClientError):
-    """Some replicas did not reach the new state; `results` has every server's outcome."""
-
-    def __init__(self, results: list[ReplicaResult], what: str) -> None:
-        self.results = results
-        lagging = [r for r in results if not r.ok]
-        reached = [r.url for r in results if r.ok]
-        super().__init__(
-            f"{len(lagging)} of {len(results)} servers did not {what}: "
-            + "; ".join(f"{r.url} ({r.detail})" for r in lagging)
-            + (f"; {', '.join(reached)} did" if reached else "")
-            + ". Bring the lagging servers back: started with --load-model=* (as `lifeloop "
-            "serve` starts it) a server loads the repository as it now stands; a running one "
-            "takes POST /v2/repository/models/<model>/load"
-        )
 
 
 def load_everywhere(

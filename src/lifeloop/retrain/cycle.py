@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from lifeloop.datasets import ImageFolder, load_arrays, scan
+from lifeloop.errors import RetrainError
 from lifeloop.export import Checkpoint
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint, export_checkpoint
-from lifeloop.loop import blobs
-from lifeloop.loop.errors import RetrainError
-from lifeloop.loop.policy import read_policy
-from lifeloop.loop.rollout import Rollout
-from lifeloop.loop.store import Store
-from lifeloop.retrain.datasets import ImageFolder, load_arrays, scan
 from lifeloop.retrain.distributed import broadcast, world
 from lifeloop.retrain.training import accuracy_report, fit, predict
+from lifeloop.rollout.policy import read_policy
+from lifeloop.rollout.rollout import Rollout
+from lifeloop.store import blobs
+from lifeloop.store.database import Store
 
 
 @dataclass(frozen=True, kw_only=True)

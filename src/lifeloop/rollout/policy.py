@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lifeloop.loop.errors import RolloutError
+from lifeloop.errors import RolloutError
 from lifeloop.repository.publish import replace_file
 
 POLICY_NAME = "policy.json"

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lifeloop.loop.errors import FeedbackError, StoreError
+from lifeloop.errors import FeedbackError, StoreError
 
 metadata = sa.MetaData()
 

@@ -1,0 +1,76 @@
+"""What every command module shares: the console, the error printer, the option types."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from lifeloop.errors import LifeloopError
+
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    """Print a LifeloopError as one `error:` line and exit 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LifeloopError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+Repository = Annotated[
+    Path, typer.Option("--repository", "-r", help="Triton model repository folder.")
+]
+ModelName = Annotated[str, typer.Option("--model", "-m", help="Model name in the repository.")]
+NewVersion = Annotated[int | None, typer.Option(help="Version number (default: the next one).")]
+PublishServers = Annotated[
+    str | None,
+    typer.Option(
+        "--servers",
+        "--server-url",
+        help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each "
+        "loads the new version and is waited on until it serves it; dns+http://NAME:PORT "
+        "means every address NAME resolves to.",
+        envvar="LIFELOOP_SERVERS",
+    ),
+]
+
+
+StoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="SQLAlchemy URL of the store (default: SQLite beside the repository).",
+    ),
+]
+RouterName = Annotated[str, typer.Option("--router", help="Name of the router model.")]
+ServerUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        "--servers",
+        help="Triton HTTP URL, or URL,URL,... for replicas sharing the repository: each loads "
+        "version-policy changes (EXPLICIT mode) and is waited on until it serves them; "
+        "dns+http://NAME:PORT means every address NAME resolves to.",
+        envvar="LIFELOOP_SERVERS",
+    ),
+]
+Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the history.")]
+
+
+def print_replicas(results: Any) -> None:
+    """One line per server: what it serves now."""
+    for result in results:
+        console.print(f"  {result.url}: {result.detail}")

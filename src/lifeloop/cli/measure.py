@@ -1,0 +1,354 @@
+"""Commands that measure: `loadtest`, `bench`, `tune`, `soak`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lifeloop.cli._common import (
+    ModelName,
+    Repository,
+    RouterName,
+    StoreUrl,
+    _errors,
+    console,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+@_errors
+def loadtest(
+    url: Annotated[str, typer.Option(help="Triton URL (host:port, or grpc:// / http://).")],
+    model: ModelName = "classifier",
+    protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
+    users: Annotated[int, typer.Option(help="Concurrent Locust users.")] = 16,
+    spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 16.0,
+    duration: Annotated[float, typer.Option(help="Longest measurement, in seconds.")] = 30.0,
+    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second.")] = None,
+    arrival: Annotated[
+        str, typer.Option(help="Open-loop arrivals: constant or poisson.")
+    ] = "constant",
+    out: Annotated[
+        Path, typer.Option(help="Folder for report.json, windows.csv, report.html.")
+    ] = Path("runs/loadtest"),
+    metrics_url: Annotated[
+        str | None, typer.Option(help="Triton metrics (default: the server's host, port 8002).")
+    ] = None,
+    payload_dir: Annotated[
+        Path | None, typer.Option(help="Images to send (default: synthetic).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per request.")] = 1,
+    window: Annotated[float | None, typer.Option(help="Window length in seconds.")] = None,
+) -> None:
+    """Drive load with Locust and measure like perf_analyzer: stable windows, percentiles,
+    failures by cause, and Triton's server-side split."""
+    from lifeloop.loadtest import LoadTestConfig, run_loadtest
+
+    config = LoadTestConfig(
+        url=url,
+        model=model,
+        protocol=protocol,
+        users=users,
+        spawn_rate=spawn_rate,
+        duration_s=duration,
+        rate=rate,
+        arrival=arrival,
+        out=str(out),
+        metrics_url=metrics_url,
+        payload_dir=str(payload_dir) if payload_dir else None,
+        batch_size=batch_size,
+        window_s=window,
+    )
+
+    def show(event: dict[str, Any]) -> None:
+        if event["event"] == "spawned":
+            console.print(
+                f"{event['users']} users running; measuring {config.window:.2f} s windows"
+            )
+        elif event["event"] == "window":
+            mark = "stable" if event["stable"] else ""
+            console.print(
+                f"window {event['index']:>3}  {event['throughput']:9.1f} req/s  "
+                f"p99 {event['p99']:8.2f} ms  failures {event['failures']:>5}  {mark}"
+            )
+
+    report = run_loadtest(config, on_event=show)
+    _print_loadtest(report, out)
+
+
+def _print_loadtest(report: dict[str, Any], out: Path) -> None:
+    from lifeloop.loadtest.report import summary_rows
+
+    table = Table(title=f"load test ({report['mode']})", show_header=False)
+    for key, value in summary_rows(report):
+        table.add_row(key, value)
+    console.print(table)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"report: {out / 'report.json'}, {out / 'windows.csv'}, {out / 'report.html'}")
+
+
+@app.command()
+@_errors
+def bench(
+    out: Annotated[
+        Path, typer.Option(help="Folder for bench.json and the served repository.")
+    ] = Path("runs/bench"),
+    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 2.0,
+    max_seconds: Annotated[float, typer.Option(help="Longest measurement of one figure.")] = 24.0,
+) -> None:
+    """Measure side by side in one run: raw vs served, batching on vs off, Locust vs lean."""
+    from lifeloop.loadtest.bench import run_bench
+
+    results = run_bench(out, window_s=window, max_s=max_seconds, say=console.print)
+    table = Table(title="lifeloop bench (ratios measured side by side in this run)")
+    for column in ("ratio", "measured", "target", "from"):
+        table.add_column(column)
+    sources = _bench_sources(results)
+    for name, value in results["ratios"].items():
+        target = results["targets"].get(name)
+        verdict = (
+            "-"
+            if target is None
+            else f">= {target['target']:g} " + ("met" if target["met"] else "MISSED")
+        )
+        table.add_row(name, f"{value:.3f}", verdict, sources[name])
+    console.print(table)
+    console.print(_cpu_table(results))
+    console.print(f"bench.json: {out / 'bench.json'}")
+
+
+def _cpu_table(results: dict[str, Any]) -> Table:
+    """Where the CPU goes: on shared cores, the cost of a request bounds the rate."""
+    table = Table(title="CPU per request (ms) by process, at concurrency 32")
+    for column in ("measurement", "client", "tritonserver", "stubs", "total", "cores busy"):
+        table.add_column(column)
+    rows = [
+        (f"{model} batching {side}", results["batching"][model][side]["cpu"])
+        for model in ("resnet18", "small_cnn")
+        for side in ("on", "off")
+    ]
+    for protocol in ("grpc", "http"):
+        harness = results["harness"][protocol]
+        rows.append((f"small_cnn lean {protocol}", harness["lean"]["before"]["cpu"]))
+        rows.append((f"small_cnn Locust {protocol}", harness["locust"]["cpu"]))
+    for name, cpu in rows:
+        figures = (cpu[f"{k}_ms"] for k in ("client", "tritonserver", "stubs", "total"))
+        busy = "" if cpu["busy"] is None else f"{cpu['busy']:.0%}"
+        table.add_row(name, *(f"{v:.3f}" for v in figures), busy)
+    for model in ("resnet18", "small_cnn"):
+        raw = results["raw"][model]
+        table.add_row(
+            f"{model} raw onnxruntime, per image at batch {raw['best_batch']}",
+            "",
+            "",
+            "",
+            f"{raw['cpu_ms_per_image']:.3f}",
+            "",
+        )
+    return table
+
+
+def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
+    raw, served, batching, harness = (results[k] for k in ("raw", "served", "batching", "harness"))
+    sources = {}
+    for model in ("resnet18", "small_cnn"):
+        sources[f"served_over_raw_{model}"] = (
+            f"{served[model]['throughput']:.1f} served / "
+            f"{raw[model]['images_per_s']:.1f} raw images/s"
+        )
+        sources[f"batching_gain_{model}"] = (
+            f"{batching[model]['on']['throughput']:.1f} on / "
+            f"{batching[model]['off']['throughput']:.1f} off req/s"
+        )
+    for key, model in (
+        ("routed_over_direct", "resnet18"),
+        ("routed_over_direct_small_cnn", "small_cnn"),
+    ):
+        routing = results["routing"][model]
+        sources[key] = (
+            f"{routing['routed']['throughput']:.1f} routed / "
+            f"{routing['direct']['throughput']:.1f} direct req/s ({model})"
+        )
+    precision = results["precision"]
+    for fmt in ("int8", "fp16"):
+        change = precision["accuracy"][f"onnx-{fmt}"]["accuracy_drop"] * -100 + 0.0  # no "-0.00"
+        rounds = ", ".join(f"{r:.2f}" for r in precision["resnet18"][fmt]["ratio_per_round"])
+        sources[f"{fmt}_over_fp32_resnet18"] = (
+            f"{precision['resnet18'][fmt]['throughput']:.1f} {fmt} / "
+            f"{precision['resnet18']['fp32']['throughput']:.1f} fp32 images/s, rounds "
+            f"{rounds}; top-1 {change:+.2f} points (trained small CNN)"
+        )
+    for key, protocol in (("locust_over_lean", "grpc"), ("locust_over_lean_http", "http")):
+        sources[key] = (
+            f"{harness[protocol]['locust']['throughput']:.1f} Locust / "
+            f"{harness[protocol]['lean']['throughput']:.1f} lean req/s ({protocol})"
+        )
+    return sources
+
+
+@app.command()
+@_errors
+def tune(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    url: Annotated[str, typer.Option(help="Triton gRPC URL.")] = "localhost:8001",
+    p99_budget_ms: Annotated[float, typer.Option(help="Highest acceptable p99 latency.")] = 50.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight while measuring.")] = 16,
+    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 2.0,
+    max_seconds: Annotated[float, typer.Option(help="Longest measurement of one point.")] = 16.0,
+    max_points: Annotated[int, typer.Option(help="Most configs to try.")] = 12,
+    out: Annotated[Path | None, typer.Option(help="Write the trials as JSON here.")] = None,
+) -> None:
+    """Hill-climb max_batch_size, queue delay and instances under a p99 budget; write the winner."""
+    import json
+
+    from lifeloop.loadtest.tune import tune as run_tune
+
+    result = run_tune(
+        url=url,
+        repository=repository,
+        model=model,
+        p99_budget_ms=p99_budget_ms,
+        concurrency=concurrency,
+        window_s=window,
+        max_s=max_seconds,
+        max_points=max_points,
+        say=console.print,
+    )
+    table = Table(
+        title=f"tune {model}: p99 budget {p99_budget_ms:g} ms at concurrency {concurrency}"
+    )
+    for column in (
+        "max_batch_size",
+        "queue delay (us)",
+        "instances",
+        "req/s",
+        "p99 ms",
+        "within budget",
+    ):
+        table.add_column(column)
+    winner = result["winner"]
+    for row in sorted(result["trials"], key=lambda r: -r["throughput_rps"]):
+        mark = " <- winner" if winner and row == winner else ""
+        table.add_row(
+            str(row["max_batch_size"]),
+            str(row["max_queue_delay_us"]),
+            str(row["instances"]),
+            f"{row['throughput_rps']:.1f}",
+            f"{row['p99_ms']:.2f}",
+            ("yes" if row["feasible"] else "no") + mark,
+        )
+    console.print(table)
+    if winner is None:
+        console.print(
+            f"[yellow]no config met p99 <= {p99_budget_ms:g} ms; the original config was kept[/]"
+        )
+    else:
+        console.print(f"wrote the winner to {repository / model / 'config.pbtxt'}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+# The learning loop's commands register on `app` (kept in their own module for length).
+
+
+@app.command()
+@_errors
+def soak(
+    url: Annotated[str, typer.Option(help="The router's server, grpc://HOST:PORT or http://.")],
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    cycles: Annotated[int, typer.Option(help="candidate -> promote -> rollback cycles.")] = 20,
+    users: Annotated[int, typer.Option(help="Client threads classifying throughout.")] = 4,
+    router: RouterName = "router",
+    store: StoreUrl = None,
+    servers: Annotated[
+        str | None,
+        typer.Option(
+            "--servers",
+            help="HTTP URL(s) that load each change (default: --url when it is http://); "
+            "URL,URL,... or dns+http://NAME:PORT for replicas.",
+            envvar="LIFELOOP_SERVERS",
+        ),
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version cycled in (default: newest but the champion).")
+    ] = None,
+    max_rss_growth: Annotated[
+        float, typer.Option(help="Fail above this growth of resident memory, in percent.")
+    ] = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Reload under load: N cycles of candidate, promote and rollback while clients classify
+    through the router; fails on any failed request or on memory growth."""
+    import json
+    from dataclasses import asdict
+
+    from lifeloop.loadtest.soak import SoakConfig, run_soak
+
+    config = SoakConfig(
+        url=url,
+        repository=repository,
+        model=model,
+        cycles=cycles,
+        users=users,
+        router=router,
+        store=store,
+        servers=servers,
+        version=version,
+        max_rss_growth_pct=max_rss_growth,
+    )
+    step = max(1, cycles // 10)
+
+    def progress(done: int) -> None:
+        if not json_out and (done % step == 0 or done == cycles):
+            console.print(f"cycle {done}/{cycles}")
+
+    result = run_soak(config, progress=progress)
+    if json_out:
+        data = asdict(result)
+        data["failures"] = dict(result.failures)
+        data["rss_growth_pct"] = result.rss_growth_pct
+        data["failed"] = result.failed
+        typer.echo(json.dumps(data, sort_keys=True))
+    else:
+        _print_soak(result)
+    if result.failed:
+        typer.echo(f"error: soak failed: {'; '.join(result.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+def _print_soak(result) -> None:  # type: ignore[no-untyped-def]
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f} ms"
+
+    def mib(memory) -> str:  # type: ignore[no-untyped-def]
+        if memory is None:
+            return "n/a"
+        return (
+            f"{memory.total / 2**20:.0f} MiB (tritonserver {memory.server / 2**20:.0f}, "
+            f"{memory.stub_count} stubs {memory.stubs / 2**20:.0f})"
+        )
+
+    table = Table(title=f"soak: {result.cycles} cycles", show_header=False)
+    table.add_row("requests", str(result.requests))
+    table.add_row("failed", str(sum(result.failures.values())))
+    for cause, n in result.failures.most_common():
+        table.add_row(f"  {n}x", cause)
+    table.add_row("p99 during reloads", ms(result.p99_reload_ms))
+    table.add_row("p99 between reloads", ms(result.p99_between_ms))
+    table.add_row("time in reloads", f"{result.reload_s:.1f} s")
+    table.add_row("RSS after warm-up", mib(result.memory_after_warmup))
+    table.add_row("RSS at end", mib(result.memory_at_end))
+    growth = result.rss_growth_pct
+    table.add_row("RSS growth", "n/a" if growth is None else f"{growth:+.2f}%")
+    console.print(table)
+    for note in result.notes:
+        console.print(note)

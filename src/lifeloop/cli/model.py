@@ -1,0 +1,303 @@
+"""Commands that make and publish models: `train`, `digits`, `export`, `publish`,
+`versions`, `image init`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lifeloop.cli._common import (
+    ModelName,
+    NewVersion,
+    PublishServers,
+    Repository,
+    _errors,
+    console,
+    print_replicas,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+@_errors
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint: lifeloop's, or a bare state_dict.")],
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture: small_cnn or a torchvision classifier.")
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Class count of a bare state_dict.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="File with one label per line.")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input height and width in pixels.")
+    ] = None,
+    version: NewVersion = None,
+    server_url: PublishServers = None,
+    samples: Annotated[
+        Path | None, typer.Option(help="Image folder whose images join the parity check.")
+    ] = None,
+    atol: Annotated[float, typer.Option(help="Parity: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Parity: relative tolerance.")] = 1e-3,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Config max_batch_size when the model is new.")
+    ] = 32,
+    formats: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated: onnx, onnx-int8, onnx-fp16, tensorrt-fp16, tensorrt-int8. "
+            "Each is its own model: NAME, NAME_int8, NAME_fp16, NAME_trt_fp16, ...",
+        ),
+    ] = "onnx",
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Images to calibrate INT8 on (default: the checkpoint's training data)."),
+    ] = None,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(help="Labelled images for the INT8/FP16 gate (default: the held-out split)."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="INT8/FP16 gate: top-1 lost against fp32 (0.01 = 1 point).")
+    ] = 0.01,
+    min_agreement: Annotated[
+        float, typer.Option(help="INT8/FP16 gate: least top-1 agreement with fp32.")
+    ] = 0.98,
+) -> None:
+    """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version.
+
+    INT8 and FP16 are gated on accuracy against the fp32 export; one refused format
+    publishes none."""
+    from lifeloop.export import CheckpointError, Tolerance, export_checkpoint, load
+    from lifeloop.export.pipeline import FP16, INT8, parse_formats
+    from lifeloop.export.quantize import QualityGate
+
+    if num_classes is not None and labels is not None:
+        raise CheckpointError("pass --num-classes or --labels, not both")
+    names = _read_labels(labels) if labels else None
+    if num_classes is not None:
+        if num_classes < 2:
+            raise CheckpointError(f"--num-classes must be >= 2, got {num_classes}")
+        names = tuple(str(i) for i in range(num_classes))
+    loaded = load(checkpoint, arch=arch, labels=names, input_size=input_size)
+    sample_arrays = None
+    if samples is not None:
+        from lifeloop.datasets import load_arrays, scan
+
+        folder = scan(samples)
+        sample_arrays, _ = load_arrays(
+            list(folder.samples[:: max(1, len(folder.samples) // 64)]), loaded.preprocessing
+        )
+    chosen = parse_formats(formats)
+    gate = QualityGate(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement)
+    precision = None
+    if INT8 in chosen or FP16 in chosen:
+        from lifeloop.export.calibration import precision_data
+
+        precision = precision_data(
+            loaded, calibration_dir=calibration, eval_dir=eval_dir, gate=gate
+        )
+    result = export_checkpoint(
+        loaded,
+        repository,
+        model,
+        samples=sample_arrays,
+        tolerance=Tolerance(atol, rtol),
+        version=version,
+        server_url=server_url,
+        max_batch_size=max_batch_size,
+        formats=chosen,
+        precision=precision,
+    )
+    console.print(result.parity.summary())
+    for fmt, report in result.quality.items():
+        console.print(
+            f"{fmt}: top-1 {report.accuracy:.4f} against fp32's {report.fp32_accuracy:.4f}, "
+            f"agreement {report.agreement:.2%} on {report.held_out} held-out images: passed"
+        )
+    for fmt, published in result.by_format.items():
+        console.print(
+            f"published {published.model} version {published.version} ({fmt}) at {published.path}"
+        )
+        print_replicas(published.replicas)
+
+
+@app.command()
+@_errors
+def publish(
+    source: Annotated[
+        Path, typer.Argument(help="A version folder with its manifest.json, made by an export.")
+    ],
+    repository: Repository = Path("model_repository"),
+    model: Annotated[
+        str | None, typer.Option(help="Model to publish under (default: the manifest's).")
+    ] = None,
+    version: NewVersion = None,
+    server_url: PublishServers = None,
+) -> None:
+    """Publish a version exported elsewhere (another machine, a GPU host's TensorRT plan):
+    checked against its manifest, then published atomically and loaded on every server."""
+    from lifeloop.repository import publish_folder
+
+    published = publish_folder(repository, source, model, version=version, server_url=server_url)
+    console.print(
+        f"published {published.model} version {published.version} "
+        f"({published.manifest.format}) at {published.path}"
+    )
+    print_replicas(published.replicas)
+
+
+def _read_labels(path: Path) -> tuple[str, ...]:
+    from lifeloop.export import CheckpointError
+
+    try:
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read labels file {path} ({exc}); pass a text file, one label per line"
+        ) from exc
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise CheckpointError(f"labels file {path} needs at least 2 unique labels, one per line")
+    return names
+
+
+image_app = typer.Typer(help="Let clients send encoded JPEG and PNG images.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("init")
+@_errors
+def image_init(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    preprocess: Annotated[str, typer.Option(help="Name of the preprocess model.")] = "preprocess",
+    ensemble: Annotated[
+        str | None, typer.Option(help="Name of the ensemble (default: <model>_image).")
+    ] = None,
+    max_image_bytes: Annotated[
+        int, typer.Option(help="Larger encoded images fail their own request.")
+    ] = 20 * 1024 * 1024,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="Images with more pixels (width x height) fail before decoding.")
+    ] = 40_000_000,
+    formats: Annotated[
+        str, typer.Option(help="Image formats accepted, as Pillow names them.")
+    ] = "JPEG,PNG",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            "--servers",
+            help="Triton HTTP URL, or URL,URL,...: load both models there (EXPLICIT mode).",
+        ),
+    ] = None,
+) -> None:
+    """Write a preprocess model and an ensemble (preprocess -> classifier) for raw images."""
+    from lifeloop.serve.ensemble import install_image_ensemble
+    from lifeloop.serve.preprocess import ImageLimits
+
+    kinds = tuple(f.strip().upper() for f in formats.split(",") if f.strip())
+    done = install_image_ensemble(
+        repository,
+        model,
+        preprocess=preprocess,
+        ensemble=ensemble,
+        limits=ImageLimits(max_bytes=max_image_bytes, max_pixels=max_image_pixels, formats=kinds),
+        server_url=url,
+    )
+    console.print(
+        f"ensemble {done.ensemble!r} ({done.preprocess!r} -> {done.classifier!r}) written: send "
+        f"{'/'.join(done.limits.formats)} bytes as IMAGE (BYTES, one per request row)"
+    )
+
+
+@app.command()
+@_errors
+def versions(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    url: Annotated[
+        str | None, typer.Option(help="Server (HTTP) to ask for each version's state.")
+    ] = None,
+) -> None:
+    """List a model's versions: state, labels, parity and creation time."""
+    from lifeloop.repository import list_versions
+
+    rows = list_versions(repository, model, server_url=url)
+    table = Table(title=f"{model} in {repository}")
+    for column in (
+        "version",
+        "state",
+        "labels",
+        "format",
+        "parity max|diff|",
+        "top-1 agree",
+        "created",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row.version),
+            row.state,
+            str(row.labels),
+            row.format,
+            "-" if row.parity_max_abs_diff is None else f"{row.parity_max_abs_diff:.2g}",
+            "-" if row.parity_top1_agreement is None else f"{row.parity_top1_agreement:.1%}",
+            row.created_at or row.problem,
+        )
+    console.print(table)
+    if not rows:
+        console.print(f"{model} has no published versions yet")
+
+
+@app.command()
+@_errors
+def train(
+    data: Annotated[Path, typer.Option(help="ImageFolder: <data>/<label>/<image>.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write.")],
+    arch: Annotated[str, typer.Option(help="small_cnn or a torchvision classifier.")] = "small_cnn",
+    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 4,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input size in pixels (default 32 for small_cnn, else 224).")
+    ] = None,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    holdout: Annotated[
+        float, typer.Option(help="Share of each class held out for evaluation.")
+    ] = 0.2,
+    seed: int = 0,
+) -> None:
+    """Train a classifier on CPU and save a lifeloop checkpoint."""
+    from lifeloop.retrain import train as run_train
+
+    result = run_train(
+        data,
+        arch=arch,
+        epochs=epochs,
+        out=out,
+        input_size=input_size,
+        batch_size=batch_size,
+        lr=lr,
+        holdout=holdout,
+        seed=seed,
+    )
+    console.print(f"held-out accuracy {result.holdout_accuracy:.3f}; checkpoint {result.path}")
+
+
+@app.command()
+@_errors
+def digits(
+    out: Annotated[Path, typer.Option(help="Folder to write the PNGs into.")] = Path("runs/digits"),
+) -> None:
+    """Write scikit-learn's bundled digits (no download) as an ImageFolder of PNGs."""
+    from lifeloop.retrain import write_digits
+
+    folder = write_digits(out)
+    console.print(f"{len(folder.samples)} images in {len(folder.labels)} classes at {folder.root}")

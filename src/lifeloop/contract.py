@@ -1,0 +1,52 @@
+"""The names lifeloop's parts agree on: every `lifeloop.*` parameter key of a Triton model
+config, the tensor names of the router and feedback models, and the control-API key header.
+
+The exporter writes these keys, the Triton models read them and the client decodes them: one
+module, imported by all three, so that they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Written on every classifier version's config by the publisher.
+LABELS_PARAM = "lifeloop.labels"  # JSON list: index -> class name
+PREPROCESSING_PARAM = "lifeloop.preprocessing"  # JSON Preprocessing of the newest version
+# On a model that fronts a classifier (router, preprocess, image ensemble): its name.
+CLASSIFIER_PARAM = "lifeloop.classifier"
+
+# The router model.
+STORE_PARAM = "lifeloop.store"  # SQLAlchemy URL of the prediction store
+BLOB_DIR_PARAM = "lifeloop.blob_dir"  # where kept inputs are written
+SAMPLE_RATE_PARAM = "lifeloop.blob_sample_rate"  # share of inputs kept, 0..1
+TOP_K_PARAM = "lifeloop.top_k"  # classes kept per logged prediction
+SPOOL_DIR_PARAM = "lifeloop.spool_dir"  # the journal a store outage spools to
+STORE_TIMEOUT_PARAM = "lifeloop.store_timeout_ms"  # longest wait for the store per batch
+SPOOL_MAX_BYTES_PARAM = "lifeloop.spool_max_bytes"
+SPOOL_WHEN_FULL_PARAM = "lifeloop.spool_when_full"  # refuse | drop
+
+# The feedback model: which router's predictions it labels.
+ROUTER_PARAM = "lifeloop.router"
+
+# The preprocess model of the image ensemble.
+MAX_BYTES_PARAM = "lifeloop.max_image_bytes"
+MAX_PIXELS_PARAM = "lifeloop.max_image_pixels"
+FORMATS_PARAM = "lifeloop.image_formats"
+
+# Tensors. A classifier's own input and output names come from its config.
+IMAGE_INPUT = "IMAGE"  # the image ensemble's encoded bytes
+VERSION_OUTPUT = "model_version"  # router: the version that answered each row
+REQUEST_ID_OUTPUT = "request_id"  # router: the id feedback refers to
+REQUEST_ID_INPUT = "request_id"  # feedback
+LABEL_INPUT = "label"  # feedback
+ACCEPTED_OUTPUT = "accepted"  # feedback
+
+# Triton's restricted model-control API: the header lifeloop's clients send, and the
+# environment variable they read its value from.
+API_KEY_HEADER = "lifeloop-key"
+API_KEY_ENV = "LIFELOOP_API_KEY"
+
+
+def parameters(config: dict[str, Any]) -> dict[str, str]:
+    """Triton's JSON config parameters {"key": {"string_value": "v"}} -> {"key": "v"}."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}

@@ -1,0 +1,397 @@
+"""The router: a Python (BLS) model in Triton in front of a classifier.
+
+Per batch it reads the routing policy (one stat; re-read on change), sends each request to the
+champion or, with the canary weight's probability, to the candidate, one BLS call per version
+for the whole batch, and in shadow mode also runs the candidate on every input and records
+whether it agrees. Every image gets a request id. Its prediction (version, top-k labels and
+scores, content hash, and the input itself at the sample rate) is committed to the store, one
+transaction per batch, or when the store does not answer within a short bound, to a local
+fsynced journal that is drained into the store later (lifeloop.store.prediction_log), before
+the batch's responses leave: an id a caller holds is never lost, even if tritonserver is
+killed right after. A store outage never fails or stalls inference.
+
+Outputs per image: `logits` (the answering version's), `model_version` and `request_id`."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lifeloop.contract import (
+    BLOB_DIR_PARAM,
+    CLASSIFIER_PARAM,
+    LABELS_PARAM,
+    SAMPLE_RATE_PARAM,
+    SPOOL_DIR_PARAM,
+    SPOOL_MAX_BYTES_PARAM,
+    SPOOL_WHEN_FULL_PARAM,
+    STORE_PARAM,
+    STORE_TIMEOUT_PARAM,
+    TOP_K_PARAM,
+    parameters,
+)
+from lifeloop.errors import LogUnavailable
+from lifeloop.repository.publish import CONFIG_NAME, read_config
+from lifeloop.rollout.policy import PolicyWatcher, RoutingPolicy
+from lifeloop.scoring import softmax_top_k
+from lifeloop.serve.responses import log, unavailable
+from lifeloop.store.blobs import cipher, content_hash, new_path, write_batch
+from lifeloop.store.database import Prediction, Store
+from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
+
+__all__ = ["CLASSIFIER_PARAM", "Router", "RouterSettings"]
+
+
+def default_spool_dir(repository: Path, router: str) -> Path:
+    """`<parent>/<repository name>.spool/<router>`: beside the repository, like the kept
+    inputs, so it lives on the same (shared, persistent) volume."""
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.spool" / router
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings:
+    classifier: str
+    store_url: str
+    blob_dir: Path
+    sample_rate: float
+    top_k: int
+    input_name: str
+    output_name: str
+    spool: SpoolSettings
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], repository: Path) -> RouterSettings:
+        params = parameters(config)
+        spool_dir = params.get(SPOOL_DIR_PARAM) or default_spool_dir(repository, config["name"])
+        return cls(
+            classifier=params[CLASSIFIER_PARAM],
+            store_url=params[STORE_PARAM],
+            blob_dir=Path(params[BLOB_DIR_PARAM]),
+            sample_rate=float(params.get(SAMPLE_RATE_PARAM, "1.0")),
+            top_k=int(params.get(TOP_K_PARAM, "5")),
+            input_name=config["input"][0]["name"],
+            output_name="logits",
+            spool=SpoolSettings(
+                folder=Path(spool_dir),
+                timeout_s=float(params.get(STORE_TIMEOUT_PARAM, "250")) / 1000,
+                max_bytes=int(params.get(SPOOL_MAX_BYTES_PARAM, str(1 << 30))),
+                when_full=WhenFull.parse(params.get(SPOOL_WHEN_FULL_PARAM, WhenFull.REFUSE.value)),
+            ),
+        )
+
+
+class Labels:
+    """The classifier's labels from its config.pbtxt, re-read when the file changes (a
+    version with new classes appends to them)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.path = model_dir / CONFIG_NAME
+        self._stamp = 0
+        self._labels: tuple[str, ...] = ()
+
+    def current(self) -> tuple[str, ...]:
+        stamp = self.path.stat().st_mtime_ns
+        if stamp != self._stamp:
+            config = read_config(self.path.parent)
+            if config is not None:
+                self._labels = tuple(config.json_parameter(LABELS_PARAM, []))
+            self._stamp = stamp
+        return self._labels
+
+
+class Router:
+    """What the router's model.py delegates to; `pb` is triton_python_backend_utils."""
+
+    def __init__(self, pb: Any, router_dir: Path, settings: RouterSettings) -> None:
+        self.pb = pb
+        self.settings = settings
+        self.policies = PolicyWatcher(router_dir)
+        self.labels = Labels(router_dir.parent / settings.classifier)
+        self.random = random.Random()
+        self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
+        # On Triton's /metrics beside its own, where the python backend supports it.
+        self.metrics = (
+            RouterMetrics(pb, router_dir.name, settings.classifier)
+            if hasattr(pb, "MetricFamily")
+            else None
+        )
+        # A bad URL fails the router's load; a store that is down does not: the router
+        # loads, spools, and drains once the store answers.
+        self.log = PredictionLog(
+            Store(settings.store_url, connect=False),
+            settings.spool,
+            log=lambda line: log(pb, "warn", line),
+            on_change=None if self.metrics is None else self.metrics.log_counters,
+        )
+
+    @classmethod
+    def from_args(cls, args: dict[str, str], pb: Any) -> Router:
+        config = json.loads(args["model_config"])
+        router_dir = Path(args["model_repository"])
+        return cls(pb, router_dir, RouterSettings.from_config(config, router_dir.parent))
+
+    def close(self) -> None:
+        self.log.close()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb, settings = self.pb, self.settings
+        policy = self.policies.current()
+        arrays = [pb.get_input_tensor_by_name(r, settings.input_name).as_numpy() for r in requests]
+        routes = [self._route(policy) for _ in requests]
+        # Per request: its logits, version, route, and top-k (indices, scores) as lists.
+        answers: list[tuple[np.ndarray, int, str, list[Any], list[Any]] | Exception] = [
+            RuntimeError("not routed") for _ in requests
+        ]
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for i, arm in enumerate(routes):
+            groups[arm].append(i)
+        for (route, version), members in groups.items():
+            try:
+                logits = self._infer(version, np.concatenate([arrays[i] for i in members]))
+            except Exception as exc:  # the classifier's error for this version's requests
+                for i in members:
+                    answers[i] = exc
+                continue
+            # One top-k over the version's whole batch, not one call per request.
+            indices, probabilities = softmax_top_k(logits, settings.top_k)
+            top, top_scores = indices.tolist(), probabilities.tolist()
+            start = 0
+            for i in members:
+                n = len(arrays[i])
+                end = start + n
+                answers[i] = (
+                    logits[start:end],
+                    version,
+                    route,
+                    top[start:end],
+                    top_scores[start:end],
+                )
+                start = end
+        shadow = self._shadow(policy, arrays)
+
+        labels = self.labels.current()
+        records: list[Prediction] = []
+        ids: list[list[str] | None] = []
+        kept: list[np.ndarray] = []  # the batch's sampled inputs, one file at blob_path
+        blob_path = new_path(settings.blob_dir, encrypted=self.fernet is not None)
+        offset = 0
+        for i, answer in enumerate(answers):
+            n = len(arrays[i])
+            if isinstance(answer, Exception):
+                ids.append(None)
+                offset += n
+                continue
+            _, version, route, order, top_scores = answer
+            # Shadow compares the candidate with the champion: only champion answers count.
+            shadowed = shadow is not None and route == "champion"
+            request_ids = []
+            for j in range(n):
+                sample = arrays[i][j]
+                row = None
+                if settings.sample_rate >= 1.0 or self.random.random() < settings.sample_rate:
+                    row = len(kept)
+                    kept.append(sample)
+                rid = uuid.uuid4().hex
+                request_ids.append(rid)
+                records.append(
+                    Prediction(
+                        request_id=rid,
+                        model=settings.classifier,
+                        version=version,
+                        route=route,
+                        labels=[_label(labels, k) for k in order[j]],
+                        scores=top_scores[j],
+                        content_hash=content_hash(sample),
+                        blob=None if row is None else str(blob_path),
+                        blob_row=row,
+                        shadow_version=policy.candidate if shadowed else None,
+                        shadow_label=_label(labels, shadow[offset + j])
+                        if shadow is not None and shadowed
+                        else None,
+                    )
+                )
+            ids.append(request_ids)
+            offset += n
+
+        if kept:
+            try:
+                write_batch(blob_path, np.stack(kept), fernet=self.fernet)
+            except OSError as exc:
+                # Kept inputs serve retraining only: a full or failing disk costs this batch's
+                # inputs, never its answers.
+                records = [replace(r, blob=None, blob_row=None) for r in records]
+                if self.metrics is not None:
+                    self.metrics.kept_input_failed(len(kept))
+                log(pb, "warn", f"lifeloop: kept inputs not written to {blob_path}: {exc}")
+        try:
+            self.log.record(records)
+        except LogUnavailable as exc:
+            # Not acknowledged: no caller may hold an id that is neither stored nor spooled.
+            error = unavailable(pb, str(exc))
+            return [pb.InferenceResponse(error=error) for _ in requests]
+        if self.metrics is not None:
+            self.metrics.record(records)
+
+        responses = []
+        for answer, answer_ids in zip(answers, ids, strict=True):
+            if isinstance(answer, Exception) or answer_ids is None:
+                responses.append(pb.InferenceResponse(error=pb.TritonError(str(answer))))
+                continue
+            logits, version = answer[0], answer[1]
+            n = len(logits)
+            tensors = [
+                pb.Tensor(settings.output_name, np.ascontiguousarray(logits, dtype=np.float32)),
+                pb.Tensor("model_version", np.full((n, 1), version, dtype=np.int64)),
+                pb.Tensor(
+                    "request_id",
+                    np.array([[r.encode()] for r in answer_ids], dtype=np.object_),
+                ),
+            ]
+            responses.append(pb.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def _route(self, policy: RoutingPolicy) -> tuple[str, int]:
+        if (
+            policy.candidate is not None
+            and policy.canary_weight > 0
+            and self.random.random() < policy.canary_weight
+        ):
+            return ("canary", policy.candidate)
+        return ("champion", policy.champion)
+
+    def _shadow(self, policy: RoutingPolicy, arrays: list[np.ndarray]) -> np.ndarray | None:
+        """The candidate's top-1 for every image, or None. A failing shadow never fails the
+        answer: it is only not recorded."""
+        if not policy.shadow or policy.candidate is None:
+            return None
+        try:
+            logits = self._infer(policy.candidate, np.concatenate(arrays))
+        except Exception:
+            return None
+        return np.argmax(logits, axis=1)
+
+    def _infer(self, version: int, batch: np.ndarray) -> np.ndarray:
+        pb, settings = self.pb, self.settings
+        request = pb.InferenceRequest(
+            model_name=settings.classifier,
+            model_version=int(version),
+            requested_output_names=[settings.output_name],
+            inputs=[pb.Tensor(settings.input_name, batch)],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{settings.classifier} v{version}: {response.error().message()}")
+        return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
+
+
+class RouterMetrics:
+    """Counters on Triton's metrics endpoint, through the python backend's custom metrics:
+    images answered per version and route, and shadow comparisons and agreements per
+    candidate. Counted after the prediction log commits, so they count acknowledged work."""
+
+    flush_s = 0.5
+
+    def __init__(self, pb: Any, router: str, model: str) -> None:
+        def family(name: str, description: str, kind: Any = pb.MetricFamily.COUNTER) -> Any:
+            return pb.MetricFamily(name=name, description=description, kind=kind)
+
+        self.labels = {"router": router, "model": model}
+        self.routed = family(
+            "lifeloop_routed_images_total",
+            "Images a lifeloop router answered, by answering version and route",
+        )
+        self.compared = family(
+            "lifeloop_shadow_compared_total",
+            "Champion answers a shadowing candidate also answered",
+        )
+        self.agreed = family(
+            "lifeloop_shadow_agreed_total",
+            "Shadow comparisons where the candidate's top-1 matched the champion's",
+        )
+        self.logged = family(
+            "lifeloop_log_records_total",
+            "Predictions the router logged, by outcome: stored, spooled (to the local journal "
+            "while the store was slow or down), dropped or refused (journal full)",
+        )
+        self.drained = family(
+            "lifeloop_spool_drained_records_total", "Spooled predictions drained into the store"
+        )
+        self.spooled_now = family(
+            "lifeloop_spooled_records",
+            "Predictions waiting in the router's spool for the store",
+            pb.MetricFamily.GAUGE,
+        )
+        self.kept_failed = family(
+            "lifeloop_kept_input_failures_total",
+            "Inputs the router could not keep for retraining (disk full or failing)",
+        )
+        self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
+        self._published = Counters()
+        self._published_at = 0.0
+        self._lock = threading.Lock()  # the log's worker thread publishes too
+        # Every series from the start, at 0: an alert on "spooled > 0" or a rate of drops
+        # needs the series to exist before the first outage.
+        for outcome in ("stored", "spooled", "dropped", "refused"):
+            self._metric(self.logged, outcome=outcome)
+        self._metric(self.drained)
+        self._metric(self.spooled_now).set(0)
+        self._metric(self.kept_failed)
+
+    def log_counters(self, counters: Counters) -> None:
+        """Publish what the prediction log counted since the last call. Each metric call is
+        a round trip to tritonserver, so in steady state (only `stored` grew) the counter
+        is flushed at most every `flush_s`; anything else is published at once."""
+        with self._lock:
+            # One snapshot for the deltas and for what is remembered as published: the other
+            # thread may count more meanwhile, and that must go out next time, not be lost.
+            now, last = replace(counters), self._published
+            steady = all(
+                getattr(now, f) == getattr(last, f)
+                for f in ("spooled", "dropped", "refused", "drained", "pending")
+            )
+            at = time.monotonic()
+            if steady and at - self._published_at < self.flush_s:
+                return
+            for outcome in ("stored", "spooled", "dropped", "refused"):
+                grew = getattr(now, outcome) - getattr(last, outcome)
+                if grew:
+                    self._metric(self.logged, outcome=outcome).increment(grew)
+            if now.drained - last.drained:
+                self._metric(self.drained).increment(now.drained - last.drained)
+            if now.pending != last.pending:
+                self._metric(self.spooled_now).set(now.pending)
+            self._published, self._published_at = now, at
+
+    def kept_input_failed(self, n: int) -> None:
+        self._metric(self.kept_failed).increment(n)
+
+    def record(self, records: list[Prediction]) -> None:
+        routed = Counter((r.version, r.route) for r in records)
+        for (version, route), n in routed.items():
+            self._metric(self.routed, version=str(version), route=route).increment(n)
+        shadowed = [r for r in records if r.shadow_version is not None]
+        for candidate in {r.shadow_version for r in shadowed}:
+            mine = [r for r in shadowed if r.shadow_version == candidate]
+            agreed = sum(r.shadow_label == r.labels[0] for r in mine)
+            self._metric(self.compared, candidate=str(candidate)).increment(len(mine))
+            self._metric(self.agreed, candidate=str(candidate)).increment(agreed)
+
+    def _metric(self, family: Any, **labels: str) -> Any:
+        key = (id(family), tuple(sorted(labels.items())))
+        if key not in self._metrics:
+            self._metrics[key] = family.Metric(labels={**self.labels, **labels})
+        return self._metrics[key]
+
+
+def _label(labels: tuple[str, ...], index: int) -> str:
+    return labels[index] if index < len(labels) else str(index)
