@@ -13,6 +13,7 @@ import pytest
 from lifeloop.datasets import load_arrays
 from lifeloop.export import Checkpoint, export_checkpoint
 from lifeloop.retrain import ImageFolder, TrainResult, train, write_digits
+from lifeloop.rollout.replicas import load_published
 
 
 @pytest.fixture(scope="session")
@@ -44,5 +45,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def publish_trained(checkpoint: Checkpoint, repository: Path, model: str = "classifier", **kwargs):
-    return export_checkpoint(checkpoint, repository, model, **kwargs)
+def publish_trained(
+    checkpoint: Checkpoint,
+    repository: Path,
+    model: str = "classifier",
+    *,
+    server_url: str | None = None,
+    **kwargs,
+):
+    """As `lifeloop export --servers` does: write the versions, then have every server load
+    them (EXPLICIT mode)."""
+    result = export_checkpoint(checkpoint, repository, model, **kwargs)
+    for published in result.by_format.values():
+        load_published(server_url, published)
+    return result

@@ -18,7 +18,7 @@ from lifeloop.errors import ReplicaError
 from lifeloop.repository import version_numbers
 from lifeloop.retrain import TrainResult
 from lifeloop.rollout import Rollout
-from lifeloop.rollout.replicas import load_everywhere, server_urls
+from lifeloop.rollout.replicas import load_everywhere, load_published, server_urls
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
 from lifeloop.store import Store
@@ -74,10 +74,11 @@ def test_publish_reaches_every_replica_and_names_one_stopped_mid_publish(
     repo, a, b = replicas
     x, _ = held_out
     both = f"{a.http_url},{b.http_url}"
-    published = publish_trained(trained.checkpoint, repo, "digits", server_url=both)
-    assert published.published.version == 2
-    assert [r.url for r in published.published.replicas] == [a.http_url, b.http_url]
-    assert all(r.ok and "digits v1,2 READY" in r.detail for r in published.published.replicas)
+    published = publish_trained(trained.checkpoint, repo, "digits").published
+    assert published.version == 2
+    results = load_published(both, published)
+    assert [r.url for r in results] == [a.http_url, b.http_url]
+    assert all(r.ok and "digits v1,2 READY" in r.detail for r in results)
     assert served_versions(a.http_url, x) == served_versions(b.http_url, x) == {2}
 
     b.stop()  # replica b goes away between two publishes

@@ -21,8 +21,9 @@ from lifeloop.retrain import ImageFolder, TrainResult, train
 from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import predict
 from lifeloop.rollout import read_policy
-from lifeloop.serve.install import default_blob_dir, install_router
+from lifeloop.serve.install import install_router
 from lifeloop.store import Store, blobs
+from lifeloop.store.blobs import default_blob_dir
 from lifeloop.store.database import Prediction
 from tests.conftest import publish_trained
 

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient, ServerControl
 from lifeloop.repository import list_versions
+from lifeloop.rollout.replicas import version_states
 from tests.conftest import publish_trained
 
 
@@ -127,7 +128,8 @@ def test_hot_reload_serves_a_new_version(server, trained, held_out) -> None:
         assert client.classify([held_out[0][0]])[0].version == second.published.version
         # The previous version stays loaded (latest 2) and can be asked for by number.
         assert client.classify([held_out[0][0]], version=first.published.version)[0].version == 1
-    states = {r.version: r.state for r in list_versions(repo, "hot", server_url=server.http_url)}
+    rows = list_versions(repo, "hot", states=version_states(server.http_url, "hot"))
+    states = {r.version: r.state for r in rows}
     assert states == {1: "READY", 2: "READY"}
 
 

@@ -16,7 +16,7 @@ from lifeloop.cli import app
 from lifeloop.errors import QualityGateError
 from lifeloop.export import ExportError, export_checkpoint
 from lifeloop.export.calibration import precision_data
-from lifeloop.export.pipeline import parse_formats
+from lifeloop.export.formats import parse_formats
 from lifeloop.export.quantize import QualityGate
 from lifeloop.repository import verify
 from lifeloop.repository.publish import version_numbers

@@ -399,8 +399,9 @@ def store_purge(
     """Delete predictions, their feedback and kept inputs older than the window, and the
     archived checkpoints of versions nothing loads; in short transactions, beside traffic."""
     from lifeloop.export.pipeline import archive_dir
+    from lifeloop.rollout.policy import loaded_in
     from lifeloop.store import Store
-    from lifeloop.store.retention import blob_dirs, loaded_versions, parse_age, purge
+    from lifeloop.store.retention import blob_dirs, parse_age, purge
 
     age = parse_age(older_than)
     repository = Path(repository)
@@ -410,7 +411,7 @@ def store_purge(
             older_than=age,
             blob_dirs=blob_dirs(repository),
             checkpoint_dir=archive_dir(repository),
-            loaded=loaded_versions(repository),
+            loaded=loaded_in(repository),
             keep_labelled=keep_labelled,
             include_trained=include_trained,
             batch_size=batch_size,

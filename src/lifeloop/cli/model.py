@@ -76,8 +76,9 @@ def export(
     INT8 and FP16 are gated on accuracy against the fp32 export; one refused format
     publishes none."""
     from lifeloop.export import CheckpointError, Tolerance, export_checkpoint, load
-    from lifeloop.export.pipeline import FP16, INT8, parse_formats
+    from lifeloop.export.formats import FP16, INT8, parse_formats
     from lifeloop.export.quantize import QualityGate
+    from lifeloop.rollout.replicas import load_published
 
     if num_classes is not None and labels is not None:
         raise CheckpointError("pass --num-classes or --labels, not both")
@@ -111,7 +112,6 @@ def export(
         samples=sample_arrays,
         tolerance=Tolerance(atol, rtol),
         version=version,
-        server_url=server_url,
         max_batch_size=max_batch_size,
         formats=chosen,
         precision=precision,
@@ -126,7 +126,7 @@ def export(
         console.print(
             f"published {published.model} version {published.version} ({fmt}) at {published.path}"
         )
-        print_replicas(published.replicas)
+        print_replicas(load_published(server_url, published))
 
 
 @app.command()
@@ -145,13 +145,14 @@ def publish(
     """Publish a version exported elsewhere (another machine, a GPU host's TensorRT plan):
     checked against its manifest, then published atomically and loaded on every server."""
     from lifeloop.repository import publish_folder
+    from lifeloop.rollout.replicas import load_published
 
-    published = publish_folder(repository, source, model, version=version, server_url=server_url)
+    published = publish_folder(repository, source, model, version=version)
     console.print(
         f"published {published.model} version {published.version} "
         f"({published.manifest.format}) at {published.path}"
     )
-    print_replicas(published.replicas)
+    print_replicas(load_published(server_url, published))
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:
@@ -229,8 +230,9 @@ def versions(
 ) -> None:
     """List a model's versions: state, labels, parity and creation time."""
     from lifeloop.repository import list_versions
+    from lifeloop.rollout.replicas import version_states
 
-    rows = list_versions(repository, model, server_url=url)
+    rows = list_versions(repository, model, states=version_states(url, model) if url else None)
     table = Table(title=f"{model} in {repository}")
     for column in (
         "version",

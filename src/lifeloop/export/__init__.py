@@ -1,27 +1,35 @@
-"""PyTorch checkpoints -> parity-gated ONNX versions in a Triton model repository."""
+"""PyTorch checkpoints -> parity-gated ONNX versions in a Triton model repository.
 
-from lifeloop.errors import CheckpointError, ExportError, ParityError
-from lifeloop.export.architectures import SMALL_CNN, SmallCNN, build, known_architectures
-from lifeloop.export.checkpoint import Checkpoint, load
-from lifeloop.export.onnx_export import export_onnx
-from lifeloop.export.parity import ParityReport, Tolerance, check_parity
-from lifeloop.export.pipeline import ExportResult, export_checkpoint, publish_onnx
+Nothing is imported eagerly: `lifeloop.export.formats` and `lifeloop.export.tensorrt` are read
+by the server launcher, which must not pay for importing torch."""
 
-__all__ = [
-    "SMALL_CNN",
-    "Checkpoint",
-    "CheckpointError",
-    "ExportError",
-    "ExportResult",
-    "ParityError",
-    "ParityReport",
-    "SmallCNN",
-    "Tolerance",
-    "build",
-    "check_parity",
-    "export_checkpoint",
-    "export_onnx",
-    "known_architectures",
-    "load",
-    "publish_onnx",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "SMALL_CNN": "lifeloop.export.architectures",
+    "SmallCNN": "lifeloop.export.architectures",
+    "build": "lifeloop.export.architectures",
+    "known_architectures": "lifeloop.export.architectures",
+    "Checkpoint": "lifeloop.export.checkpoint",
+    "load": "lifeloop.export.checkpoint",
+    "CheckpointError": "lifeloop.errors",
+    "ExportError": "lifeloop.errors",
+    "ParityError": "lifeloop.errors",
+    "export_onnx": "lifeloop.export.onnx_export",
+    "ParityReport": "lifeloop.export.parity",
+    "Tolerance": "lifeloop.export.parity",
+    "check_parity": "lifeloop.export.parity",
+    "ExportResult": "lifeloop.export.pipeline",
+    "export_checkpoint": "lifeloop.export.pipeline",
+    "publish_onnx": "lifeloop.export.pipeline",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lifeloop.export' has no attribute {name!r}")

@@ -13,6 +13,15 @@ from torch import nn
 
 from lifeloop.errors import ExportError, QualityGateError
 from lifeloop.export import checkpoint as ckpt
+from lifeloop.export.formats import (
+    INT8,
+    ONNX,
+    REDUCED,
+    TENSORRT,
+    TRT_INT8,
+    format_model,
+    parse_formats,
+)
 from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
 from lifeloop.export.parity import (
     DEFAULT_TOLERANCE,
@@ -23,8 +32,6 @@ from lifeloop.export.parity import (
     sample_inputs,
 )
 from lifeloop.export.quantize import (
-    FP16,
-    INT8,
     QualityGate,
     QualityReport,
     check_quality,
@@ -39,21 +46,8 @@ from lifeloop.repository import (
     ensure_repository,
     publish,
 )
-from lifeloop.rollout.replicas import ServerUrls
 
 BATCH_SIZES = (1, 4, 16)
-ONNX = "onnx"
-TENSORRT = ("tensorrt-fp16", "tensorrt-int8")
-FORMATS = (ONNX, INT8, FP16, *TENSORRT)
-# Each format is its own Triton model, so that clients pick one by name and each has its own
-# version policy: classifier, classifier_int8, classifier_fp16, classifier_trt_fp16, ...
-SUFFIXES = {
-    ONNX: "",
-    INT8: "_int8",
-    FP16: "_fp16",
-    "tensorrt-fp16": "_trt_fp16",
-    "tensorrt-int8": "_trt_int8",
-}
 
 
 @dataclass(frozen=True)
@@ -75,21 +69,6 @@ class PrecisionData:
     gate: QualityGate = field(default_factory=QualityGate)
 
 
-def parse_formats(text: str) -> tuple[str, ...]:
-    """`onnx,onnx-int8` -> ("onnx", "onnx-int8"), in FORMATS order, each once."""
-    asked = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in asked if name not in FORMATS]
-    if unknown or not asked:
-        raise ExportError(
-            f"unknown --format {', '.join(unknown) or repr(text)}; use any of {', '.join(FORMATS)}"
-        )
-    return tuple(name for name in FORMATS if name in asked)
-
-
-def format_model(model_name: str, fmt: str) -> str:
-    return model_name + SUFFIXES[fmt]
-
-
 def export_checkpoint(
     checkpoint: ckpt.Checkpoint,
     repository: Path,
@@ -98,7 +77,6 @@ def export_checkpoint(
     samples: np.ndarray | None = None,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
     version: int | None = None,
-    server_url: ServerUrls = None,
     max_batch_size: int = 32,
     evaluation: dict[str, object] | None = None,
     formats: tuple[str, ...] = (ONNX,),
@@ -112,7 +90,7 @@ def export_checkpoint(
     is published: one refused format publishes none."""
     ensure_repository(repository)  # fail on a bad path before minutes of export work
     formats = parse_formats(",".join(formats))
-    reduced = [f for f in formats if f in (INT8, FP16)]
+    reduced = [f for f in formats if f in REDUCED]
     if precision is None and reduced:
         raise ExportError(
             f"{', '.join(reduced)} need calibration and held-out images; export a checkpoint "
@@ -161,7 +139,6 @@ def export_checkpoint(
                 quality=quality.get(fmt),
                 # The same checkpoint has the same version number in every format.
                 version=version or (by_format[ONNX].version if ONNX in by_format else None),
-                server_url=server_url,
                 max_batch_size=max_batch_size,
             )
     first = next(iter(by_format.values()))
@@ -180,7 +157,7 @@ def _build_plan(
     shape: tuple[int, ...],
     max_batch_size: int,
 ) -> tuple[Path, QualityReport]:
-    from lifeloop.export.tensorrt import TRT_INT8, batch_profile, build_plan, predict_plan
+    from lifeloop.export.tensorrt import batch_profile, build_plan, predict_plan
 
     # The precision is in the graph TensorRT parses: fp16 tensors, or Q/DQ nodes whose scales
     # were calibrated on the training images.
@@ -248,7 +225,6 @@ def publish_onnx(
     samples: np.ndarray | None = None,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
     version: int | None = None,
-    server_url: ServerUrls = None,
     max_batch_size: int = 32,
     evaluation: dict[str, object] | None = None,
 ) -> ExportResult:
@@ -263,7 +239,6 @@ def publish_onnx(
         report,
         evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
         version=version,
-        server_url=server_url,
         max_batch_size=max_batch_size,
     )
     return ExportResult(published, report, {ONNX: published})
@@ -297,7 +272,6 @@ def publish_format(
     evaluation: dict[str, object],
     quality: QualityReport | None = None,
     version: int | None,
-    server_url: ServerUrls,
     max_batch_size: int,
 ) -> PublishedVersion:
     shape = checkpoint.preprocessing.input_shape
@@ -339,9 +313,7 @@ def publish_format(
         evaluation=evaluation,
         tools=tools,
     )
-    return publish(
-        repository, config, {filename: path}, draft, version=version, server_url=server_url
-    )
+    return publish(repository, config, {filename: path}, draft, version=version)
 
 
 def _recorded_evaluation(checkpoint: ckpt.Checkpoint) -> dict[str, object]:

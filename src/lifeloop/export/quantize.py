@@ -16,8 +16,6 @@ import numpy as np
 from lifeloop.errors import ExportError
 from lifeloop.export.onnx_export import INPUT_NAME
 
-INT8, FP16 = "onnx-int8", "onnx-fp16"
-
 
 @dataclass(frozen=True, kw_only=True)
 class QualityGate:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from lifeloop.errors import ExportError
+from lifeloop.export.formats import base_model
 from lifeloop.repository import config as cfg
 from lifeloop.repository.manifest import Manifest
 
-TRT_FP16, TRT_INT8 = "tensorrt-fp16", "tensorrt-int8"
 PLAN_FILE = "model.plan"
 WORKSPACE_BYTES = 2 << 30
 
@@ -104,10 +104,8 @@ class PlanTarget:
 
 def check_plan(manifest: Manifest, here: PlanTarget) -> None:
     """Refuse a plan built for another GPU or TensorRT version, naming what to rebuild."""
-    from lifeloop.export.pipeline import SUFFIXES
-
     name = f"{manifest.model} v{manifest.version}"
-    base = manifest.model.removesuffix(SUFFIXES.get(manifest.format, ""))
+    base = base_model(manifest.model, manifest.format)
     rebuild = (
         "rebuild it on this machine with `lifeloop export --checkpoint <its checkpoint> "
         f"--model {base} --format {manifest.format} --version {manifest.version}`"

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from lifeloop.export import Checkpoint, build, export_checkpoint
-from lifeloop.export.pipeline import FP16, INT8, ONNX, format_model, publish_format
+from lifeloop.export.formats import FP16, INT8, ONNX, format_model
+from lifeloop.export.pipeline import publish_format
 from lifeloop.export.quantize import QualityGate, convert_fp16, quantize_int8
 from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
 from lifeloop.loadtest.lean import measure_lean, measure_raw, raw_cpu_ms_per_sample
@@ -39,7 +40,8 @@ from lifeloop.loadtest.stats import Measurement
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
-from lifeloop.serve.install import default_blob_dir, install_router
+from lifeloop.serve.install import install_router
+from lifeloop.store.blobs import default_blob_dir
 
 TARGETS = {
     "served_over_raw_resnet18": 0.90,

@@ -2,10 +2,9 @@
 
 from lifeloop.errors import ManifestMismatchError, RepositoryError, VersionExistsError
 from lifeloop.repository.config import ModelConfig, classifier_config, parse, render
-from lifeloop.repository.manifest import Manifest, TensorInfo, verify
+from lifeloop.repository.manifest import Manifest, TensorInfo, VersionDraft, verify
 from lifeloop.repository.publish import (
     PublishedVersion,
-    VersionDraft,
     ensure_repository,
     publish,
     publish_folder,

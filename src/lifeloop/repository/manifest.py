@@ -35,11 +35,10 @@ class TensorInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Manifest:
-    model: str
-    version: int
+class VersionDraft:
+    """Everything a manifest records except what publishing decides (version, files, time)."""
+
     format: str
-    files: tuple[FileEntry, ...]
     labels: tuple[str, ...]
     input: TensorInfo
     output_name: str
@@ -47,9 +46,22 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
-    created_at: str = ""
     tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest(VersionDraft):
+    """A published version: its draft, and what publishing decided."""
+
+    model: str
+    version: int
+    files: tuple[FileEntry, ...]
+    created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+
+    def draft(self) -> VersionDraft:
+        """What to publish this version again as, elsewhere or under another number."""
+        return VersionDraft(**{f: getattr(self, f) for f in VersionDraft.__dataclass_fields__})
 
     def __post_init__(self) -> None:
         if self.version < 1:

@@ -13,9 +13,9 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from lifeloop.repository import config as cfg
 from lifeloop.repository.manifest import (
     MANIFEST_NAME,
     Manifest,
-    TensorInfo,
+    VersionDraft,
     describe_files,
     verify,
 )
@@ -35,28 +35,16 @@ CONFIG_NAME = "config.pbtxt"
 STAGING_PREFIX = ".staging-"
 
 
-@dataclass(frozen=True, kw_only=True)
-class VersionDraft:
-    """Everything a manifest records except what publishing decides (version, files, time)."""
-
-    format: str
-    labels: tuple[str, ...]
-    input: TensorInfo
-    output_name: str
-    preprocessing: dict[str, Any]
-    source: dict[str, Any] = field(default_factory=dict)
-    parity: dict[str, Any] = field(default_factory=dict)
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    tools: dict[str, str] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class PublishedVersion:
     model: str
     version: int
     path: Path
     manifest: Manifest
-    replicas: tuple[Any, ...] = ()  # each server's ReplicaResult, when servers were given
+    # What a server must (re)load to serve it: the model, then the models fronting it (they
+    # read its label file when they load), and the versions its policy keeps loaded.
+    reload: tuple[str, ...] = ()
+    serving: frozenset[int] = frozenset()
 
 
 def ensure_repository(repository: Path) -> Path:
@@ -96,14 +84,11 @@ def publish(
     draft: VersionDraft,
     *,
     version: int | None = None,
-    server_url: str | Sequence[str] | None = None,
 ) -> PublishedVersion:
     """Publish one version of `config.name`: `files` maps names inside the version folder to
     source files. The config is written when missing and its labels are extended when this
-    version adds classes. With `server_url` ("URL" or "URL,URL,..."), every server is asked
-    to load the model afterwards (EXPLICIT mode) and waited on until it serves the versions
-    its policy loads; a server that does not is named in a ReplicaError. In POLL mode the
-    rename is enough."""
+    version adds classes. This writes the disk only: in POLL mode the rename is enough; in
+    EXPLICIT mode, lifeloop.rollout.replicas.load_published asks every server to load it."""
     repository = ensure_repository(repository)
     model_dir = repository / config.name
     model_dir.mkdir(exist_ok=True)
@@ -156,18 +141,14 @@ def publish(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     fronting = refresh_fronting_models(repository, updated)
-    replicas: list[Any] = []
-    if server_url:
-        from lifeloop.rollout.replicas import load_everywhere
-
-        # Triton reads a label file when it loads a model: fronting models reload too.
-        replicas = load_everywhere(
-            server_url,
-            [config.name, *fronting],
-            ready={config.name: loaded_by_policy(updated.version_policy, model_dir)},
-            what=f"serve {config.name} v{number}",
-        )
-    return PublishedVersion(config.name, number, model_dir / str(number), manifest, tuple(replicas))
+    return PublishedVersion(
+        config.name,
+        number,
+        model_dir / str(number),
+        manifest,
+        reload=(config.name, *fronting),
+        serving=frozenset(loaded_by_policy(updated.version_policy, model_dir)),
+    )
 
 
 def publish_folder(
@@ -176,12 +157,11 @@ def publish_folder(
     model: str | None = None,
     *,
     version: int | None = None,
-    server_url: str | Sequence[str] | None = None,
 ) -> PublishedVersion:
     """Publish a version folder made elsewhere (by `lifeloop export` on another machine, a
     plan built on a GPU host) as the next version of `model` (default: the manifest's). Its
     files are checked against its manifest before anything is written, and it is published
-    like any export: atomically, then loaded on every server of `server_url`. A model new to
+    like any export: atomically. A model new to
     the repository takes the config beside the source folder."""
     source = Path(source)
     if not (source / MANIFEST_NAME).is_file():
@@ -209,9 +189,9 @@ def publish_folder(
     if config is None:
         assert brought is not None
         config = replace(brought, name=name)
-    draft = VersionDraft(**{f: getattr(manifest, f) for f in VersionDraft.__dataclass_fields__})
+    draft = manifest.draft()
     files = {entry.path: source / entry.path for entry in manifest.files}
-    return publish(repository, config, files, draft, version=version, server_url=server_url)
+    return publish(repository, config, files, draft, version=version)
 
 
 def loaded_by_policy(policy: cfg.VersionPolicy, model_dir: Path) -> set[int]:

@@ -1,4 +1,5 @@
-"""What versions a model has on disk, and what state the server reports for each."""
+"""What versions a model has on disk. What a server reports for each joins in the CLI
+(`lifeloop versions --url`), through lifeloop.rollout.replicas.version_states."""
 
 from __future__ import annotations
 
@@ -23,17 +24,18 @@ class VersionRow:
 
 
 def list_versions(
-    repository: Path, model: str, *, server_url: str | None = None
+    repository: Path, model: str, *, states: dict[int, str] | None = None
 ) -> list[VersionRow]:
+    """One row per version folder. `states` (version -> state, from a server) fills the state
+    column: a version the server does not list is NOT LOADED; without it the column is "-"."""
     model_dir = Path(repository) / model
     if not model_dir.is_dir():
         raise RepositoryError(
             f"model {model!r} is not in repository {repository}; publish it with `lifeloop export`"
         )
-    states = _server_states(server_url, model) if server_url else {}
     rows = []
     for number in version_numbers(model_dir):
-        state = states.get(number, "NOT LOADED" if server_url and states else "-")
+        state = states.get(number, "NOT LOADED") if states else "-"
         try:
             manifest = Manifest.read(model_dir / str(number))
         except RepositoryError as exc:
@@ -62,14 +64,3 @@ def list_versions(
             )
         )
     return rows
-
-
-def _server_states(server_url: str, model: str) -> dict[int, str]:
-    from lifeloop.client import ClientError, ServerControl
-
-    try:
-        with ServerControl(server_url) as server:
-            states = server.version_states(model)
-    except ClientError:
-        return {}
-    return states

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeloop.errors import RolloutError
-from lifeloop.repository.publish import replace_file
+from lifeloop.repository.publish import loaded_by_policy, read_config, replace_file
 
 POLICY_NAME = "policy.json"
 
@@ -126,3 +126,18 @@ class PolicyWatcher:
                 self.last_error = str(exc)
             self._stamp = stamp
         return self._policy
+
+
+def loaded_in(repository: Path) -> dict[str, set[int]]:
+    """Per model, the versions its version policy or any router's policy keeps loaded."""
+    loaded: dict[str, set[int]] = {}
+    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
+        config = read_config(model_dir)
+        if config is not None and config.backend != "python":
+            loaded.setdefault(model_dir.name, set()).update(
+                loaded_by_policy(config.version_policy, model_dir)
+            )
+        if policy_path(model_dir).is_file():
+            policy = read_policy(model_dir)
+            loaded.setdefault(policy.model, set()).update(policy.loaded_versions)
+    return loaded

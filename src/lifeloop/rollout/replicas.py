@@ -10,10 +10,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from lifeloop.client._sync import ServerControl
+from lifeloop.client import ServerControl
 from lifeloop.errors import ClientError, ReplicaError
+
+if TYPE_CHECKING:
+    from lifeloop.repository import PublishedVersion
 
 ServerUrls = str | Sequence[str] | None
 
@@ -115,3 +119,26 @@ def _wait_ready(server: ServerControl, ready: dict[str, set[int]], timeout_s: fl
             )
             raise ClientError(f"not READY within {timeout_s:g}s ({late})")
         time.sleep(0.2)
+
+
+def load_published(spec: ServerUrls, published: PublishedVersion) -> list[ReplicaResult]:
+    """Ask every server of `spec` to load a version `lifeloop.repository.publish` wrote, and
+    wait until each serves the versions its policy loads. Fronting models reload too: Triton
+    reads a label file when it loads a model. No servers: nothing to do (POLL mode)."""
+    if not server_urls(spec):
+        return []
+    return load_everywhere(
+        spec,
+        list(published.reload or (published.model,)),
+        ready={published.model: set(published.serving)},
+        what=f"serve {published.model} v{published.version}",
+    )
+
+
+def version_states(url: str, model: str) -> dict[int, str]:
+    """What one server reports for each version of `model`; {} when it cannot be asked."""
+    try:
+        with ServerControl(url) as server:
+            return server.version_states(model)
+    except ClientError:
+        return {}

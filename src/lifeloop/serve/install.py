@@ -34,6 +34,7 @@ from lifeloop.rollout.policy import RoutingPolicy, policy_path, read_policy, wri
 from lifeloop.rollout.replicas import ServerUrls
 from lifeloop.rollout.rollout import sync_version_policy
 from lifeloop.serve.router import default_spool_dir
+from lifeloop.store.blobs import default_blob_dir
 from lifeloop.store.database import Event, Store, default_store_url, now
 from lifeloop.store.prediction_log import SpoolSettings, WhenFull
 
@@ -48,11 +49,6 @@ class Installed:
     store_url: str
     blob_dir: Path
     spool: SpoolSettings
-
-
-def default_blob_dir(repository: Path) -> Path:
-    repository = Path(repository).resolve()
-    return repository.parent / f"{repository.name}.blobs"
 
 
 def install_router(

@@ -20,7 +20,8 @@ from pathlib import Path
 from types import TracebackType
 
 from lifeloop.contract import API_KEY_HEADER
-from lifeloop.errors import ServerError
+from lifeloop.errors import LifeloopError, ServerError
+from lifeloop.export.formats import TENSORRT
 from lifeloop.repository.manifest import Manifest
 from lifeloop.serve.runtime import Runtime, check_python, prepare_runtime
 
@@ -288,19 +289,18 @@ def check_plans(repository: Path) -> None:
     """Refuse, before starting, a repository holding a TensorRT plan this machine cannot run:
     none can run without a GPU and tensorrt, and a plan runs only on the GPU model and
     TensorRT version it was built with (its manifest says which)."""
-    from lifeloop.errors import LifeloopError
-    from lifeloop.export.tensorrt import check_plan, this_target
-
     manifests = []
     for path in sorted(Path(repository).glob("*/[0-9]*/manifest.json")):
         try:
             manifest = Manifest.from_json(path.read_text(), source=str(path))
         except LifeloopError:
             continue  # the version's own load reports it
-        if manifest.format.startswith("tensorrt-"):
+        if manifest.format in TENSORRT:
             manifests.append(manifest)
     if not manifests:
         return
+    from lifeloop.export.tensorrt import check_plan, this_target
+
     try:
         here = this_target()
     except LifeloopError as exc:

@@ -104,3 +104,9 @@ def load(blob: str, row: int | None, *, fernet: Any = None) -> np.ndarray:
         ) from None
     stored = np.load(io.BytesIO(plain), allow_pickle=False)
     return np.array(stored if row is None else stored[row], dtype=np.float32)
+
+
+def default_blob_dir(repository: Path) -> Path:
+    """Where a router of `repository` keeps inputs unless told: beside the repository."""
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.blobs"

@@ -19,6 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from lifeloop.errors import StoreError
+from lifeloop.store import blobs
 from lifeloop.store.database import Store, feedback, now, predictions, trainings
 
 BLOB_SUFFIXES = (".npy", ".npy.fernet")
@@ -105,31 +106,12 @@ def purge(
     return result
 
 
-def loaded_versions(repository: Path) -> dict[str, set[int]]:
-    """Per model, the versions its version policy or any router's policy keeps loaded."""
-    from lifeloop.repository.publish import loaded_by_policy, read_config
-    from lifeloop.rollout.policy import policy_path, read_policy
-
-    loaded: dict[str, set[int]] = {}
-    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
-        config = read_config(model_dir)
-        if config is not None and config.backend != "python":
-            loaded.setdefault(model_dir.name, set()).update(
-                loaded_by_policy(config.version_policy, model_dir)
-            )
-        if policy_path(model_dir).is_file():
-            policy = read_policy(model_dir)
-            loaded.setdefault(policy.model, set()).update(policy.loaded_versions)
-    return loaded
-
-
 def blob_dirs(repository: Path) -> list[Path]:
     """Every folder a router of `repository` keeps inputs in, and the default one."""
     from lifeloop.contract import BLOB_DIR_PARAM
     from lifeloop.repository.publish import read_config
-    from lifeloop.serve.install import default_blob_dir
 
-    found = [default_blob_dir(repository)]
+    found = [blobs.default_blob_dir(repository)]
     for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
         config = read_config(model_dir)
         if config is not None and config.parameters.get(BLOB_DIR_PARAM):
