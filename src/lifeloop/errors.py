@@ -26,8 +26,9 @@
         └── SoakError              a soak that cannot start
 
 Every message is one line that names the thing at fault and what to change. The thing is also
-kept as attributes (`model`, `version`, `url`) for callers that act on it; the CLI prints the
-message, and adds the name of the flag that set the value where one did.
+kept as attributes (`model`, `version`, `url`) for callers that act on it. A message about a
+setting starts with the setting's name (`duration_s must be > 0 seconds, got 0`) and `setting`
+holds it; the CLI puts the name of its flag there (`--duration must be ...`).
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ class LifeloopError(Exception):
         model: str | None = None,
         version: int | None = None,
         url: str | None = None,
+        setting: str | None = None,
     ) -> None:
         super().__init__(message)
         self.model = model
         self.version = version
         self.url = url
+        self.setting = setting
 
 
 class DataError(LifeloopError):

@@ -106,7 +106,7 @@ def test_keep_labelled_keeps_old_predictions_with_feedback(store: Store, tmp_pat
 
 @pytest.mark.parametrize("bad", ["30", "thirty days", "-1d", "0h"])
 def test_a_bad_window_is_a_one_line_error(bad: str) -> None:
-    with pytest.raises(StoreError, match="--older-than"):
+    with pytest.raises(StoreError, match="older_than"):
         parse_age(bad)
 
 

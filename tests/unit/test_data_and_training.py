@@ -61,5 +61,5 @@ def test_training_learns_the_digits_and_saves_a_lifeloop_checkpoint(trained, hel
 
 
 def test_zero_epochs_is_refused(digits: ImageFolder, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="--epochs must be >= 1, got 0"):
+    with pytest.raises(DataError, match="epochs must be >= 1, got 0"):
         train(digits.root, arch="small_cnn", epochs=0, out=tmp_path / "x.pt")

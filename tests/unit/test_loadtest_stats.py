@@ -199,11 +199,11 @@ def test_windows_csv_rows_carry_the_generator_cores_only_when_measured() -> None
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"duration_s": 0}, "--duration must be > 0 seconds, got 0"),
-        ({"duration_s": -5}, "--duration must be > 0 seconds, got -5"),
-        ({"users": 0}, "--users must be >= 1"),
-        ({"rate": 0.0}, "--rate must be > 0"),
-        ({"protocol": "tcp"}, "--protocol 'tcp' is not grpc or http"),
+        ({"duration_s": 0}, "duration_s must be > 0 seconds, got 0"),
+        ({"duration_s": -5}, "duration_s must be > 0 seconds, got -5"),
+        ({"users": 0}, "users must be >= 1"),
+        ({"rate": 0.0}, "rate must be > 0"),
+        ({"protocol": "tcp"}, "protocol 'tcp' is not grpc or http"),
     ],
 )
 def test_config_refuses_bad_values(kwargs, message) -> None:

@@ -97,5 +97,5 @@ def test_bad_formats_and_gates_get_one_line_errors() -> None:
     assert parse_formats("onnx-fp16, onnx") == ("onnx", "onnx-fp16")
     with pytest.raises(ExportError, match="unknown --format onnx-int4; use any of onnx"):
         parse_formats("onnx,onnx-int4")
-    with pytest.raises(ExportError, match="--min-agreement must be in 0..1"):
+    with pytest.raises(ExportError, match="min_agreement must be in 0..1"):
         QualityGate(min_agreement=1.5)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -24,10 +25,27 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LifeloopError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {with_flag(exc)}", err=True)
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+UNIT_SUFFIXES = ("_s", "_ms", "_pct")
+
+
+def with_flag(exc: LifeloopError) -> str:
+    """The message, with the library's setting name replaced by the flag of this command that
+    set it: the option of that name, or of that name without its unit (duration_s: --duration)."""
+    message = str(exc)
+    context = click.get_current_context(silent=True)
+    if exc.setting is None or context is None or not message.startswith(exc.setting):
+        return message
+    names = {exc.setting, *(exc.setting.removesuffix(s) for s in UNIT_SUFFIXES)}
+    for param in context.command.params:
+        if param.name in names and param.opts and param.opts[0].startswith("--"):
+            return param.opts[0] + message.removeprefix(exc.setting)
+    return message
 
 
 Repository = Annotated[

@@ -24,9 +24,14 @@ class QualityGate:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
-            raise ExportError(f"--max-accuracy-drop must be in 0..1, got {self.max_accuracy_drop}")
+            raise ExportError(
+                f"max_accuracy_drop must be in 0..1, got {self.max_accuracy_drop}",
+                setting="max_accuracy_drop",
+            )
         if not 0.0 <= self.min_agreement <= 1.0:
-            raise ExportError(f"--min-agreement must be in 0..1, got {self.min_agreement}")
+            raise ExportError(
+                f"min_agreement must be in 0..1, got {self.min_agreement}", setting="min_agreement"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

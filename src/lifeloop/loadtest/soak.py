@@ -41,11 +41,14 @@ class SoakConfig:
 
     def __post_init__(self) -> None:
         if self.cycles < 1:
-            raise SoakError(f"--cycles must be >= 1, got {self.cycles}")
+            raise SoakError(f"cycles must be >= 1, got {self.cycles}", setting="cycles")
         if self.users < 1:
-            raise SoakError(f"--users must be >= 1, got {self.users}")
+            raise SoakError(f"users must be >= 1, got {self.users}", setting="users")
         if self.max_rss_growth_pct <= 0:
-            raise SoakError(f"--max-rss-growth must be > 0, got {self.max_rss_growth_pct}")
+            raise SoakError(
+                f"max_rss_growth_pct must be > 0, got {self.max_rss_growth_pct}",
+                setting="max_rss_growth_pct",
+            )
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,9 @@ def tune(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     if p99_budget_ms <= 0:
-        raise LoadTestError(f"--p99-budget-ms must be > 0, got {p99_budget_ms:g}")
+        raise LoadTestError(
+            f"p99_budget_ms must be > 0, got {p99_budget_ms:g}", setting="p99_budget_ms"
+        )
     limits = limits or Limits()
     original = read_config(Path(repository) / model)
     if original is None:

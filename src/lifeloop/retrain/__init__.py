@@ -1,4 +1,4 @@
-"""Datasets and training; the feedback loop grows here."""
+"""Training, distributed training, and the retrain cycle that learns from feedback."""
 
 from lifeloop.datasets import ImageFolder, scan, write_digits
 from lifeloop.errors import DataError

@@ -75,7 +75,7 @@ def train(
     With `init_from`, training continues from that checkpoint's weights and preprocessing."""
     check_architecture(arch)
     if epochs < 1:
-        raise DataError(f"--epochs must be >= 1, got {epochs}")
+        raise DataError(f"epochs must be >= 1, got {epochs}", setting="epochs")
     folder = scan(data_dir)
     train_set, held_set = folder.split(holdout, seed)
     if init_from is not None:

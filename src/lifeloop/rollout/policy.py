@@ -65,6 +65,13 @@ class RoutingPolicy:
     def evolve(self, **changes: Any) -> RoutingPolicy:
         return replace(self, **changes)
 
+    def without_candidate(self, **changes: Any) -> RoutingPolicy:
+        """No candidate, so no canary share, no shadow and no candidate clock; with
+        `changes` (a new champion, say) applied in the same step."""
+        return replace(
+            self, candidate=None, canary_weight=0.0, shadow=False, candidate_since=None, **changes
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 

@@ -76,14 +76,7 @@ class Rollout:
                 raise RolloutError(
                     f"{p.model!r} has no candidate to promote; start one with `lifeloop retrain`"
                 )
-            return p.evolve(
-                previous=p.champion,
-                champion=p.candidate,
-                candidate=None,
-                canary_weight=0.0,
-                shadow=False,
-                candidate_since=None,
-            )
+            return p.without_candidate(previous=p.champion, champion=p.candidate)
 
         return self._change("promote", reason, change)
 
@@ -97,14 +90,7 @@ class Rollout:
                     f"{p.model!r} has no previous champion to roll back to; `lifeloop history` "
                     "shows what served before"
                 )
-            return p.evolve(
-                champion=p.previous,
-                previous=None,
-                candidate=None,
-                canary_weight=0.0,
-                shadow=False,
-                candidate_since=None,
-            )
+            return p.without_candidate(champion=p.previous, previous=None)
 
         return self._change("rollback", reason, change)
 
@@ -114,7 +100,7 @@ class Rollout:
         def change(p: RoutingPolicy) -> RoutingPolicy:
             if p.candidate is None:
                 raise RolloutError(f"{p.model!r} has no candidate to withdraw")
-            return p.evolve(candidate=None, canary_weight=0.0, shadow=False, candidate_since=None)
+            return p.without_candidate()
 
         return self._change(action, reason, change)
 

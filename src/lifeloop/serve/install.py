@@ -78,9 +78,9 @@ def install_router(
             "`lifeloop export` or `lifeloop train` first"
         )
     if not 0.0 <= sample_rate <= 1.0:
-        raise RolloutError(f"--sample-rate must be in 0..1, got {sample_rate}")
+        raise RolloutError(f"sample_rate must be in 0..1, got {sample_rate}", setting="sample_rate")
     if top_k < 1:
-        raise RolloutError(f"--top-k must be >= 1, got {top_k}")
+        raise RolloutError(f"top_k must be >= 1, got {top_k}", setting="top_k")
     if champion is not None and champion not in versions:
         raise RolloutError(
             f"model {classifier!r} has no version {champion}; pick one of {versions}"

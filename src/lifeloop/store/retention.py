@@ -46,10 +46,11 @@ def parse_age(text: str) -> timedelta:
         unit = units[text[-1]]
     except (ValueError, KeyError, IndexError):
         raise StoreError(
-            f"--older-than takes a number and a unit (d, h, m or s), like 30d; got {text!r}"
+            f"older_than takes a number and a unit (d, h, m or s), like 30d; got {text!r}",
+            setting="older_than",
         ) from None
     if amount <= 0:
-        raise StoreError(f"--older-than must be positive, got {text!r}")
+        raise StoreError(f"older_than must be positive, got {text!r}", setting="older_than")
     return timedelta(**{unit: amount})
 
 
