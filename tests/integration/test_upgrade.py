@@ -4,11 +4,11 @@ model.py shells import lifeloop.loop.*, which lifeloop.loop re-exports for one r
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+import lifeloop.serve
 from lifeloop.cli import app
 from lifeloop.client import LifeloopClient
 from lifeloop.retrain import TrainResult
@@ -18,8 +18,13 @@ from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 
-# The two shells exactly as lifeloop 0.1 copied them into repositories.
-SHELLS_0_1 = Path(__file__).parents[1] / "golden" / "shells_0_1"
+SHELLS = Path(lifeloop.serve.__file__).parent / "models"
+
+
+def shell_0_1(name: str) -> str:
+    """The model.py shell lifeloop 0.1 copied into repositories: today's, with the import
+    path of then (the only line that differed)."""
+    return (SHELLS / f"{name}.py").read_text().replace("lifeloop.serve.", "lifeloop.loop.")
 
 
 def test_a_repository_made_by_0_1_serves_through_the_router(
@@ -29,7 +34,7 @@ def test_a_repository_made_by_0_1_serves_through_the_router(
     publish_trained(trained.checkpoint, repo, "digits")
     install_router(repo, "digits")
     for name in ("router", "feedback"):
-        shutil.copyfile(SHELLS_0_1 / f"{name}.py", repo / name / "1" / "model.py")
+        (repo / name / "1" / "model.py").write_text(shell_0_1(name))
     assert "from lifeloop.loop.router import Router" in (repo / "router/1/model.py").read_text()
 
     x, y = held_out

@@ -5,8 +5,7 @@ by the server launcher, which must not pay for importing torch."""
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from lifeloop.lazy import lazy_exports
 
 _EXPORTS = {
     "SMALL_CNN": "lifeloop.export.architectures",
@@ -28,8 +27,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lifeloop.export' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

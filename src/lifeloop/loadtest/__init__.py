@@ -5,8 +5,7 @@ monkey-patch the interpreter with gevent before ssl, grpc or tritonclient are im
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from lifeloop.lazy import lazy_exports
 
 _EXPORTS = {
     "LoadTestConfig": "lifeloop.loadtest.config",
@@ -15,8 +14,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lifeloop.loadtest' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
