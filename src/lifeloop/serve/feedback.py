@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lifeloop.contract import (
+    ACCEPTED_OUTPUT,
+    LABEL_INPUT,
+    REQUEST_ID_INPUT,
     ROUTER_PARAM,
     SPOOL_DIR_PARAM,
     STORE_PARAM,
@@ -67,10 +73,62 @@ def check_canary(rollout: Rollout) -> str | None:
 
 
 def decode_strings(array: np.ndarray) -> list[str]:
+    """A BYTES tensor of any shape -> its values as text, in row order (bad UTF-8 replaced)."""
     return [
         v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
         for v in array.reshape(-1)
     ]
+
+
+class Outcome(Enum):
+    ACCEPTED = "accepted"
+    INVALID = "invalid"  # INVALID_ARG: the caller's mistake
+    UNAVAILABLE = "unavailable"  # not acknowledged, safe to send again
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one feedback request is answered: `accepted` labels, or an error message."""
+
+    outcome: Outcome
+    accepted: int = 0
+    message: str = ""
+
+
+def label_pairs(ids: list[str], labels: list[str]) -> list[tuple[str, str]]:
+    """(request id, label) per row, or FeedbackError when the counts differ."""
+    if len(ids) != len(labels):
+        raise FeedbackError(
+            f"feedback has {len(ids)} request ids and {len(labels)} labels; send one label per id"
+        )
+    return list(zip(ids, labels, strict=True))
+
+
+def reply(ids: list[str], labels: list[str], add: Callable[[list[tuple[str, str]]], None]) -> Reply:
+    """Write one request's labels through `add` and say how it is answered: FeedbackError is
+    the caller's mistake, any other LifeloopError means the labels may not be kept."""
+    try:
+        add(label_pairs(ids, labels))
+    except FeedbackError as exc:
+        return Reply(Outcome.INVALID, message=str(exc))
+    except LifeloopError as exc:
+        return Reply(Outcome.UNAVAILABLE, message=str(exc))
+    return Reply(Outcome.ACCEPTED, accepted=len(ids))
+
+
+def spooled_retry(exc: FeedbackError, pending: Callable[[], int]) -> StoreUnavailable | None:
+    """An id the store does not know may still sit in the router's spool after an outage:
+    then the caller is told to retry (UNAVAILABLE), not that the id is wrong. `pending`
+    (the spool's record count) is read only for an unknown id."""
+    if "unknown request id" not in str(exc):
+        return None
+    spooled = pending()
+    if not spooled:
+        return None
+    return StoreUnavailable(
+        f"{exc}; the router has {spooled} predictions spooled after a store "
+        "outage that may hold it, send it again shortly"
+    )
 
 
 class FeedbackModel:
@@ -127,25 +185,20 @@ class FeedbackModel:
         pb = self.pb
         responses = []
         for request in requests:
-            ids = decode_strings(pb.get_input_tensor_by_name(request, "request_id").as_numpy())
-            labels = decode_strings(pb.get_input_tensor_by_name(request, "label").as_numpy())
-            try:
-                if len(ids) != len(labels):
-                    raise FeedbackError(
-                        f"feedback has {len(ids)} request ids and {len(labels)} labels; "
-                        "send one label per id"
-                    )
-                self._add(list(zip(ids, labels, strict=True)))
-            except FeedbackError as exc:
-                responses.append(pb.InferenceResponse(error=invalid(pb, str(exc))))
-                continue
-            except LifeloopError as exc:
-                responses.append(pb.InferenceResponse(error=unavailable(pb, str(exc))))
-                continue
-            accepted = np.ones((len(ids), 1), dtype=bool)
-            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor("accepted", accepted)]))
+            ids = decode_strings(pb.get_input_tensor_by_name(request, REQUEST_ID_INPUT).as_numpy())
+            labels = decode_strings(pb.get_input_tensor_by_name(request, LABEL_INPUT).as_numpy())
+            responses.append(self._response(reply(ids, labels, self._add)))
         self._labelled.set()
         return responses
+
+    def _response(self, answer: Reply) -> Any:
+        pb = self.pb
+        if answer.outcome is Outcome.INVALID:
+            return pb.InferenceResponse(error=invalid(pb, answer.message))
+        if answer.outcome is Outcome.UNAVAILABLE:
+            return pb.InferenceResponse(error=unavailable(pb, answer.message))
+        accepted = np.ones((answer.accepted, 1), dtype=bool)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(ACCEPTED_OUTPUT, accepted)])
 
     def _add(self, pairs: list[tuple[str, str]]) -> None:
         """Write `pairs` within the bound, or raise: FeedbackError for the caller's mistakes,
@@ -160,13 +213,9 @@ class FeedbackModel:
                 "it was not acknowledged, send it again"
             ) from None
         except FeedbackError as exc:
-            if "unknown request id" in str(exc):
-                spooled = journal.pending_records(self.spool_dir)
-                if spooled:
-                    raise StoreUnavailable(
-                        f"{exc}; the router has {spooled} predictions spooled after a store "
-                        "outage that may hold it, send it again shortly"
-                    ) from exc
+            retry = spooled_retry(exc, lambda: journal.pending_records(self.spool_dir))
+            if retry is not None:
+                raise retry from exc
             raise
 
     def _check(self) -> None:

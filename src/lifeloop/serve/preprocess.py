@@ -158,15 +158,19 @@ class Preprocessor:
         for request in requests:
             try:
                 images = pb.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy()
-                arrays = [
-                    _decode_one(item, i, pre, self.limits)
-                    for i, item in enumerate(images.reshape(-1))
-                ]
-                tensor = pb.Tensor(self.output_name, np.stack(arrays))
+                tensor = pb.Tensor(self.output_name, decode_request(images, pre, self.limits))
                 responses.append(pb.InferenceResponse(output_tensors=[tensor]))
             except ImageError as exc:
                 responses.append(pb.InferenceResponse(error=pb.TritonError(str(exc))))
         return responses
+
+
+def decode_request(images: np.ndarray, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:
+    """One request's BYTES tensor of encoded images (any shape) -> the stacked float32 NCHW
+    batch, or ImageError naming the first image that fails: one bad image fails its request."""
+    return np.stack(
+        [_decode_one(item, i, pre, limits) for i, item in enumerate(images.reshape(-1))]
+    )
 
 
 def _decode_one(item: Any, index: int, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:

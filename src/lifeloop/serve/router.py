@@ -10,7 +10,9 @@ fsynced journal that is drained into the store later (lifeloop.store.prediction_
 the batch's responses leave: an id a caller holds is never lost, even if tritonserver is
 killed right after. A store outage never fails or stalls inference.
 
-Outputs per image: `logits` (the answering version's), `model_version` and `request_id`."""
+Outputs per image: `logits` (the answering version's), `model_version` and `request_id`.
+This module is the Triton glue; which request goes where and what is logged is planned by
+`lifeloop.serve.routing`, which runs without Triton."""
 
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ import json
 import random
 import threading
 import time
-import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from lifeloop.contract import (
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
     LABELS_PARAM,
+    REQUEST_ID_OUTPUT,
     SAMPLE_RATE_PARAM,
     SPOOL_DIR_PARAM,
     SPOOL_MAX_BYTES_PARAM,
@@ -37,14 +39,15 @@ from lifeloop.contract import (
     STORE_PARAM,
     STORE_TIMEOUT_PARAM,
     TOP_K_PARAM,
+    VERSION_OUTPUT,
     parameters,
 )
 from lifeloop.errors import LogUnavailable
 from lifeloop.repository.publish import CONFIG_NAME, read_config
-from lifeloop.rollout.policy import PolicyWatcher, RoutingPolicy
-from lifeloop.scoring import softmax_top_k
+from lifeloop.rollout.policy import PolicyWatcher
 from lifeloop.serve.responses import log, unavailable
-from lifeloop.store.blobs import cipher, content_hash, new_path, write_batch
+from lifeloop.serve.routing import answer_routes, log_batch, plan_routes, shadow_top1
+from lifeloop.store.blobs import cipher, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
 from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
 
@@ -147,91 +150,31 @@ class Router:
         pb, settings = self.pb, self.settings
         policy = self.policies.current()
         arrays = [pb.get_input_tensor_by_name(r, settings.input_name).as_numpy() for r in requests]
-        routes = [self._route(policy) for _ in requests]
-        # Per request: its logits, version, route, and top-k (indices, scores) as lists.
-        answers: list[tuple[np.ndarray, int, str, list[Any], list[Any]] | Exception] = [
-            RuntimeError("not routed") for _ in requests
-        ]
-        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for i, arm in enumerate(routes):
-            groups[arm].append(i)
-        for (route, version), members in groups.items():
-            try:
-                logits = self._infer(version, np.concatenate([arrays[i] for i in members]))
-            except Exception as exc:  # the classifier's error for this version's requests
-                for i in members:
-                    answers[i] = exc
-                continue
-            # One top-k over the version's whole batch, not one call per request.
-            indices, probabilities = softmax_top_k(logits, settings.top_k)
-            top, top_scores = indices.tolist(), probabilities.tolist()
-            start = 0
-            for i in members:
-                n = len(arrays[i])
-                end = start + n
-                answers[i] = (
-                    logits[start:end],
-                    version,
-                    route,
-                    top[start:end],
-                    top_scores[start:end],
-                )
-                start = end
-        shadow = self._shadow(policy, arrays)
-
-        labels = self.labels.current()
-        records: list[Prediction] = []
-        ids: list[list[str] | None] = []
-        kept: list[np.ndarray] = []  # the batch's sampled inputs, one file at blob_path
+        routes = plan_routes(policy, len(arrays), self.random)
+        answers = answer_routes(arrays, routes, self._infer, settings.top_k)
+        shadow = shadow_top1(policy, arrays, self._infer)
         blob_path = new_path(settings.blob_dir, encrypted=self.fernet is not None)
-        offset = 0
-        for i, answer in enumerate(answers):
-            n = len(arrays[i])
-            if isinstance(answer, Exception):
-                ids.append(None)
-                offset += n
-                continue
-            _, version, route, order, top_scores = answer
-            # Shadow compares the candidate with the champion: only champion answers count.
-            shadowed = shadow is not None and route == "champion"
-            request_ids = []
-            for j in range(n):
-                sample = arrays[i][j]
-                row = None
-                if settings.sample_rate >= 1.0 or self.random.random() < settings.sample_rate:
-                    row = len(kept)
-                    kept.append(sample)
-                rid = uuid.uuid4().hex
-                request_ids.append(rid)
-                records.append(
-                    Prediction(
-                        request_id=rid,
-                        model=settings.classifier,
-                        version=version,
-                        route=route,
-                        labels=[_label(labels, k) for k in order[j]],
-                        scores=top_scores[j],
-                        content_hash=content_hash(sample),
-                        blob=None if row is None else str(blob_path),
-                        blob_row=row,
-                        shadow_version=policy.candidate if shadowed else None,
-                        shadow_label=_label(labels, shadow[offset + j])
-                        if shadow is not None and shadowed
-                        else None,
-                    )
-                )
-            ids.append(request_ids)
-            offset += n
-
-        if kept:
+        batch = log_batch(
+            answers,
+            arrays,
+            model=settings.classifier,
+            labels=self.labels.current(),
+            policy=policy,
+            shadow=shadow,
+            sample_rate=settings.sample_rate,
+            rng=self.random,
+            blob_path=blob_path,
+        )
+        records = batch.records
+        if batch.kept:
             try:
-                write_batch(blob_path, np.stack(kept), fernet=self.fernet)
+                write_batch(blob_path, np.stack(batch.kept), fernet=self.fernet)
             except OSError as exc:
                 # Kept inputs serve retraining only: a full or failing disk costs this batch's
                 # inputs, never its answers.
                 records = [replace(r, blob=None, blob_row=None) for r in records]
                 if self.metrics is not None:
-                    self.metrics.kept_input_failed(len(kept))
+                    self.metrics.kept_input_failed(len(batch.kept))
                 log(pb, "warn", f"lifeloop: kept inputs not written to {blob_path}: {exc}")
         try:
             self.log.record(records)
@@ -243,42 +186,23 @@ class Router:
             self.metrics.record(records)
 
         responses = []
-        for answer, answer_ids in zip(answers, ids, strict=True):
+        for answer, answer_ids in zip(answers, batch.request_ids, strict=True):
             if isinstance(answer, Exception) or answer_ids is None:
                 responses.append(pb.InferenceResponse(error=pb.TritonError(str(answer))))
                 continue
-            logits, version = answer[0], answer[1]
-            n = len(logits)
+            n = len(answer.logits)
             tensors = [
-                pb.Tensor(settings.output_name, np.ascontiguousarray(logits, dtype=np.float32)),
-                pb.Tensor("model_version", np.full((n, 1), version, dtype=np.int64)),
                 pb.Tensor(
-                    "request_id",
+                    settings.output_name, np.ascontiguousarray(answer.logits, dtype=np.float32)
+                ),
+                pb.Tensor(VERSION_OUTPUT, np.full((n, 1), answer.version, dtype=np.int64)),
+                pb.Tensor(
+                    REQUEST_ID_OUTPUT,
                     np.array([[r.encode()] for r in answer_ids], dtype=np.object_),
                 ),
             ]
             responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses
-
-    def _route(self, policy: RoutingPolicy) -> tuple[str, int]:
-        if (
-            policy.candidate is not None
-            and policy.canary_weight > 0
-            and self.random.random() < policy.canary_weight
-        ):
-            return ("canary", policy.candidate)
-        return ("champion", policy.champion)
-
-    def _shadow(self, policy: RoutingPolicy, arrays: list[np.ndarray]) -> np.ndarray | None:
-        """The candidate's top-1 for every image, or None. A failing shadow never fails the
-        answer: it is only not recorded."""
-        if not policy.shadow or policy.candidate is None:
-            return None
-        try:
-            logits = self._infer(policy.candidate, np.concatenate(arrays))
-        except Exception:
-            return None
-        return np.argmax(logits, axis=1)
 
     def _infer(self, version: int, batch: np.ndarray) -> np.ndarray:
         pb, settings = self.pb, self.settings
@@ -391,7 +315,3 @@ class RouterMetrics:
         if key not in self._metrics:
             self._metrics[key] = family.Metric(labels={**self.labels, **labels})
         return self._metrics[key]
-
-
-def _label(labels: tuple[str, ...], index: int) -> str:
-    return labels[index] if index < len(labels) else str(index)

@@ -1,0 +1,202 @@
+"""The router's batch planner, kept free of Triton: which version answers each request, how
+one version's logits split back into per-request answers, and what the batch logs (records,
+request ids, kept inputs). `lifeloop.serve.router` is the Triton glue around it.
+
+Random draws come from an injected source, in a fixed order (one per request when a canary
+takes traffic, then one per answered image when the sample rate is below 1), so a seeded
+source gives a reproducible batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lifeloop.rollout.policy import RoutingPolicy
+from lifeloop.scoring import softmax_top_k
+from lifeloop.store.blobs import content_hash
+from lifeloop.store.database import Prediction
+
+__all__ = [
+    "Answer",
+    "BatchLog",
+    "RandomSource",
+    "Route",
+    "answer_routes",
+    "group_routes",
+    "label_name",
+    "log_batch",
+    "plan_routes",
+    "shadow_top1",
+    "split_answers",
+]
+
+Route = tuple[str, int]  # ("champion" | "canary", version)
+Infer = Callable[[int, np.ndarray], np.ndarray]  # (version, batch) -> logits
+
+
+class RandomSource(Protocol):
+    def random(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's answer: its rows of the version's logits and their top-k."""
+
+    logits: np.ndarray
+    version: int
+    route: str
+    top: list[list[int]]  # per image: class indices, best first
+    scores: list[list[float]]  # per image: their softmax scores
+
+
+@dataclass(frozen=True)
+class BatchLog:
+    """What a batch logs: `records` in request then image order, `request_ids` per request
+    (None for a request whose version failed), and `kept`, the sampled inputs that the
+    records' `blob_row` indexes."""
+
+    records: list[Prediction]
+    request_ids: list[list[str] | None]
+    kept: list[np.ndarray]
+
+
+def plan_routes(policy: RoutingPolicy, n_requests: int, rng: RandomSource) -> list[Route]:
+    """Per request: the candidate with the canary weight's probability, else the champion.
+    Draws from `rng` only while a canary takes traffic."""
+    candidate = policy.candidate if policy.canary_weight > 0 else None
+    routes: list[Route] = []
+    for _ in range(n_requests):
+        if candidate is not None and rng.random() < policy.canary_weight:
+            routes.append(("canary", candidate))
+        else:
+            routes.append(("champion", policy.champion))
+    return routes
+
+
+def group_routes(routes: Sequence[Route]) -> dict[Route, list[int]]:
+    """Request indices per route, in order of first appearance: one classifier call each."""
+    groups: dict[Route, list[int]] = defaultdict(list)
+    for i, route in enumerate(routes):
+        groups[route].append(i)
+    return dict(groups)
+
+
+def split_answers(
+    logits: np.ndarray, sizes: Sequence[int], *, version: int, route: str, top_k: int
+) -> list[Answer]:
+    """One version's logits for its requests' concatenated images -> one Answer per request
+    (`sizes` images each), with one top-k over the whole batch."""
+    indices, probabilities = softmax_top_k(logits, top_k)
+    top, top_scores = indices.tolist(), probabilities.tolist()
+    answers = []
+    start = 0
+    for n in sizes:
+        end = start + n
+        answers.append(
+            Answer(logits[start:end], version, route, top[start:end], top_scores[start:end])
+        )
+        start = end
+    return answers
+
+
+def answer_routes(
+    arrays: Sequence[np.ndarray], routes: Sequence[Route], infer: Infer, top_k: int
+) -> list[Answer | Exception]:
+    """Per request: its Answer, or the error of its version's call (which fails only that
+    version's requests)."""
+    answers: list[Answer | Exception] = [RuntimeError("not routed") for _ in arrays]
+    for (route, version), members in group_routes(routes).items():
+        try:
+            logits = infer(version, np.concatenate([arrays[i] for i in members]))
+        except Exception as exc:  # the classifier's error for this version's requests
+            for i in members:
+                answers[i] = exc
+            continue
+        sizes = [len(arrays[i]) for i in members]
+        split = split_answers(logits, sizes, version=version, route=route, top_k=top_k)
+        for i, answer in zip(members, split, strict=True):
+            answers[i] = answer
+    return answers
+
+
+def shadow_top1(
+    policy: RoutingPolicy, arrays: Sequence[np.ndarray], infer: Infer
+) -> np.ndarray | None:
+    """The candidate's top-1 for every image of the batch, or None when not shadowing. A
+    failing shadow never fails the answer: it is only not recorded."""
+    if not policy.shadow or policy.candidate is None:
+        return None
+    try:
+        logits = infer(policy.candidate, np.concatenate(arrays))
+    except Exception:
+        return None
+    return np.argmax(logits, axis=1)
+
+
+def label_name(labels: Sequence[str], index: int) -> str:
+    """The class name, or the index as text for a class the labels do not name (yet)."""
+    return labels[index] if index < len(labels) else str(index)
+
+
+def log_batch(
+    answers: Sequence[Answer | Exception],
+    arrays: Sequence[np.ndarray],
+    *,
+    model: str,
+    labels: Sequence[str],
+    policy: RoutingPolicy,
+    shadow: np.ndarray | None,
+    sample_rate: float,
+    rng: RandomSource,
+    blob_path: Path,
+    new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+) -> BatchLog:
+    """One Prediction per answered image, and the inputs kept at `sample_rate` (one draw
+    from `rng` per answered image when it is below 1), numbered as rows of `blob_path`."""
+    records: list[Prediction] = []
+    ids: list[list[str] | None] = []
+    kept: list[np.ndarray] = []
+    offset = 0  # the first image of request i in the batch (and in `shadow`)
+    for i, answer in enumerate(answers):
+        n = len(arrays[i])
+        if isinstance(answer, Exception):
+            ids.append(None)
+            offset += n
+            continue
+        # Shadow compares the candidate with the champion: only champion answers count.
+        shadowed = shadow is not None and answer.route == "champion"
+        request_ids = []
+        for j in range(n):
+            sample = arrays[i][j]
+            row = None
+            if sample_rate >= 1.0 or rng.random() < sample_rate:
+                row = len(kept)
+                kept.append(sample)
+            rid = new_id()
+            request_ids.append(rid)
+            records.append(
+                Prediction(
+                    request_id=rid,
+                    model=model,
+                    version=answer.version,
+                    route=answer.route,
+                    labels=[label_name(labels, k) for k in answer.top[j]],
+                    scores=answer.scores[j],
+                    content_hash=content_hash(sample),
+                    blob=None if row is None else str(blob_path),
+                    blob_row=row,
+                    shadow_version=policy.candidate if shadowed else None,
+                    shadow_label=label_name(labels, shadow[offset + j])
+                    if shadow is not None and shadowed
+                    else None,
+                )
+            )
+        ids.append(request_ids)
+        offset += n
+    return BatchLog(records=records, request_ids=ids, kept=kept)

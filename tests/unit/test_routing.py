@@ -1,0 +1,252 @@
+"""The router's batch planner with numbers, without Triton (the integration tests run the same
+code inside tritonserver through lifeloop.serve.router)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifeloop.rollout.policy import RoutingPolicy
+from lifeloop.serve.routing import (
+    Answer,
+    answer_routes,
+    group_routes,
+    label_name,
+    log_batch,
+    plan_routes,
+    shadow_top1,
+    split_answers,
+)
+from lifeloop.store.blobs import content_hash
+
+LABELS = ("zero", "one", "two")
+BLOB = Path("/kept/ab/batch.npy")
+CHAMPION_ONLY = RoutingPolicy(model="digits", champion=1)
+CANARY = RoutingPolicy(model="digits", champion=1, candidate=2, canary_weight=0.25)
+SHADOW = RoutingPolicy(model="digits", champion=1, candidate=2, shadow=True)
+
+
+class Draws:
+    """A random source that returns these numbers in turn and fails when asked for more."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def random(self) -> float:
+        if not self.values:
+            raise AssertionError("drew more random numbers than the test scripted")
+        return self.values.pop(0)
+
+
+def ids() -> Callable[[], str]:
+    counter = iter(range(100))
+    return lambda: f"id{next(counter)}"
+
+
+def images(n: int, start: float) -> np.ndarray:
+    """n images of shape (2,), distinct values so that content hashes differ."""
+    return np.arange(start, start + 2 * n, dtype=np.float32).reshape(n, 2)
+
+
+def answer(version: int, route: str, top: list[list[int]], n: int | None = None) -> Answer:
+    n = len(top) if n is None else n
+    scores = [[0.5 - 0.1 * k for k in range(len(row))] for row in top]
+    return Answer(np.zeros((n, 3), np.float32), version, route, top, scores)
+
+
+def test_canary_weight_sends_a_seeded_quarter_of_requests_to_the_candidate() -> None:
+    # random.Random(7) draws 0.324 0.151 0.651 0.072 0.536 0.366 0.058 0.507: three below 0.25.
+    routes = plan_routes(CANARY, 8, random.Random(7))
+    canary, champion = ("canary", 2), ("champion", 1)
+    assert routes == [champion, canary, champion, canary, champion, champion, canary, champion]
+
+
+def test_a_draw_equal_to_the_canary_weight_goes_to_the_champion() -> None:
+    draws = Draws(0.25, 0.2499, 0.0)
+    assert plan_routes(CANARY, 3, draws) == [("champion", 1), ("canary", 2), ("canary", 2)]
+    assert draws.values == []
+
+
+@pytest.mark.parametrize("policy", [CHAMPION_ONLY, SHADOW], ids=["no-candidate", "shadow-only"])
+def test_no_random_draw_when_no_canary_takes_traffic(policy: RoutingPolicy) -> None:
+    assert plan_routes(policy, 4, Draws()) == [("champion", 1)] * 4
+
+
+def test_groups_keep_request_order_and_first_appearance_order() -> None:
+    groups = group_routes([("canary", 2), ("champion", 1), ("canary", 2), ("champion", 1)])
+    assert list(groups.items()) == [(("canary", 2), [0, 2]), (("champion", 1), [1, 3])]
+
+
+def test_one_top_k_over_the_version_batch_is_split_back_per_request() -> None:
+    logits = np.array([[2.0, 0.0, 1.0, -1.0], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    first, second = split_answers(logits, [2, 1], version=3, route="canary", top_k=2)
+    assert (first.version, first.route, second.version, second.route) == (3, "canary", 3, "canary")
+    np.testing.assert_array_equal(first.logits, logits[:2])
+    np.testing.assert_array_equal(second.logits, logits[2:])
+    assert first.top == [[0, 2], [1, 0]]
+    # e^2 / (e^2 + 1 + e + e^-1) and e / (...); e^3 / (e^3 + 3) and 1 / (e^3 + 3)
+    np.testing.assert_allclose(first.scores, [[0.643914, 0.236883], [0.870049, 0.043317]], 1e-5)
+    assert second.top == [[0, 1]]  # a tie keeps the lower index first
+    assert second.scores == [[0.25, 0.25]]
+
+
+def test_top_k_above_the_class_count_keeps_every_class() -> None:
+    (only,) = split_answers(np.array([[0.0, 1.0, 2.0]]), [1], version=1, route="champion", top_k=5)
+    assert only.top == [[2, 1, 0]]
+
+
+def test_each_version_is_called_once_and_a_failing_version_fails_only_its_requests() -> None:
+    arrays = [images(2, 0), images(1, 10), images(1, 20), images(3, 30)]
+    routes = [("champion", 1), ("canary", 2), ("champion", 1), ("canary", 2)]
+    calls = []
+
+    def infer(version: int, batch: np.ndarray) -> np.ndarray:
+        calls.append((version, batch.copy()))
+        if version == 2:
+            raise RuntimeError("digits v2: not loaded")
+        return np.column_stack([batch[:, 0], -batch[:, 0], np.zeros(len(batch))])
+
+    answers = answer_routes(arrays, routes, infer, top_k=1)
+    assert [v for v, _ in calls] == [1, 2]
+    np.testing.assert_array_equal(calls[0][1], np.concatenate([arrays[0], arrays[2]]))
+    np.testing.assert_array_equal(calls[1][1], np.concatenate([arrays[1], arrays[3]]))
+    assert isinstance(answers[1], RuntimeError) and answers[1] is answers[3]
+    assert str(answers[1]) == "digits v2: not loaded"
+    first, third = answers[0], answers[2]
+    assert isinstance(first, Answer) and isinstance(third, Answer)
+    np.testing.assert_array_equal(first.logits, [[0.0, -0.0, 0.0], [2.0, -2.0, 0.0]])
+    np.testing.assert_array_equal(third.logits, [[20.0, -20.0, 0.0]])
+    assert first.top == [[0], [0]] and third.top == [[0]]
+    assert (first.version, first.route) == (1, "champion")
+
+
+def test_shadow_is_the_candidates_top1_on_every_image() -> None:
+    calls = []
+
+    def infer(version: int, batch: np.ndarray) -> np.ndarray:
+        calls.append((version, len(batch)))
+        return np.array([[0.0, 1.0, 0.5], [3.0, 1.0, 2.0], [0.0, 0.0, 9.0]])
+
+    top1 = shadow_top1(SHADOW, [images(2, 0), images(1, 4)], infer)
+    assert calls == [(2, 3)]
+    assert top1 is not None and top1.tolist() == [1, 0, 2]
+
+
+def test_no_shadow_without_shadow_mode_and_a_failing_shadow_is_only_not_recorded() -> None:
+    def fails(version: int, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("candidate down")
+
+    def never(version: int, batch: np.ndarray) -> np.ndarray:
+        raise AssertionError("shadow ran without shadow mode")
+
+    assert shadow_top1(SHADOW, [images(1, 0)], fails) is None
+    assert shadow_top1(CANARY, [images(1, 0)], never) is None
+
+
+def test_records_follow_request_then_image_order_with_their_fields() -> None:
+    arrays = [images(2, 0), images(1, 10)]
+    answers: list[Answer | Exception] = [
+        answer(1, "champion", [[2, 0], [1, 3]]),
+        answer(2, "canary", [[0, 1]]),
+    ]
+    batch = log_batch(
+        answers,
+        arrays,
+        model="digits",
+        labels=LABELS,
+        policy=CANARY,
+        shadow=None,
+        sample_rate=1.0,
+        rng=Draws(),  # a sample rate of 1 keeps every input without a draw
+        blob_path=BLOB,
+        new_id=ids(),
+    )
+    assert batch.request_ids == [["id0", "id1"], ["id2"]]
+    rows = [
+        (r.request_id, r.model, r.version, r.route, list(r.labels), list(r.scores), r.blob_row)
+        for r in batch.records
+    ]
+    assert rows == [
+        ("id0", "digits", 1, "champion", ["two", "zero"], [0.5, 0.4], 0),
+        ("id1", "digits", 1, "champion", ["one", "3"], [0.5, 0.4], 1),  # 3 has no label yet
+        ("id2", "digits", 2, "canary", ["zero", "one"], [0.5, 0.4], 2),
+    ]
+    assert {r.blob for r in batch.records} == {str(BLOB)}
+    assert [r.content_hash for r in batch.records] == [
+        content_hash(arrays[0][0]),
+        content_hash(arrays[0][1]),
+        content_hash(arrays[1][0]),
+    ]
+    assert len({r.content_hash for r in batch.records}) == 3
+    assert all(r.shadow_version is None and r.shadow_label is None for r in batch.records)
+    np.testing.assert_array_equal(np.stack(batch.kept), np.concatenate(arrays))
+
+
+def test_half_sample_rate_numbers_kept_rows_and_skips_failed_requests() -> None:
+    arrays = [images(2, 0), images(3, 10), images(2, 20)]
+    answers: list[Answer | Exception] = [
+        answer(1, "champion", [[0], [1]]),
+        RuntimeError("digits v2: not loaded"),
+        answer(1, "champion", [[2], [2]]),
+    ]
+    draws = Draws(0.1, 0.7, 0.5, 0.4999)  # one per answered image; the failed one draws none
+    batch = log_batch(
+        answers,
+        arrays,
+        model="digits",
+        labels=LABELS,
+        policy=CHAMPION_ONLY,
+        shadow=None,
+        sample_rate=0.5,
+        rng=draws,
+        blob_path=BLOB,
+        new_id=ids(),
+    )
+    assert draws.values == []
+    assert batch.request_ids == [["id0", "id1"], None, ["id2", "id3"]]
+    assert [(r.blob_row, r.blob) for r in batch.records] == [
+        (0, str(BLOB)),
+        (None, None),
+        (None, None),  # 0.5 is not below 0.5
+        (1, str(BLOB)),
+    ]
+    np.testing.assert_array_equal(np.stack(batch.kept), [arrays[0][0], arrays[2][1]])
+
+
+def test_shadow_labels_only_on_champion_answers_at_each_images_batch_offset() -> None:
+    arrays = [images(1, 0), images(2, 10), images(1, 20), images(1, 30)]
+    answers: list[Answer | Exception] = [
+        answer(1, "champion", [[1]]),
+        answer(2, "canary", [[0], [0]]),
+        RuntimeError("failed"),
+        answer(1, "champion", [[2]]),
+    ]
+    shadow = np.array([2, 0, 1, 1, 7])  # the candidate's top-1 per image of the whole batch
+    batch = log_batch(
+        answers,
+        arrays,
+        model="digits",
+        labels=LABELS,
+        policy=RoutingPolicy(
+            model="digits", champion=1, candidate=2, canary_weight=0.5, shadow=True
+        ),
+        shadow=shadow,
+        sample_rate=1.0,
+        rng=Draws(),
+        blob_path=BLOB,
+        new_id=ids(),
+    )
+    assert [(r.route, r.shadow_version, r.shadow_label) for r in batch.records] == [
+        ("champion", 2, "two"),
+        ("canary", None, None),
+        ("canary", None, None),
+        ("champion", 2, "7"),  # image 4 of the batch, after the failed request's image 3
+    ]
+
+
+def test_label_name_falls_back_to_the_index_for_a_class_without_a_name() -> None:
+    assert [label_name(LABELS, i) for i in (0, 2, 3, 10)] == ["zero", "two", "3", "10"]
