@@ -71,8 +71,9 @@ def test_existing_version_number_is_refused_and_nothing_is_left_behind(
 ) -> None:
     repo = tmp_path / "repo"
     publish(repo, config(), {"model.onnx": artifact}, draft(), version=3)
-    with pytest.raises(VersionExistsError, match="version 3 of model 'clf' already exists"):
+    with pytest.raises(VersionExistsError, match="version 3 of model 'clf' already exists") as e:
         publish(repo, config(), {"model.onnx": artifact}, draft(), version=3)
+    assert (e.value.model, e.value.version) == ("clf", 3)  # for callers that act on it
     assert sorted(p.name for p in (repo / "clf").iterdir() if p.is_dir()) == ["3"]
 
 
@@ -152,8 +153,9 @@ def test_verify_names_a_file_changed_after_publishing(tmp_path: Path, artifact: 
     published = publish(tmp_path / "repo", config(), {"model.onnx": artifact}, draft())
     with open(published.path / "model.onnx", "ab") as handle:
         handle.write(b"tampered")
-    with pytest.raises(ManifestMismatchError, match="model.onnx does not match its manifest"):
+    with pytest.raises(ManifestMismatchError, match="model.onnx does not match its manifest") as e:
         verify(published.path)
+    assert (e.value.model, e.value.version) == (published.model, published.version)
 
 
 def test_versions_lists_labels_parity_and_problems(tmp_path: Path, artifact: Path) -> None:

@@ -122,7 +122,9 @@ def verify(version_dir: Path) -> Manifest:
         path = version_dir / entry.path
         if not path.is_file():
             raise ManifestMismatchError(
-                f"{path} is listed in the manifest but missing; republish this version"
+                f"{path} is listed in the manifest but missing; republish this version",
+                model=manifest.model,
+                version=manifest.version,
             )
         size = path.stat().st_size
         digest = sha256_file(path)
@@ -130,6 +132,8 @@ def verify(version_dir: Path) -> Manifest:
             raise ManifestMismatchError(
                 f"{path} does not match its manifest (sha256 {digest[:12]}…, {size} bytes; "
                 f"manifest says {entry.sha256[:12]}…, {entry.size} bytes): the file was changed "
-                "after publishing; republish it with `lifeloop export`"
+                "after publishing; republish it with `lifeloop export`",
+                model=manifest.model,
+                version=manifest.version,
             )
     return manifest

@@ -98,10 +98,17 @@ def publish(
         if version is not None and version in existing:
             raise VersionExistsError(
                 f"version {version} of model {config.name!r} already exists in {repository}; "
-                "omit --version to take the next number, or pick an unused one"
+                "omit --version to take the next number, or pick an unused one",
+                model=config.name,
+                version=version,
             )
         if version is not None and version < 1:
-            raise RepositoryError(f"version must be >= 1, got {version}")
+            raise RepositoryError(
+                f"version must be >= 1, got {version}",
+                model=config.name,
+                version=version,
+                setting="version",
+            )
         number = version if version is not None else (max(existing, default=0) + 1)
         needed = sum(Path(source).stat().st_size for source in files.values()) + SLACK_BYTES
         what = f"publishing {config.name} v{number}"

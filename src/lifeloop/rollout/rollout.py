@@ -54,7 +54,11 @@ class Rollout:
     ) -> RoutingPolicy:
         def change(p: RoutingPolicy) -> RoutingPolicy:
             if version not in version_numbers(self.repository / p.model):
-                raise RolloutError(f"model {p.model!r} has no version {version}; publish it first")
+                raise RolloutError(
+                    f"model {p.model!r} has no version {version}; publish it first",
+                    model=p.model,
+                    version=version,
+                )
             return p.evolve(
                 candidate=version,
                 canary_weight=canary_weight,
@@ -74,7 +78,8 @@ class Rollout:
         def change(p: RoutingPolicy) -> RoutingPolicy:
             if p.candidate is None:
                 raise RolloutError(
-                    f"{p.model!r} has no candidate to promote; start one with `lifeloop retrain`"
+                    f"{p.model!r} has no candidate to promote; start one with `lifeloop retrain`",
+                    model=p.model,
                 )
             return p.without_candidate(previous=p.champion, champion=p.candidate)
 
@@ -88,7 +93,8 @@ class Rollout:
             if p.previous is None:
                 raise RolloutError(
                     f"{p.model!r} has no previous champion to roll back to; `lifeloop history` "
-                    "shows what served before"
+                    "shows what served before",
+                    model=p.model,
                 )
             return p.without_candidate(champion=p.previous, previous=None)
 
@@ -99,7 +105,7 @@ class Rollout:
 
         def change(p: RoutingPolicy) -> RoutingPolicy:
             if p.candidate is None:
-                raise RolloutError(f"{p.model!r} has no candidate to withdraw")
+                raise RolloutError(f"{p.model!r} has no candidate to withdraw", model=p.model)
             return p.without_candidate()
 
         return self._change(action, reason, change)
@@ -145,7 +151,7 @@ def sync_version_policy(
     server's result (none when the policy was already so, or no URL was given)."""
     config = read_config(Path(repository) / model)
     if config is None:
-        raise RolloutError(f"model {model!r} has no config.pbtxt in {repository}")
+        raise RolloutError(f"model {model!r} has no config.pbtxt in {repository}", model=model)
     wanted = cfg.VersionPolicy(latest=None, specific=tuple(sorted(versions)))
     if config.version_policy == wanted:
         return []

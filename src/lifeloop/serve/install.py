@@ -75,7 +75,8 @@ def install_router(
     if config is None or not versions:
         raise RolloutError(
             f"model {classifier!r} has no published version in {repository}; export one with "
-            "`lifeloop export` or `lifeloop train` first"
+            "`lifeloop export` or `lifeloop train` first",
+            model=classifier,
         )
     if not 0.0 <= sample_rate <= 1.0:
         raise RolloutError(f"sample_rate must be in 0..1, got {sample_rate}", setting="sample_rate")
@@ -83,7 +84,9 @@ def install_router(
         raise RolloutError(f"top_k must be >= 1, got {top_k}", setting="top_k")
     if champion is not None and champion not in versions:
         raise RolloutError(
-            f"model {classifier!r} has no version {champion}; pick one of {versions}"
+            f"model {classifier!r} has no version {champion}; pick one of {versions}",
+            model=classifier,
+            version=champion,
         )
     store_url = store_url or default_store_url(repository)
     blob_dir = Path(blob_dir or default_blob_dir(repository)).resolve()
@@ -104,7 +107,8 @@ def install_router(
                 if policy.model != classifier:
                     raise RolloutError(
                         f"router {router!r} already fronts {policy.model!r}; pick another "
-                        "--router name"
+                        "--router name",
+                        model=classifier,
                     )
             else:
                 policy = RoutingPolicy(model=classifier, champion=champion or max(versions))
