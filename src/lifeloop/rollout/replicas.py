@@ -43,14 +43,15 @@ def _expand(url: str) -> list[str]:
         return [url]
     target = urlsplit(url.removeprefix(DNS_PREFIX))
     if target.scheme not in ("http", "grpc") or not target.hostname:
-        raise ClientError(f"{url!r} is not dns+http://HOST:PORT or dns+grpc://HOST:PORT")
+        raise ClientError(f"{url!r} is not dns+http://HOST:PORT or dns+grpc://HOST:PORT", url=url)
     port = target.port or (8001 if target.scheme == "grpc" else 8000)
     try:
         found = socket.getaddrinfo(target.hostname, port, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         raise ClientError(
             f"cannot resolve {target.hostname!r} in {url!r} ({exc}); name the headless Service "
-            "of the tritonserver pods, or list the servers"
+            "of the tritonserver pods, or list the servers",
+            url=url,
         ) from exc
     hosts = sorted({str(address[4][0]) for address in found})
     return [f"{target.scheme}://{f'[{h}]' if ':' in h else h}:{port}" for h in hosts]
