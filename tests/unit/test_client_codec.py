@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lifeloop.client import ClientError, ModelInfo
-from lifeloop.client._codec import decode, to_samples
-from lifeloop.client._transport import split_url
+from lifeloop.client import ClientError, ModelInfo, split_url, to_samples
+from lifeloop.client._codec import decode
 from lifeloop.preprocessing import Preprocessing
 
 

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 
@@ -15,25 +14,18 @@ from lifeloop.client._codec import (
     ImageLike,
     ModelInfo,
     check_top_k,
-    chunks,
     config_from_json,
-    decode,
-    feedback_inputs,
-    routed_answers,
-    to_samples,
 )
-from lifeloop.client._transport import (
-    _as_client_error,
-    answered_version,
-    config_payload,
-    split_url,
-)
-from lifeloop.errors import ClientError
-from lifeloop.repository import config as cfg
+from lifeloop.client._session import Session, not_ready
+from lifeloop.client._transport import AsyncTransport, InferRequest, InferResult, split_url
+from lifeloop.client._triton import AsyncTritonTransport
+from lifeloop.repository.config import ModelConfig
 
 
 class AsyncLifeloopClient:
-    """`async with AsyncLifeloopClient(url) as client: await client.classify([...])`."""
+    """`async with AsyncLifeloopClient(url) as client: await client.classify([...])`.
+
+    `transport` replaces the tritonclient one (a test's fake, say; see AsyncTransport)."""
 
     def __init__(
         self,
@@ -42,20 +34,16 @@ class AsyncLifeloopClient:
         *,
         model: str = "classifier",
         timeout_s: float = 60.0,
+        transport: AsyncTransport | None = None,
     ) -> None:
         self.url, self.protocol = split_url(url, protocol)
         self.model = model
         self.timeout_s = timeout_s
-        if self.protocol == "grpc":
-            import tritonclient.grpc.aio as triton
-        else:
-            import tritonclient.http.aio as triton  # type: ignore[no-redef]
-        self._triton: Any = triton
-        self._client: Any = triton.InferenceServerClient(self.url)
-        self._info: dict[str, ModelInfo] = {}
+        self._transport = transport or AsyncTritonTransport(self.url, self.protocol)
+        self._session = Session()
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._transport.close()
 
     async def __aenter__(self) -> AsyncLifeloopClient:
         return self
@@ -69,30 +57,28 @@ class AsyncLifeloopClient:
         await self.close()
 
     async def wait_until_ready(self, timeout_s: float = 60.0, *, model: str | None = None) -> None:
+        """Wait until `model` (or, without one, the whole server) is ready, or raise after
+        timeout_s (see LifeloopClient.wait_until_ready)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                # A model's own readiness (see LifeloopClient.wait_until_ready).
-                ready = (
-                    self._client.is_model_ready(model) if model else self._client.is_server_ready()
-                )
-                if await ready:
-                    return
-            except Exception:
-                pass
+            if await self._transport.is_ready(model):
+                return
             await asyncio.sleep(0.2)
-        raise ClientError(
-            f"Triton at {self.url} was not ready within {timeout_s:g}s; check the server log"
-        )
+        raise not_ready(self.url, timeout_s, model)
+
+    async def model_config(self, model: str) -> ModelConfig:
+        """The config the server is serving `model` with (what it loaded, not the file)."""
+        return config_from_json(await self._transport.model_config(model))
 
     async def model_info(self, model: str | None = None, *, refresh: bool = False) -> ModelInfo:
         name = model or self.model
-        if refresh or name not in self._info:
-            config = await self._config(name)
+        info = self._session.known(name, refresh=refresh)
+        if info is None:
+            config = await self.model_config(name)
             routed = ModelInfo.routed_classifier(config)
-            classifier = await self._config(routed) if routed else None
-            self._info[name] = ModelInfo.from_config(config, classifier)
-        return self._info[name]
+            classifier = await self.model_config(routed) if routed else None
+            info = self._session.learn(name, config, classifier)
+        return info
 
     async def classify(
         self,
@@ -102,19 +88,15 @@ class AsyncLifeloopClient:
         model: str | None = None,
         version: int | None = None,
     ) -> list[Classification]:
+        """Classify images; one answer per input, in order (see LifeloopClient.classify)."""
         check_top_k(top_k)
         info = await self.model_info(model)
-        batch = to_samples(inputs, info)
         answers: list[Classification] = []
-        for part in chunks(batch, info.max_batch_size):
-            outputs, answered = await self._infer(info, part, version)
-            logits = outputs[info.output_name]
-            if logits.shape[1] > len(info.labels):
+        for request in self._session.batches(inputs, info):
+            result = await self._send(request, version)
+            if self._session.outgrown(info, result):
                 info = await self.model_info(info.name, refresh=True)
-            versions, ids = routed_answers(outputs, answered)
-            answers.extend(
-                decode(logits, info=info, version=versions, top_k=top_k, request_ids=ids)
-            )
+            answers.extend(self._session.answers(info, result, top_k))
         return answers
 
     async def infer(
@@ -123,52 +105,17 @@ class AsyncLifeloopClient:
         """Raw logits for a preprocessed float32 batch, and the version that answered (for a
         router, the version that answered its first image)."""
         info = await self.model_info(model)
-        outputs, answered = await self._infer(info, batch, version)
-        versions, _ = routed_answers(outputs, answered)
-        first = versions[0] if isinstance(versions, list) and versions else answered
-        return outputs[info.output_name], int(first)
+        result = await self._send(info.request(batch), version)
+        return self._session.logits(result, info.output_name)
 
     async def feedback(
         self, request_ids: Sequence[str], labels: Sequence[str], *, model: str = "feedback"
     ) -> int:
         """Attach true labels to request ids a router returned (see LifeloopClient.feedback)."""
-        inputs = feedback_inputs(request_ids, labels)
-        if not inputs:
-            return 0
-        tensors = []
-        for name, array in inputs.items():
-            tensor = self._triton.InferInput(name, list(array.shape), "BYTES")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        try:
-            await self._client.infer(
-                model, tensors, outputs=[self._triton.InferRequestedOutput("accepted")]
-            )
-        except Exception as exc:
-            raise _as_client_error(exc, self.url, f"feedback to {model!r}") from exc
+        request = self._session.feedback(request_ids, labels, model)
+        if request is not None:
+            await self._send(request)
         return len(request_ids)
 
-    async def _config(self, name: str) -> cfg.ModelConfig:
-        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
-        try:
-            response = await self._client.get_model_config(name, **kwargs)
-        except Exception as exc:
-            raise _as_client_error(exc, self.url, f"config of {name!r}") from exc
-        return config_from_json(config_payload(response, self.protocol))
-
-    async def _infer(
-        self, info: ModelInfo, batch: np.ndarray, version: int | None
-    ) -> tuple[dict[str, np.ndarray], int]:
-        tensor = self._triton.InferInput(info.input_name, list(batch.shape), info.input_dtype)
-        tensor.set_data_from_numpy(batch)
-        outputs = [self._triton.InferRequestedOutput(name) for name in info.outputs]
-        try:
-            result = await self._client.infer(
-                info.name, [tensor], model_version=str(version or ""), outputs=outputs
-            )
-        except Exception as exc:
-            raise _as_client_error(exc, self.url, f"inference on {info.name!r}") from exc
-        return (
-            {name: result.as_numpy(name) for name in info.outputs},
-            answered_version(result, self.protocol),
-        )
+    async def _send(self, request: InferRequest, version: int | None = None) -> InferResult:
+        return await self._transport.send(self._transport.prepare(request), version=version)

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lifeloop.contract import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
+from lifeloop.client._transport import InferRequest
+from lifeloop.contract import (
+    CLASSIFIER_PARAM,
+    LABELS_PARAM,
+    PREPROCESSING_PARAM,
+    REQUEST_ID_OUTPUT,
+    VERSION_OUTPUT,
+)
 from lifeloop.errors import ClientError, PreprocessingError
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import config as cfg
@@ -39,14 +46,22 @@ class ModelInfo:
 
     @property
     def outputs(self) -> list[str]:
-        extra = ["model_version", "request_id"] if self.routes_to else []
+        extra = [VERSION_OUTPUT, REQUEST_ID_OUTPUT] if self.routes_to else []
         return [self.output_name, *extra]
+
+    def request(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> InferRequest:
+        """An inference request of `batch` to this model, for `outputs` (default: all)."""
+        return InferRequest(
+            model=self.name,
+            inputs={self.input_name: (batch, self.input_dtype)},
+            outputs=tuple(self.outputs if outputs is None else outputs),
+        )
 
     @staticmethod
     def routed_classifier(config: cfg.ModelConfig) -> str | None:
         """The classifier a lifeloop router fronts (a router answers with request ids); None
         for anything else, image ensembles included."""
-        if not any(o.name == "request_id" for o in config.outputs):
+        if not any(o.name == REQUEST_ID_OUTPUT for o in config.outputs):
             return None
         return config.parameters.get(CLASSIFIER_PARAM) or None
 
@@ -215,10 +230,10 @@ def routed_answers(
 ) -> tuple[int | list[int], list[str] | None]:
     """(version per image, request id per image) from a router's outputs; for a plain
     classifier, (the version that answered, None)."""
-    if "model_version" not in outputs:
+    if VERSION_OUTPUT not in outputs:
         return answered, None
-    versions = [int(v) for v in outputs["model_version"].reshape(-1)]
-    ids = outputs.get("request_id")
+    versions = [int(v) for v in outputs[VERSION_OUTPUT].reshape(-1)]
+    ids = outputs.get(REQUEST_ID_OUTPUT)
     request_ids = None
     if ids is not None:
         request_ids = [v.decode() if isinstance(v, bytes) else str(v) for v in ids.reshape(-1)]
@@ -241,18 +256,3 @@ def _preprocessing(info: ModelInfo) -> Preprocessing:
             f"shaped {info.input_dims}, or publish it with `lifeloop export`"
         )
     return info.preprocessing
-
-
-def feedback_inputs(request_ids: Sequence[str], labels: Sequence[str]) -> dict[str, np.ndarray]:
-    """The feedback model's BYTES inputs, one row per (request id, label); empty for none."""
-    if len(request_ids) != len(labels):
-        raise ClientError(
-            f"feedback got {len(request_ids)} request ids and {len(labels)} labels; "
-            "pass one label per id"
-        )
-    if not request_ids:
-        return {}
-    return {
-        "request_id": np.array([[str(r).encode()] for r in request_ids], dtype=np.object_),
-        "label": np.array([[str(v).encode()] for v in labels], dtype=np.object_),
-    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -12,29 +13,18 @@ from lifeloop.client._codec import (
     ImageLike,
     ModelInfo,
     check_top_k,
-    chunks,
     config_from_json,
-    decode,
-    feedback_inputs,
-    routed_answers,
-    to_samples,
 )
-from lifeloop.client._transport import Prepared, Transport
-from lifeloop.errors import ClientError
+from lifeloop.client._session import Session, not_ready
+from lifeloop.client._transport import InferRequest, InferResult, Transport, split_url
+from lifeloop.client._triton import TritonTransport
 from lifeloop.repository.config import ModelConfig
 
 
 class _Base:
-    def __init__(self, url: str, protocol: str | None = None, *, timeout_s: float = 60.0) -> None:
-        self._transport = Transport(url, protocol, timeout_s=timeout_s)
-
-    @property
-    def url(self) -> str:
-        return self._transport.url
-
-    @property
-    def protocol(self) -> str:
-        return self._transport.protocol
+    def __init__(self, url: str, protocol: str | None, transport: Transport) -> None:
+        self.url, self.protocol = split_url(url, protocol)
+        self._transport = transport
 
     def close(self) -> None:
         self._transport.close()
@@ -60,7 +50,7 @@ class _Base:
 
     def is_model_ready(self, model: str) -> bool:
         """Whether `model` is loaded and ready; never raises."""
-        return self._transport.is_model_ready(model)
+        return self._transport.is_ready(model)
 
     def model_config(self, model: str) -> ModelConfig:
         """The config the server is serving `model` with (what it loaded, not the file)."""
@@ -72,30 +62,27 @@ class _Base:
         it false, so a model's own readiness is what a caller of that model waits for."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._transport.is_model_ready(model) if model else self._transport.is_ready():
+            if self._transport.is_ready(model):
                 return
             time.sleep(0.2)
-        what = f"model {model!r} on " if model else ""
-        raise ClientError(
-            f"{what}Triton at {self.url} was not ready within {timeout_s:g}s; check the server "
-            "log, or that --url points at it"
-        )
+        raise not_ready(self.url, timeout_s, model)
 
 
 class ServerControl(_Base):
     """Repository and statistics calls: load, unload, list, read counters."""
 
     def __init__(self, url: str, protocol: str | None = "http", *, timeout_s: float = 120.0):
-        super().__init__(url, protocol, timeout_s=timeout_s)
+        self._server = TritonTransport(url, protocol, timeout_s=timeout_s)
+        super().__init__(url, protocol, self._server)
 
     def load_model(self, model: str) -> None:
-        self._transport.load_model(model)
+        self._server.load_model(model)
 
     def unload_model(self, model: str) -> None:
-        self._transport.unload_model(model)
+        self._server.unload_model(model)
 
     def repository_index(self) -> list[dict[str, Any]]:
-        return self._transport.repository_index()
+        return self._server.repository_index()
 
     def version_states(self, model: str) -> dict[int, str]:
         """{version: state} for `model` as the server sees it (READY, UNAVAILABLE, ...)."""
@@ -106,7 +93,15 @@ class ServerControl(_Base):
         }
 
     def statistics(self, model: str = "") -> list[dict[str, Any]]:
-        return self._transport.statistics(model)
+        return self._server.statistics(model)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request its transport has encoded once, for LifeloopClient.send to repeat."""
+
+    request: InferRequest
+    encoded: Any
 
 
 class LifeloopClient(_Base):
@@ -118,7 +113,8 @@ class LifeloopClient(_Base):
             print(answer.label, answer.scores[0], answer.version)
 
     Labels and preprocessing come from the served model's config, where `lifeloop export`
-    records them from each version's manifest."""
+    records them from each version's manifest. `transport` replaces the tritonclient one (a
+    test's fake, say; see Transport); `timeout_s` is then the transport's business."""
 
     def __init__(
         self,
@@ -127,19 +123,21 @@ class LifeloopClient(_Base):
         *,
         model: str = "classifier",
         timeout_s: float = 60.0,
+        transport: Transport | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s=timeout_s)
+        transport = transport or TritonTransport(url, protocol, timeout_s=timeout_s)
+        super().__init__(url, protocol, transport)
         self.model = model
-        self._info: dict[str, ModelInfo] = {}
+        self._session = Session()
 
     def model_info(self, model: str | None = None, *, refresh: bool = False) -> ModelInfo:
         name = model or self.model
-        if refresh or name not in self._info:
+        info = self._session.known(name, refresh=refresh)
+        if info is None:
             config = self.model_config(name)
             routed = ModelInfo.routed_classifier(config)
-            classifier = self.model_config(routed) if routed else None
-            self._info[name] = ModelInfo.from_config(config, classifier)
-        return self._info[name]
+            info = self._session.learn(name, config, self.model_config(routed) if routed else None)
+        return info
 
     def classify(
         self,
@@ -153,23 +151,12 @@ class LifeloopClient(_Base):
         per input, in order. Inputs are sent in batches of the model's max_batch_size."""
         check_top_k(top_k)
         info = self.model_info(model)
-        batch = to_samples(inputs, info)
         answers: list[Classification] = []
-        for part in chunks(batch, info.max_batch_size):
-            outputs, answered = self._transport.infer(
-                info.name,
-                {info.input_name: (part, info.input_dtype)},
-                info.outputs,
-                version=str(version or ""),
-            )
-            logits = outputs[info.output_name]
-            if logits.shape[1] > len(info.labels):
-                # A newer version added classes: its labels are in the refreshed config.
+        for request in self._session.batches(inputs, info):
+            result = self._send(request, version)
+            if self._session.outgrown(info, result):
                 info = self.model_info(info.name, refresh=True)
-            versions, ids = routed_answers(outputs, answered)
-            answers.extend(
-                decode(logits, info=info, version=versions, top_k=top_k, request_ids=ids)
-            )
+            answers.extend(self._session.answers(info, result, top_k))
         return answers
 
     def feedback(
@@ -177,37 +164,28 @@ class LifeloopClient(_Base):
     ) -> int:
         """Attach true labels to request ids a router returned, through the feedback model.
         All or none: an unknown id or an empty label raises ClientError and stores nothing."""
-        inputs = feedback_inputs(request_ids, labels)
-        if not inputs:
-            return 0
-        self._transport.infer(
-            model, {name: (array, "BYTES") for name, array in inputs.items()}, ["accepted"]
-        )
+        request = self._session.feedback(request_ids, labels, model)
+        if request is not None:
+            self._send(request)
         return len(request_ids)
 
     def prepare(self, batch: Any, *, model: str | None = None) -> Prepared:
         """Encode a preprocessed float32 batch once, for `send` to repeat (load generators)."""
-        info = self.model_info(model)
-        return self._transport.prepare(
-            info.name, {info.input_name: (batch, info.input_dtype)}, info.outputs
-        )
+        request = self.model_info(model).request(batch)
+        return Prepared(request, self._transport.prepare(request))
 
     def send(self, prepared: Prepared, *, version: int | None = None) -> tuple[Any, int]:
         """Send a prepared request: (logits, the version that answered)."""
-        outputs, answered = self._transport.send(prepared, version=str(version or ""))
-        versions, _ = routed_answers(outputs, answered)
-        first = versions[0] if isinstance(versions, list) and versions else answered
-        return outputs[prepared.output_names[0]], int(first)
+        result = self._transport.send(prepared.encoded, version=version)
+        return self._session.logits(result, prepared.request.outputs[0])
 
     def infer(
         self, batch: Any, *, model: str | None = None, version: int | None = None
     ) -> tuple[Any, int]:
         """Raw logits for a preprocessed float32 batch, and the version that answered."""
         info = self.model_info(model)
-        outputs, answered = self._transport.infer(
-            info.name,
-            {info.input_name: (batch, info.input_dtype)},
-            [info.output_name],
-            version=str(version or ""),
-        )
-        return outputs[info.output_name], answered
+        result = self._send(info.request(batch, [info.output_name]), version)
+        return self._session.logits(result, info.output_name)
+
+    def _send(self, request: InferRequest, version: int | None = None) -> InferResult:
+        return self._transport.send(self._transport.prepare(request), version=version)

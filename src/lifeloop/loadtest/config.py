@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lifeloop.client._transport import split_url
+from lifeloop.client import split_url
 from lifeloop.errors import LoadTestError
 
 
@@ -35,21 +35,33 @@ class LoadTestConfig:
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0:
-            raise LoadTestError(f"--duration must be > 0 seconds, got {self.duration_s:g}")
+            raise LoadTestError(
+                f"duration_s must be > 0 seconds, got {self.duration_s:g}", setting="duration_s"
+            )
         if self.users < 1:
-            raise LoadTestError(f"--users must be >= 1, got {self.users}")
+            raise LoadTestError(f"users must be >= 1, got {self.users}", setting="users")
         if self.spawn_rate <= 0:
-            raise LoadTestError(f"--spawn-rate must be > 0, got {self.spawn_rate:g}")
+            raise LoadTestError(
+                f"spawn_rate must be > 0, got {self.spawn_rate:g}", setting="spawn_rate"
+            )
         if self.rate is not None and self.rate <= 0:
-            raise LoadTestError(f"--rate must be > 0 requests/s, got {self.rate:g}")
+            raise LoadTestError(f"rate must be > 0 requests/s, got {self.rate:g}", setting="rate")
         if self.arrival not in ("constant", "poisson"):
-            raise LoadTestError(f"--arrival {self.arrival!r} is not constant or poisson")
+            raise LoadTestError(
+                f"arrival {self.arrival!r} is not constant or poisson", setting="arrival"
+            )
         if self.protocol not in ("grpc", "http"):
-            raise LoadTestError(f"--protocol {self.protocol!r} is not grpc or http")
+            raise LoadTestError(
+                f"protocol {self.protocol!r} is not grpc or http", setting="protocol"
+            )
         if self.batch_size < 1:
-            raise LoadTestError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise LoadTestError(
+                f"batch_size must be >= 1, got {self.batch_size}", setting="batch_size"
+            )
         if self.window_s is not None and self.window_s <= 0:
-            raise LoadTestError(f"--window must be > 0 seconds, got {self.window_s:g}")
+            raise LoadTestError(
+                f"window_s must be > 0 seconds, got {self.window_s:g}", setting="window_s"
+            )
 
     @property
     def window(self) -> float:

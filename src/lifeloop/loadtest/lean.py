@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import numpy as np
 
-from lifeloop.client._transport import split_url
+from lifeloop.client import split_url
 from lifeloop.loadtest.stats import Measurement, Meter
 
 Send = Callable[[], Awaitable[None]]

@@ -93,7 +93,7 @@ def payloads(client: LifeloopClient, options: Any) -> list[np.ndarray]:
     if folder:
         from pathlib import Path
 
-        from lifeloop.client._codec import to_samples
+        from lifeloop.client import to_samples
 
         files = sorted(p for p in Path(folder).rglob("*") if p.is_file())[:256]
         samples = to_samples(files, info)

@@ -68,7 +68,7 @@ class ServerConfig:
                 f"got {ports}"
             )
         if self.poll_secs < 1:
-            raise ServerError(f"--poll-secs must be >= 1, got {self.poll_secs}")
+            raise ServerError(f"poll_secs must be >= 1, got {self.poll_secs}", setting="poll_secs")
 
     @classmethod
     def on_free_ports(cls, repository: Path, **kwargs: object) -> ServerConfig:
