@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from lifeloop.cli._common import (
@@ -16,6 +17,9 @@ from lifeloop.cli._common import (
     _errors,
     console,
 )
+
+if TYPE_CHECKING:
+    from lifeloop.loadtest.bench_result import BenchResult
 
 app = typer.Typer()
 
@@ -97,99 +101,68 @@ def _print_loadtest(report: dict[str, Any], out: Path) -> None:
 @_errors
 def bench(
     out: Annotated[
-        Path, typer.Option(help="Folder for bench.json and the served repository.")
+        Path, typer.Option(help="Folder for bench.json, bench.md and the served repository.")
     ] = Path("runs/bench"),
     window: Annotated[float, typer.Option(help="Window length in seconds.")] = 2.0,
     max_seconds: Annotated[float, typer.Option(help="Longest measurement of one figure.")] = 24.0,
+    concurrency: Annotated[
+        int, typer.Option(help="Requests in flight for every served figure.")
+    ] = 32,
+    locust_users: Annotated[
+        int, typer.Option("--users", help="Locust users (and lean coroutines) for the harness.")
+    ] = 32,
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write bench.md into this page (docs/benchmarks.md), keeping the part "
+            "below its end-of-generated marker."
+        ),
+    ] = None,
 ) -> None:
-    """Measure side by side in one run: raw vs served, batching on vs off, Locust vs lean."""
+    """Measure side by side in one run: raw vs served, batching on vs off, Locust vs lean,
+    routed vs direct, INT8 and FP16 vs fp32. Writes bench.json and bench.md."""
     from lifeloop.loadtest.bench import run_bench
 
-    results = run_bench(out, window_s=window, max_s=max_seconds, say=console.print)
-    table = Table(title="lifeloop bench (ratios measured side by side in this run)")
+    result = run_bench(
+        out,
+        window_s=window,
+        max_s=max_seconds,
+        concurrency=concurrency,
+        locust_users=locust_users,
+        say=console.print,
+    )
+    _print_bench(result, console)
+    console.print(f"bench.json: {out / 'bench.json'}; bench.md: {out / 'bench.md'}")
+    if docs is not None:
+        from lifeloop.loadtest.bench_result import update_page
+
+        console.print(f"wrote {update_page(docs, result.to_markdown())}")
+
+
+def _print_bench(result: BenchResult, to: Console) -> None:
+    """The ratios with their targets and figures, then where the CPU went."""
+    from lifeloop.loadtest.bench_result import CPU_COLUMNS
+
+    ratios = Table(title="lifeloop bench (ratios measured side by side in this run)")
     for column in ("ratio", "measured", "target", "from"):
-        table.add_column(column)
-    sources = _bench_sources(results)
-    for name, value in results["ratios"].items():
-        target = results["targets"].get(name)
-        verdict = (
-            "-"
-            if target is None
-            else f">= {target['target']:g} " + ("met" if target["met"] else "MISSED")
-        )
-        table.add_row(name, f"{value:.3f}", verdict, sources[name])
-    console.print(table)
-    console.print(_cpu_table(results))
-    console.print(f"bench.json: {out / 'bench.json'}")
-
-
-def _cpu_table(results: dict[str, Any]) -> Table:
-    """Where the CPU goes: on shared cores, the cost of a request bounds the rate."""
-    table = Table(title="CPU per request (ms) by process, at concurrency 32")
-    for column in ("measurement", "client", "tritonserver", "stubs", "total", "cores busy"):
-        table.add_column(column)
-    rows = [
-        (f"{model} batching {side}", results["batching"][model][side]["cpu"])
-        for model in ("resnet18", "small_cnn")
-        for side in ("on", "off")
-    ]
-    for protocol in ("grpc", "http"):
-        harness = results["harness"][protocol]
-        rows.append((f"small_cnn lean {protocol}", harness["lean"]["before"]["cpu"]))
-        rows.append((f"small_cnn Locust {protocol}", harness["locust"]["cpu"]))
-    for name, cpu in rows:
-        figures = (cpu[f"{k}_ms"] for k in ("client", "tritonserver", "stubs", "total"))
-        busy = "" if cpu["busy"] is None else f"{cpu['busy']:.0%}"
-        table.add_row(name, *(f"{v:.3f}" for v in figures), busy)
-    for model in ("resnet18", "small_cnn"):
-        raw = results["raw"][model]
-        table.add_row(
-            f"{model} raw onnxruntime, per image at batch {raw['best_batch']}",
-            "",
-            "",
-            "",
-            f"{raw['cpu_ms_per_image']:.3f}",
-            "",
-        )
-    return table
-
-
-def _bench_sources(results: dict[str, Any]) -> dict[str, str]:
-    raw, served, batching, harness = (results[k] for k in ("raw", "served", "batching", "harness"))
-    sources = {}
-    for model in ("resnet18", "small_cnn"):
-        sources[f"served_over_raw_{model}"] = (
-            f"{served[model]['throughput']:.1f} served / "
-            f"{raw[model]['images_per_s']:.1f} raw images/s"
-        )
-        sources[f"batching_gain_{model}"] = (
-            f"{batching[model]['on']['throughput']:.1f} on / "
-            f"{batching[model]['off']['throughput']:.1f} off req/s"
-        )
-    for key, model in (
-        ("routed_over_direct", "resnet18"),
-        ("routed_over_direct_small_cnn", "small_cnn"),
-    ):
-        routing = results["routing"][model]
-        sources[key] = (
-            f"{routing['routed']['throughput']:.1f} routed / "
-            f"{routing['direct']['throughput']:.1f} direct req/s ({model})"
-        )
-    precision = results["precision"]
-    for fmt in ("int8", "fp16"):
-        change = precision["accuracy"][f"onnx-{fmt}"]["accuracy_drop"] * -100 + 0.0  # no "-0.00"
-        rounds = ", ".join(f"{r:.2f}" for r in precision["resnet18"][fmt]["ratio_per_round"])
-        sources[f"{fmt}_over_fp32_resnet18"] = (
-            f"{precision['resnet18'][fmt]['throughput']:.1f} {fmt} / "
-            f"{precision['resnet18']['fp32']['throughput']:.1f} fp32 images/s, rounds "
-            f"{rounds}; top-1 {change:+.2f} points (trained small CNN)"
-        )
-    for key, protocol in (("locust_over_lean", "grpc"), ("locust_over_lean_http", "http")):
-        sources[key] = (
-            f"{harness[protocol]['locust']['throughput']:.1f} Locust / "
-            f"{harness[protocol]['lean']['throughput']:.1f} lean req/s ({protocol})"
-        )
-    return sources
+        ratios.add_column(column)
+    for ratio in result.ratios:
+        verdict = ratio.verdict if ratio.met is not False else f"[red]{ratio.verdict}[/]"
+        source = "; ".join((ratio.row.figures, *ratio.row.notes))
+        ratios.add_row(ratio.name, f"{ratio.value:.3f}", verdict, source)
+    to.print(ratios)
+    run = result.run
+    # On shared cores the cost of a request bounds the rate.
+    cpu = Table(
+        title=f"CPU per request (ms) by process, at concurrency {run.concurrency} "
+        f"(harness: {run.locust_users} users)"
+    )
+    for column in CPU_COLUMNS:
+        cpu.add_column(column)
+    for cells in result.cpu_cells():
+        cpu.add_row(*cells)
+    to.print(cpu)
+    to.print(f"{run.method}; {run.machine.describe()}")
 
 
 @app.command()

@@ -16,14 +16,16 @@ onnxruntime's CPU per image: where client and server share cores, those bound th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
-import os
-import platform
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Callable
+from datetime import date
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,20 @@ import torch
 
 from lifeloop.export import Checkpoint, build, export_checkpoint
 from lifeloop.export.formats import FP16, INT8, ONNX, format_model
-from lifeloop.export.pipeline import publish_format
-from lifeloop.export.quantize import QualityGate, convert_fp16, quantize_int8
+from lifeloop.export.pipeline import publish_format, tool_versions
+from lifeloop.export.quantize import QualityGate, QualityReport, convert_fp16, quantize_int8
+from lifeloop.loadtest.bench_result import (
+    SECTIONS,
+    BenchModel,
+    BenchResult,
+    BenchRun,
+    CpuRow,
+    Figure,
+    Machine,
+    Ratio,
+    RawCpu,
+    Row,
+)
 from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
 from lifeloop.loadtest.lean import measure_lean, measure_raw, raw_cpu_ms_per_sample
 from lifeloop.loadtest.stats import Measurement
@@ -42,6 +56,7 @@ from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
 from lifeloop.store.blobs import default_blob_dir
+from lifeloop.store.database import default_store_url
 
 TARGETS = {
     "served_over_raw_resnet18": 0.90,
@@ -51,20 +66,11 @@ TARGETS = {
     "routed_over_direct": 0.90,
     "int8_over_fp32_resnet18": 1.5,
 }
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BenchModel:
-    name: str
-    arch: str
-    size: int
-    classes: int
-    raw_batches: tuple[int, ...]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (3, self.size, self.size)
-
+# The names bench.json has always used where they differ from `<kind>_<model or protocol>`.
+KEPT_NAMES = {
+    "locust_over_lean_grpc": "locust_over_lean",
+    "routed_over_direct_resnet18": "routed_over_direct",
+}
 
 MODELS = (
     BenchModel(
@@ -73,6 +79,7 @@ MODELS = (
         size=224,
         classes=1000,
         raw_batches=(1, 8, 16),
+        precision=True,
     ),
     BenchModel(
         name="small_cnn",
@@ -82,6 +89,12 @@ MODELS = (
         raw_batches=(1, 32, 128),
     ),
 )
+HARNESS_MODEL = MODELS[1]  # the cheapest request: the client's cost weighs most
+PRECISION_ROUNDS = 2
+ACCURACY_EPOCHS = 3
+# The router as `lifeloop router init` sets it up: every input kept, top-5.
+ROUTER_SAMPLE_RATE = 1.0
+ROUTER_TOP_K = 5
 
 
 def run_bench(
@@ -89,160 +102,255 @@ def run_bench(
     *,
     window_s: float = 2.0,
     max_s: float = 24.0,
+    concurrency: int = 32,
     locust_users: int = 32,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> BenchResult:
+    """Every figure and ratio of one run; writes bench.json and bench.md into `out`."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     repository = out / "model_repository"
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "method": f"closed loop; windows of {window_s:g} s or more; stable when the last 3 "
-        "agree within 10%; "
-        f"at most {max_s:g} s per figure",
-        "raw": {},
-        "served": {},
-        "batching": {},
-        "harness": {},
-        "routing": {},
-        "precision": {},
-    }
+    run = BenchRun(
+        out=out,
+        models=MODELS,
+        window_s=window_s,
+        max_s=max_s,
+        concurrency=concurrency,
+        locust_users=locust_users,
+        precision_rounds=PRECISION_ROUNDS,
+        router_settings=_router_settings(default_store_url(repository)),
+        machine=Machine.here(),
+        versions=_versions(),
+        date=date.today().isoformat(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
     onnx = {}
-    for spec in MODELS:
+    for spec in run.models:
         say(f"exporting {spec.name} ({spec.arch} at {spec.size}x{spec.size}, random weights)")
         onnx[spec.name] = str(_publish(spec, repository))
-        if spec.name == "resnet18":
+        if spec.precision:
             _publish_reduced(spec, repository, Path(onnx[spec.name]))
         install_router(
-            repository, spec.name, router=f"{spec.name}_router", feedback=f"{spec.name}_feedback"
+            repository,
+            spec.name,
+            router=f"{spec.name}_router",
+            feedback=f"{spec.name}_feedback",
+            sample_rate=ROUTER_SAMPLE_RATE,
+            top_k=ROUTER_TOP_K,
         )
+
+    details: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    served_ratios: list[Ratio] = []
+    batching_ratios: list[Ratio] = []
+    routing_ratios: list[Ratio] = []
+    harness_ratios: list[Ratio] = []
+    precision_runs: dict[str, _PrecisionRuns] = {}
+    cpu_rows: list[CpuRow] = []
+    raw_cpu: list[RawCpu] = []
+    c = run.concurrency
 
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     with TritonServer(config) as server:
+        run = dataclasses.replace(run, versions={**run.versions, **_server_version(server)})
         url = server.grpc_url
         assert server.process is not None
         cpu = CpuMeter(server.process.pid)
-        for spec in MODELS:
+
+        for spec in run.models:
+            lean = _lean_client(url, run, spec.shape)
             # Raw at each batch size, then served, then raw again at the best batch size: the
             # ceiling is the mean of the two raw figures that bracket the served one, so slow
             # drift of a shared machine cancels instead of landing on one side of the ratio.
-            by_batch = {}
+            by_batch: dict[int, Measurement] = {}
             for batch in spec.raw_batches:
-                m = measure_raw(onnx[spec.name], spec.shape, batch, window_s=window_s, max_s=max_s)
-                by_batch[str(batch)] = m.to_dict(per_sample=batch)
+                by_batch[batch] = measure_raw(
+                    onnx[spec.name], spec.shape, batch, window_s=window_s, max_s=max_s
+                )
                 say(
                     f"  raw onnxruntime {spec.name} batch {batch}: "
-                    f"{by_batch[str(batch)]['throughput']:.1f} images/s"
+                    f"{by_batch[batch].throughput * batch:.1f} images/s"
                 )
-            best = max(by_batch, key=lambda b: by_batch[b]["throughput"])
-            # Saturating concurrency is 32 in flight: the batcher then forms full batches. The
-            # same measurement is the "on" side of the batching comparison.
+            best = max(by_batch, key=lambda b: by_batch[b].throughput * b)
+            before = by_batch[best].throughput * best
+            # At saturating concurrency the batcher forms full batches. The same measurement
+            # is the "on" side of the batching comparison.
             with cpu.span(server.metrics_url, spec.name) as on_cpu:
-                served = measure_lean(
-                    url, spec.name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s
+                served = lean(spec.name)
+            again = measure_raw(onnx[spec.name], spec.shape, best, window_s=window_s, max_s=max_s)
+            after = again.throughput * best
+            ceiling = (before + after) / 2
+            raw_cpu.append(
+                RawCpu(
+                    model=spec.name,
+                    batch=best,
+                    ms_per_image=raw_cpu_ms_per_sample(onnx[spec.name], spec.shape, best),
                 )
-            again = measure_raw(
-                onnx[spec.name], spec.shape, int(best), window_s=window_s, max_s=max_s
             )
-            after = again.throughput * int(best)
-            ceiling = (by_batch[best]["throughput"] + after) / 2
-            results["raw"][spec.name] = {
-                "best_batch": int(best),
+            details["raw"][spec.name] = {
+                "best_batch": best,
                 "images_per_s": ceiling,
-                "before_served": by_batch[best]["throughput"],
+                "before_served": before,
                 "after_served": after,
-                "by_batch": by_batch,
-                "cpu_ms_per_image": raw_cpu_ms_per_sample(onnx[spec.name], spec.shape, int(best)),
+                "by_batch": {str(b): m.to_dict(per_sample=b) for b, m in by_batch.items()},
+                "cpu_ms_per_image": raw_cpu[-1].ms_per_image,
             }
-            results["served"][spec.name] = {"concurrency": 32, **served.to_dict()}
+            details["served"][spec.name] = {"concurrency": c, **served.to_dict()}
+            served_ratios.append(
+                _ratio(
+                    f"served_over_raw_{spec.name}",
+                    served.throughput,
+                    ceiling,
+                    Row(
+                        model=spec.name,
+                        numerator=Figure(label="served", value=served.throughput),
+                        denominator=Figure(label="raw", value=ceiling),
+                        unit="images/s",
+                        notes=(f"raw at batch {best}, the mean of the runs before and after",),
+                    ),
+                    f"served images/s with dynamic batching, {c} in flight, ÷ raw "
+                    "onnxruntime in-process at its best batch size",
+                )
+            )
             say(
-                f"  served {spec.name} (dynamic batching, concurrency 32): "
+                f"  served {spec.name} (dynamic batching, concurrency {c}): "
                 f"{served.throughput:.1f} images/s; raw ceiling {ceiling:.1f} (batch {best})"
             )
             with cpu.span(server.metrics_url, f"{spec.name}_nobatch") as off_cpu:
-                off = measure_lean(
-                    url,
-                    f"{spec.name}_nobatch",
-                    spec.shape,
-                    concurrency=32,
-                    window_s=window_s,
-                    max_s=max_s,
-                )
-            results["batching"][spec.name] = {
-                "concurrency": 32,
-                "on": {**served.to_dict(), "cpu": on_cpu[0].to_dict()},
-                "off": {**off.to_dict(), "cpu": off_cpu[0].to_dict()},
+                off = lean(f"{spec.name}_nobatch")
+            on_row = CpuRow(measurement=f"{spec.name} batching on", split=on_cpu[0])
+            off_row = CpuRow(measurement=f"{spec.name} batching off", split=off_cpu[0])
+            cpu_rows += [on_row, off_row]
+            details["batching"][spec.name] = {
+                "concurrency": c,
+                "on": {**served.to_dict(), "cpu": on_row.to_dict()},
+                "off": {**off.to_dict(), "cpu": off_row.to_dict()},
             }
+            batching_ratios.append(
+                _ratio(
+                    f"batching_gain_{spec.name}",
+                    served.throughput,
+                    off.throughput,
+                    Row(
+                        model=spec.name,
+                        numerator=Figure(label="on", value=served.throughput),
+                        denominator=Figure(label="off", value=off.throughput),
+                        unit="requests/s",
+                    ),
+                    f"requests/s with dynamic batching ÷ without, {c} in flight",
+                )
+            )
             say(
-                f"  {spec.name} at concurrency 32: batching on {served.throughput:.1f}, "
+                f"  {spec.name} at concurrency {c}: batching on {served.throughput:.1f}, "
                 f"off {off.throughput:.1f} requests/s; CPU per request: on {_cpu(on_cpu[0])}, "
                 f"off {_cpu(off_cpu[0])}"
             )
-            if spec.name == "resnet18":
-                results["precision"][spec.name] = _precision(url, spec, served, window_s, max_s)
-                figures = results["precision"][spec.name]
+            if spec.precision:
+                runs = _precision(lean, spec, served, run.precision_rounds)
+                precision_runs[spec.name] = runs
+                details["precision"][spec.name] = runs.to_dict(c)
                 say(
-                    f"  {spec.name} served at concurrency 32: "
-                    f"int8 {figures['int8']['throughput']:.1f}, "
-                    f"fp16 {figures['fp16']['throughput']:.1f}, "
-                    f"fp32 {figures['fp32']['throughput']:.1f} images/s"
+                    f"  {spec.name} served at concurrency {c}: "
+                    f"int8 {runs.throughput(INT8):.1f}, fp16 {runs.throughput(FP16):.1f}, "
+                    f"fp32 {runs.fp32_throughput:.1f} images/s"
                 )
-            results["routing"][spec.name] = _routing(
-                url, spec, served, window_s, max_s, default_blob_dir(repository)
+            details["routing"][spec.name], routed = _routing(
+                lean, spec, served, run, default_blob_dir(repository)
             )
-            routing = results["routing"][spec.name]
+            routing_ratios.append(routed)
             say(
-                f"  {spec.name} through the router at concurrency 32: "
-                f"{routing['routed']['throughput']:.1f}, direct "
-                f"{routing['direct']['throughput']:.1f} requests/s"
+                f"  {spec.name} through the router at concurrency {c}: "
+                f"{routed.row.numerator.value:.1f}, direct {routed.row.denominator.value:.1f} "
+                "requests/s"
             )
 
         # Locust between two lean measurements, like raw around served, over each protocol:
         # the two Locust users reach Triton through different client stacks.
         for protocol in ("grpc", "http"):
-            results["harness"][protocol] = _harness(
-                server, cpu, protocol, locust_users, window_s, max_s, out / f"locust_{protocol}"
+            details["harness"][protocol], harnessed, rows = _harness(
+                server, cpu, protocol, run, out / f"locust_{protocol}"
             )
-            figures = results["harness"][protocol]
+            harness_ratios.append(harnessed)
+            cpu_rows += rows
             say(
-                f"  harness on small_cnn over {protocol} at {locust_users} users: "
-                f"Locust {figures['locust']['throughput']:.1f}, "
-                f"lean {figures['lean']['throughput']:.1f} requests/s"
+                f"  harness on {HARNESS_MODEL.name} over {protocol} at {run.locust_users} "
+                f"users: Locust {harnessed.row.numerator.value:.1f}, "
+                f"lean {harnessed.row.denominator.value:.1f} requests/s"
             )
 
-    say("training the small CNN on the digits for the accuracy that INT8 and FP16 cost")
-    results["precision"]["accuracy"] = _precision_accuracy(out)
-    raw, served, batching = results["raw"], results["served"], results["batching"]
-    results["ratios"] = {
-        "served_over_raw_resnet18": served["resnet18"]["throughput"]
-        / raw["resnet18"]["images_per_s"],
-        "served_over_raw_small_cnn": served["small_cnn"]["throughput"]
-        / raw["small_cnn"]["images_per_s"],
-        "batching_gain_resnet18": _ratio(batching["resnet18"]["on"], batching["resnet18"]["off"]),
-        "batching_gain_small_cnn": _ratio(
-            batching["small_cnn"]["on"], batching["small_cnn"]["off"]
-        ),
-        "locust_over_lean": _harness_ratio(results["harness"]["grpc"]),
-        "locust_over_lean_http": _harness_ratio(results["harness"]["http"]),
-        "routed_over_direct": _routing_ratio(results["routing"]["resnet18"]),
-        "routed_over_direct_small_cnn": _routing_ratio(results["routing"]["small_cnn"]),
-        "int8_over_fp32_resnet18": _precision_ratio(results["precision"]["resnet18"], "int8"),
-        "fp16_over_fp32_resnet18": _precision_ratio(results["precision"]["resnet18"], "fp16"),
-    }
-    results["targets"] = {
-        name: {
-            "target": target,
-            "measured": results["ratios"][name],
-            "met": results["ratios"][name] >= target,
+    precision_ratios: list[Ratio] = []
+    if precision_runs:
+        say("training the small CNN on the digits for the accuracy that INT8 and FP16 cost")
+        accuracy, trained_as = _precision_accuracy(out)
+        details["precision"]["accuracy"] = {
+            "model": trained_as,
+            **{fmt: report.to_dict() for fmt, report in accuracy.items()},
         }
-        for name, target in TARGETS.items()
-    }
-    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+        for model, runs in precision_runs.items():
+            precision_ratios += [
+                runs.ratio(model, fmt, accuracy[fmt], trained_as, c) for fmt in (INT8, FP16)
+            ]
+    result = BenchResult(
+        run=run,
+        ratios=(
+            *served_ratios,
+            *batching_ratios,
+            *harness_ratios,
+            *routing_ratios,
+            *precision_ratios,
+        ),
+        cpu=tuple(cpu_rows),
+        raw_cpu=tuple(raw_cpu),
+        details=details,
+    )
+    result.write(out)
+    return result
+
+
+def _lean_client(url: str, run: BenchRun, shape: tuple[int, ...]) -> Callable[[str], Measurement]:
+    """The lean client's closed-loop measurement of one served model at the run's concurrency."""
+
+    def lean(model: str) -> Measurement:
+        return measure_lean(
+            url, model, shape, concurrency=run.concurrency, window_s=run.window_s, max_s=run.max_s
+        )
+
+    return lean
+
+
+def _ratio(name: str, numerator: float, denominator: float, row: Row, measured_as: str) -> Ratio:
+    name = KEPT_NAMES.get(name, name)
+    return Ratio(
+        name=name,
+        value=numerator / denominator if denominator else 0.0,
+        row=row,
+        measured_as=measured_as,
+        target=TARGETS.get(name),
+    )
+
+
+def _router_settings(store_url: str) -> str:
+    store = "SQLite" if store_url.startswith("sqlite") else store_url.split(":", 1)[0]
+    kept = (
+        "every input kept"
+        if ROUTER_SAMPLE_RATE == 1
+        else f"{ROUTER_SAMPLE_RATE:.0%} of inputs kept"
+    )
+    return f"prediction log on {store}, {kept}, top-{ROUTER_TOP_K}"
+
+
+def _versions() -> dict[str, str]:
+    versions = tool_versions()
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        versions["nvidia-pytriton"] = metadata.version("nvidia-pytriton")
+    return versions
+
+
+def _server_version(server: TritonServer) -> dict[str, str]:
+    """tritonserver's own version, from its server metadata (KServe v2 `GET /v2`)."""
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=5) as response:
+            return {"tritonserver": str(json.load(response)["version"])}
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _cpu(split: CpuSplit) -> str:
@@ -250,10 +358,6 @@ def _cpu(split: CpuSplit) -> str:
         f"{split.total_ms:.2f} ms (client {split.client_ms:.2f}, tritonserver "
         f"{split.tritonserver_ms:.2f}, stubs {split.stubs_ms:.2f}; cores {split.busy:.0%} busy)"
     )
-
-
-def _ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> float:
-    return numerator["throughput"] / denominator["throughput"] if denominator["throughput"] else 0.0
 
 
 def _checkpoint(spec: BenchModel) -> Checkpoint:
@@ -303,62 +407,102 @@ def _publish_reduced(spec: BenchModel, repository: Path, fp32: Path) -> None:
                 None,
                 evaluation={"note": "random weights, for throughput only"},
                 version=1,
-                server_url=None,
                 max_batch_size=32,
             )
 
 
-PRECISION_ROUNDS = 2
+@dataclasses.dataclass(frozen=True)
+class _PrecisionRuns:
+    """The served measurements of one model as INT8, FP16 and fp32, taken in turn."""
+
+    fp32: tuple[Measurement, ...]  # one more than the rounds: around every round
+    reduced: dict[str, tuple[Measurement, ...]]  # by format, one a round
+
+    @property
+    def fp32_throughput(self) -> float:
+        return float(np.mean([m.throughput for m in self.fp32]))
+
+    def throughput(self, fmt: str) -> float:
+        return float(np.mean([m.throughput for m in self.reduced[fmt]]))
+
+    def per_round(self, fmt: str) -> list[float]:
+        """Each round against the mean of the fp32 figures around it."""
+        around = [(a.throughput + b.throughput) / 2 for a, b in itertools.pairwise(self.fp32)]
+        return [
+            m.throughput / ref if ref else 0.0
+            for m, ref in zip(self.reduced[fmt], around, strict=True)
+        ]
+
+    def to_dict(self, concurrency: int) -> dict[str, Any]:
+        figures: dict[str, Any] = {
+            "concurrency": concurrency,
+            "rounds": len(self.fp32) - 1,
+            "fp32": {
+                "throughput": self.fp32_throughput,
+                "runs": [m.to_dict() for m in self.fp32],
+            },
+            "ratios": {_short(fmt): float(np.mean(self.per_round(fmt))) for fmt in self.reduced},
+        }
+        for fmt in self.reduced:
+            figures[_short(fmt)] = {
+                "throughput": self.throughput(fmt),
+                "runs": [m.to_dict() for m in self.reduced[fmt]],
+                "ratio_per_round": self.per_round(fmt),
+            }
+        return figures
+
+    def ratio(
+        self, model: str, fmt: str, quality: QualityReport, trained_as: str, concurrency: int
+    ) -> Ratio:
+        rounds = self.per_round(fmt)
+        change = quality.accuracy_drop * -100 + 0.0  # + 0.0: no "-0.00"
+        name = f"{_short(fmt)}_over_fp32_{model}"
+        return Ratio(
+            name=name,
+            value=float(np.mean(rounds)),
+            row=Row(
+                model=model,
+                numerator=Figure(label=_short(fmt), value=self.throughput(fmt)),
+                denominator=Figure(label="fp32", value=self.fp32_throughput),
+                unit="images/s",
+                notes=(
+                    "rounds " + ", ".join(f"{r:.2f}" for r in rounds),
+                    f"top-1 {change:+.2f} points, {quality.agreement:.1%} agreement ({trained_as})",
+                ),
+            ),
+            measured_as=f"served images/s as {_short(fmt).upper()} ÷ fp32, {concurrency} in "
+            f"flight, the mean of {len(rounds)} rounds each against the fp32 runs around it",
+            target=TARGETS.get(name),
+        )
+
+
+def _short(fmt: str) -> str:
+    return {INT8: "int8", FP16: "fp16"}[fmt]
 
 
 def _precision(
-    url: str, spec: BenchModel, fp32: Measurement, window_s: float, max_s: float
-) -> dict[str, Any]:
-    """INT8, FP16 and fp32 in turn, `PRECISION_ROUNDS` times, after the served fp32 figure.
-    Each round's ratio divides by the mean of the fp32 figures around it, and the ratio is
-    the mean of the rounds: on a shared machine the throughput drifts by more than 10% over
-    the minutes a single before/after pair spans (measured: INT8 at 1.35x in one pair, 1.75x
-    in the next), and alternating cancels the drift."""
-
-    def measure(name: str) -> Measurement:
-        return measure_lean(url, name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s)
-
+    lean: Callable[[str], Measurement], spec: BenchModel, fp32: Measurement, rounds: int
+) -> _PrecisionRuns:
+    """INT8, FP16 and fp32 in turn, `rounds` times, after the served fp32 figure. Each
+    round's ratio divides by the mean of the fp32 figures around it, and the ratio is the mean
+    of the rounds: on a shared machine the throughput drifts by more than 10% over the minutes
+    a single before/after pair spans (measured: INT8 at 1.35x in one pair, 1.75x in the next),
+    and alternating cancels the drift."""
     fp32_runs = [fp32]
     runs: dict[str, list[Measurement]] = {INT8: [], FP16: []}
-    for _ in range(PRECISION_ROUNDS):
+    for _ in range(rounds):
         for fmt in (INT8, FP16):
-            runs[fmt].append(measure(format_model(spec.name, fmt)))
-        fp32_runs.append(measure(spec.name))
-    around = [(a.throughput + b.throughput) / 2 for a, b in itertools.pairwise(fp32_runs)]
-    figures: dict[str, Any] = {
-        "concurrency": 32,
-        "rounds": PRECISION_ROUNDS,
-        "fp32": {
-            "throughput": float(np.mean([m.throughput for m in fp32_runs])),
-            "runs": [m.to_dict() for m in fp32_runs],
-        },
-        "ratios": {},
-    }
-    for fmt, key in ((INT8, "int8"), (FP16, "fp16")):
-        per_round = [
-            m.throughput / ref if ref else 0.0 for m, ref in zip(runs[fmt], around, strict=True)
-        ]
-        figures[key] = {
-            "throughput": float(np.mean([m.throughput for m in runs[fmt]])),
-            "runs": [m.to_dict() for m in runs[fmt]],
-            "ratio_per_round": per_round,
-        }
-        figures["ratios"][key] = float(np.mean(per_round))
-    return figures
+            runs[fmt].append(lean(format_model(spec.name, fmt)))
+        fp32_runs.append(lean(spec.name))
+    return _PrecisionRuns(
+        fp32=tuple(fp32_runs), reduced={fmt: tuple(found) for fmt, found in runs.items()}
+    )
 
 
-def _precision_ratio(figures: dict[str, Any], fmt: str) -> float:
-    return float(figures["ratios"][fmt])
-
-
-def _precision_accuracy(out: Path) -> dict[str, Any]:
+def _precision_accuracy(out: Path) -> tuple[dict[str, QualityReport], str]:
     """Top-1 of the INT8 and FP16 exports against fp32 on held-out digits, for a small CNN
-    trained here. The gate is opened wide: the bench reports, `lifeloop export` refuses."""
+    trained here, and what was trained. The gate is opened wide: the bench reports,
+    `lifeloop export` refuses."""
     from lifeloop.export.calibration import precision_data
     from lifeloop.retrain import train, write_digits
 
@@ -366,7 +510,11 @@ def _precision_accuracy(out: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     digits = write_digits(work / "digits")
     trained = train(
-        digits.root, arch="small_cnn", epochs=3, out=work / "small_cnn.pt", progress=False
+        digits.root,
+        arch="small_cnn",
+        epochs=ACCURACY_EPOCHS,
+        out=work / "small_cnn.pt",
+        progress=False,
     )
     wide = QualityGate(max_accuracy_drop=1.0, min_agreement=0.0)
     result = export_checkpoint(
@@ -376,101 +524,120 @@ def _precision_accuracy(out: Path) -> dict[str, Any]:
         formats=(ONNX, INT8, FP16),
         precision=precision_data(trained.checkpoint, gate=wide),
     )
-    return {
-        "model": "small_cnn trained 3 epochs on the digits, 32x32",
-        **{fmt: report.to_dict() for fmt, report in result.quality.items()},
-    }
+    size = trained.checkpoint.preprocessing.size
+    trained_as = (
+        f"{trained.checkpoint.arch} trained {ACCURACY_EPOCHS} epochs on the digits, {size}x{size}"
+    )
+    return dict(result.quality), trained_as
 
 
 def _routing(
-    url: str,
+    lean: Callable[[str], Measurement],
     spec: BenchModel,
     direct: Measurement,
-    window_s: float,
-    max_s: float,
+    run: BenchRun,
     blob_dir: Path,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Ratio]:
     """Through the router, then directly again; the direct figure is the mean of the one
     taken before (the served figure) and the one after."""
+    router = f"{spec.name}_router"
     try:
-        routed = measure_lean(
-            url, f"{spec.name}_router", spec.shape, concurrency=32, window_s=window_s, max_s=max_s
-        )
+        routed = lean(router)
     finally:
         # The router kept every input (its default); ResNet-18 at 50 images/s keeps 15 MB a
         # second, and the bench needs none of it.
         shutil.rmtree(blob_dir, ignore_errors=True)
-    after = measure_lean(url, spec.name, spec.shape, concurrency=32, window_s=window_s, max_s=max_s)
-    return {
-        "concurrency": 32,
-        "router": f"{spec.name}_router",
-        "settings": "prediction log on SQLite, every input kept, top-5",
+    after = lean(spec.name)
+    mean_direct = (direct.throughput + after.throughput) / 2
+    figures = {
+        "concurrency": run.concurrency,
+        "router": router,
+        "settings": run.router_settings,
         "routed": routed.to_dict(),
         "direct": {
-            "throughput": (direct.throughput + after.throughput) / 2,
+            "throughput": mean_direct,
             "before": direct.to_dict(),
             "after": after.to_dict(),
         },
     }
-
-
-def _routing_ratio(routing: dict[str, Any]) -> float:
-    direct = routing["direct"]["throughput"]
-    return routing["routed"]["throughput"] / direct if direct else 0.0
-
-
-def _harness_ratio(harness: dict[str, Any]) -> float:
-    lean = harness["lean"]["throughput"]
-    return harness["locust"]["throughput"] / lean if lean else 0.0
+    ratio = _ratio(
+        f"routed_over_direct_{spec.name}",
+        routed.throughput,
+        mean_direct,
+        Row(
+            model=spec.name,
+            numerator=Figure(label="routed", value=routed.throughput),
+            denominator=Figure(label="direct", value=mean_direct),
+            unit="requests/s",
+            notes=("direct is the mean of the runs before and after",),
+        ),
+        f"requests/s through the router ({run.router_settings}) ÷ the model called "
+        f"directly, {run.concurrency} in flight",
+    )
+    return figures, ratio
 
 
 def _harness(
-    server: TritonServer,
-    cpu: CpuMeter,
-    protocol: str,
-    users: int,
-    window_s: float,
-    max_s: float,
-    out: Path,
-) -> dict[str, Any]:
-    """Lean, Locust, lean again on small_cnn over one protocol; the lean figure is the mean of
-    the two that bracket Locust's. The first lean run's CPU split gives what the client costs
-    per request over this protocol."""
+    server: TritonServer, cpu: CpuMeter, protocol: str, run: BenchRun, out: Path
+) -> tuple[dict[str, Any], Ratio, list[CpuRow]]:
+    """Lean, Locust, lean again on the harness model over one protocol; the lean figure is the
+    mean of the two that bracket Locust's. The first lean run's CPU split gives what the
+    client costs per request over this protocol."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    shape = MODELS[1].shape
+    model, users = HARNESS_MODEL.name, run.locust_users
 
-    def lean() -> Any:
+    def lean() -> Measurement:
         return measure_lean(
             url,
-            "small_cnn",
-            shape,
+            model,
+            HARNESS_MODEL.shape,
             concurrency=users,
             protocol=protocol,
-            window_s=window_s,
-            max_s=max_s,
+            window_s=run.window_s,
+            max_s=run.max_s,
         )
 
-    with cpu.span(server.metrics_url, "small_cnn") as split:
+    with cpu.span(server.metrics_url, model) as split:
         before = lean()
-    with cpu.span(server.metrics_url, "small_cnn") as served_split:
-        locust = _locust(server, protocol, users, window_s, max_s, out)
+    with cpu.span(server.metrics_url, model) as served_split:
+        locust = _locust(server, protocol, users, run.window_s, run.max_s, out)
     # The span's client is this process, idle while Locust runs in its own: the client's
     # share is the Locust process's own CPU over its measured windows, from its report. The
     # span's wall time includes Locust starting up, so no share of the cores is given.
-    split_locust = dataclasses.replace(served_split[0], client_ms=locust.pop("generator_cpu_ms"))
-    locust["cpu"] = {**split_locust.to_dict(), "busy": None}
+    lean_row = CpuRow(measurement=f"{model} lean {protocol}", split=split[0])
+    locust_row = CpuRow(
+        measurement=f"{model} Locust {protocol}",
+        split=dataclasses.replace(served_split[0], client_ms=locust.pop("generator_cpu_ms")),
+        busy_known=False,
+    )
+    locust["cpu"] = locust_row.to_dict()
     after = lean()
-    return {
-        "model": "small_cnn",
+    mean_lean = (before.throughput + after.throughput) / 2
+    figures = {
+        "model": model,
         "users": users,
         "protocol": protocol,
         "lean": {
-            "throughput": (before.throughput + after.throughput) / 2,
-            "before": {**before.to_dict(), "cpu": split[0].to_dict()},
+            "throughput": mean_lean,
+            "before": {**before.to_dict(), "cpu": lean_row.to_dict()},
             "after": after.to_dict(),
         },
         "locust": locust,
     }
+    ratio = _ratio(
+        f"locust_over_lean_{protocol}",
+        locust["throughput"],
+        mean_lean,
+        Row(
+            model=model,
+            numerator=Figure(label="Locust", value=locust["throughput"]),
+            denominator=Figure(label="lean", value=mean_lean),
+            unit="requests/s",
+            notes=(f"over {protocol}; lean is the mean of the runs before and after",),
+        ),
+        f"Locust requests/s ÷ the lean client's over {protocol}, {users} users, same server",
+    )
+    return figures, ratio, [lean_row, locust_row]
 
 
 def _locust(
