@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
@@ -25,7 +26,7 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LifeloopError as exc:
-            typer.echo(f"error: {with_flag(exc)}", err=True)
+            typer.echo(f"error: {with_flag(exc, fn)}", err=True)
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -34,18 +35,31 @@ def _errors(fn: F) -> F:
 UNIT_SUFFIXES = ("_s", "_ms", "_pct")
 
 
-def with_flag(exc: LifeloopError) -> str:
-    """The message, with the library's setting name replaced by the flag of this command that
-    set it: the option of that name, or of that name without its unit (duration_s: --duration)."""
+def with_flag(exc: LifeloopError, command: Callable[..., Any]) -> str:
+    """The message, with the library's setting name replaced by the flag of `command` that set
+    it: the option of that name, or of that name without its unit (duration_s: --duration)."""
     message = str(exc)
-    context = click.get_current_context(silent=True)
-    if exc.setting is None or context is None or not message.startswith(exc.setting):
+    if exc.setting is None or not message.startswith(exc.setting):
         return message
-    names = {exc.setting, *(exc.setting.removesuffix(s) for s in UNIT_SUFFIXES)}
-    for param in context.command.params:
-        if param.name in names and param.opts and param.opts[0].startswith("--"):
-            return param.opts[0] + message.removeprefix(exc.setting)
-    return message
+    flag = flag_of(command, {exc.setting, *(exc.setting.removesuffix(s) for s in UNIT_SUFFIXES)})
+    return flag + message.removeprefix(exc.setting) if flag else message
+
+
+def flag_of(command: Callable[..., Any], names: set[str]) -> str | None:
+    """The long flag of the first of `command`'s options named in `names`: as declared in its
+    typer.Option, else Typer's default (`max_bytes` is `--max-bytes`); None for no option."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    for name in inspect.signature(command).parameters:
+        if name not in names:
+            continue
+        infos = getattr(hints.get(name), "__metadata__", ())
+        option = next((i for i in infos if isinstance(i, typer.models.OptionInfo)), None)
+        if option is None:
+            return None  # an argument, or not a Typer parameter
+        declared = [option.default, *(option.param_decls or ())]
+        longs = [d for d in declared if isinstance(d, str) and d.startswith("--")]
+        return longs[0] if longs else "--" + name.replace("_", "-")
+    return None
 
 
 Repository = Annotated[
