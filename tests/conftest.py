@@ -1,10 +1,12 @@
-"""Shared fixtures: the digits data, a small trained checkpoint, and helpers to publish it.
+"""Shared fixtures: the digits data, a small trained checkpoint, helpers to publish it, and
+the store on real SQLite and a real PostgreSQL server.
 
 Training and export happen once per session; tests copy what they need into their own
 repositories so they never share mutable state."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,9 @@ from lifeloop.datasets import load_arrays
 from lifeloop.export import Checkpoint, export_checkpoint
 from lifeloop.retrain import ImageFolder, TrainResult, train, write_digits
 from lifeloop.rollout.replicas import load_published
+from lifeloop.store import Store
+from lifeloop.store.database import metadata
+from tests.integration.postgres import cluster_or_skip
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +36,26 @@ def trained(digits: ImageFolder, tmp_path_factory: pytest.TempPathFactory) -> Tr
 def held_out(digits: ImageFolder, trained: TrainResult) -> tuple[np.ndarray, np.ndarray]:
     _, held = digits.split()
     return load_arrays(held, trained.checkpoint.preprocessing)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One real PostgreSQL server for the store tests of the whole session."""
+    with cluster_or_skip() as server:
+        yield server.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store on real SQLite, then on the real PostgreSQL server (left empty after)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    with Store(url) as opened:
+        yield opened
+        if request.param == "postgresql":
+            metadata.drop_all(opened.engine)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,10 +12,7 @@ import pytest
 
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, TritonServer
-from lifeloop.store import Store
-from lifeloop.store.database import metadata
 from tests.conftest import publish_trained
-from tests.integration.postgres import cluster_or_skip
 
 
 def server_config(repository: Path, **kwargs) -> ServerConfig:
@@ -35,23 +32,3 @@ def repository(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, h
 def server(repository: Path) -> Iterator[TritonServer]:
     with TritonServer(server_config(repository)) as running:
         yield running
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """One real PostgreSQL server for the store tests of the whole session."""
-    with cluster_or_skip() as server:
-        yield server.url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A store on real SQLite, then on the real PostgreSQL server (left empty after)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    with Store(url) as opened:
-        yield opened
-        if request.param == "postgresql":
-            metadata.drop_all(opened.engine)

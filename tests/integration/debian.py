@@ -1,32 +1,25 @@
-"""Debian packages a test needs, installed when missing. Outside CI an install that cannot
-happen skips the test with the reason; in CI it fails it."""
+"""Debian packages a test needs. `.ci/run` installs them; a test only looks for them. Where
+one is missing a test skips with the reason, except in CI, where that is a failure."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+from typing import NoReturn
 
 import pytest
 
 
-def ensure_tool(binary: str, package: str, *, recommends: bool = True) -> str:
-    """The path of `binary`, after `apt-get install package` when it is not on PATH."""
+def missing(reason: str) -> NoReturn:
+    """Skip with `reason`; in CI (CI set), fail instead, so that no skip hides a test."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI: .ci/run should have installed it)")
+    pytest.skip(reason)
+
+
+def require_tool(binary: str, package: str) -> str:
+    """The path of `binary`, which Debian's `package` provides."""
     path = shutil.which(binary)
     if path is None:
-        extra = "" if recommends else "--no-install-recommends "
-        attempt = subprocess.run(
-            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-            f"{extra}{package}",
-            shell=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        path = shutil.which(binary)
-        if path is None:
-            reason = f"{binary} could not be installed: {attempt.stderr.strip()[-300:]}"
-            if os.environ.get("CI"):
-                pytest.fail(reason)
-            pytest.skip(reason)
+        missing(f"{binary} is not on PATH: install Debian's {package} (.ci/run does)")
     return path

@@ -1,6 +1,6 @@
-"""A throwaway PostgreSQL server for the store tests: Debian's postgresql package, installed
-when missing (CI installs it in .ci/run too), a fresh cluster in a temporary folder, trust
-authentication on 127.0.0.1 and a free port, stopped at the end."""
+"""A throwaway PostgreSQL server for the store tests: Debian's postgresql package (.ci/run
+installs it), a fresh cluster in a temporary folder, trust authentication on 127.0.0.1 and a
+free port, stopped at the end."""
 
 from __future__ import annotations
 
@@ -24,22 +24,6 @@ class PostgresUnavailable(RuntimeError):
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(found[-1]).parent if found else None
-
-
-def _install() -> None:
-    if shutil.which("apt-get") is None:
-        raise PostgresUnavailable("postgresql is not installed and there is no apt-get")
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            check=False,
-        )
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
-            raise PostgresUnavailable(f"`{' '.join(command)}` failed: {tail}")
 
 
 def _as_postgres(args: list[str]) -> list[str]:
@@ -83,10 +67,9 @@ def postgres_cluster() -> Iterator[PostgresServer]:
     """Yields a running, empty PostgreSQL server."""
     bin_dir = _bin_dir()
     if bin_dir is None:
-        _install()
-        bin_dir = _bin_dir()
-    if bin_dir is None:
-        raise PostgresUnavailable("postgresql installed, but no initdb under /usr/lib/postgresql")
+        raise PostgresUnavailable(
+            "no initdb under /usr/lib/postgresql: install Debian's postgresql (.ci/run does)"
+        )
     root = Path(tempfile.mkdtemp(prefix="lifeloop-pg-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()

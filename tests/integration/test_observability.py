@@ -1,5 +1,5 @@
-"""The Prometheus configuration and rules pass promtool (Debian's prometheus package,
-installed when missing), and every query of the Grafana dashboard and of the rules names a
+"""The Prometheus configuration and rules pass promtool (Debian's prometheus package, which
+.ci/run installs), and every query of the Grafana dashboard and of the rules names a
 metric that a live tritonserver, with a router shadowing a candidate, really exports."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
 from lifeloop.store import Store
 from tests.conftest import publish_trained
-from tests.integration.debian import ensure_tool
+from tests.integration.debian import require_tool
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -52,7 +52,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def promtool() -> str:
-    return ensure_tool("promtool", "prometheus", recommends=False)
+    return require_tool("promtool", "prometheus")
 
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:

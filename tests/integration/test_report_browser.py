@@ -12,12 +12,12 @@ from PIL import Image
 from lifeloop.loadtest import LoadTestConfig
 from lifeloop.loadtest.report import write_report
 from lifeloop.loadtest.stats import Sample, window
-from tests.integration.debian import ensure_tool
+from tests.integration.debian import require_tool
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    return ensure_tool("chromium", "chromium")
+    return require_tool("chromium", "chromium")
 
 
 def synthetic_report(out: Path) -> None:
