@@ -66,20 +66,24 @@ def test_locust_run_reports_throughput_percentiles_and_server_split(
 LATE_MS = 25.0
 
 
-def test_open_loop_holds_an_easy_rate_with_few_late_sends(server, tmp_path) -> None:
+def open_loop(server, tmp_path, *, users: int, duration_s: float, **rate) -> dict:
+    """One open-loop run against the test server, sends counted late past LATE_MS."""
     config = LoadTestConfig(
         url=server.grpc_url,
-        users=8,
-        spawn_rate=8,
-        duration_s=6,
+        users=users,
+        spawn_rate=users,
+        duration_s=duration_s,
         window_s=1.0,
-        rate=40.0,
-        arrival="poisson",
         late_threshold_ms=LATE_MS,
         metrics_url=server.metrics_url,
         out=str(tmp_path),
+        **rate,
     )
-    report = run_loadtest(config)
+    return run_loadtest(config)
+
+
+def test_open_loop_holds_an_easy_rate_with_few_late_sends(server, tmp_path) -> None:
+    report = open_loop(server, tmp_path, users=8, duration_s=6, rate=40.0, arrival="poisson")
     assert report["mode"] == "open loop" and report["target_rate"] == 40.0
     assert report["throughput_rps"] == pytest.approx(40.0, rel=0.3)
     # 8 users at a few ms per request keep well under one request in flight at 40/s, so a
@@ -89,18 +93,7 @@ def test_open_loop_holds_an_easy_rate_with_few_late_sends(server, tmp_path) -> N
 
 
 def test_open_loop_reports_late_sends_when_the_rate_cannot_be_kept(server, tmp_path) -> None:
-    config = LoadTestConfig(
-        url=server.grpc_url,
-        users=1,
-        spawn_rate=1,
-        duration_s=3,
-        window_s=1.0,
-        rate=5000.0,
-        late_threshold_ms=LATE_MS,
-        metrics_url=server.metrics_url,
-        out=str(tmp_path),
-    )
-    report = run_loadtest(config)
+    report = open_loop(server, tmp_path, users=1, duration_s=3, rate=5000.0)
     # One user sends one blocking round trip through tritonserver at a time (about 400/s
     # here), so against slots 0.2 ms apart it falls further behind with every request, and
     # the measured windows begin 2 s after the schedule did: every send in them is late.

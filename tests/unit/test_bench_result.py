@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from lifeloop.cli import app
 from lifeloop.cli.measure import _print_bench
 from lifeloop.errors import LoadTestError
+from lifeloop.loadtest.bench import MODELS
 from lifeloop.loadtest.bench_result import (
     GENERATED_END,
     SECTIONS,
-    BenchModel,
     BenchResult,
     BenchRun,
     CpuRow,
@@ -35,19 +35,7 @@ from lifeloop.loadtest.stats import Meter
 def _run(**changes: object) -> BenchRun:
     fields: dict[str, object] = {
         "out": Path("runs/bench"),
-        "models": (
-            BenchModel(
-                name="resnet18",
-                arch="resnet18",
-                size=224,
-                classes=1000,
-                raw_batches=(1, 8, 16),
-                precision=True,
-            ),
-            BenchModel(
-                name="small_cnn", arch="small_cnn", size=32, classes=10, raw_batches=(1, 32, 128)
-            ),
-        ),
+        "models": MODELS,
         "window_s": 2.0,
         "max_s": 24.0,
         "concurrency": 32,

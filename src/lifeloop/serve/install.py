@@ -9,18 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifeloop.contract import (
-    BLOB_DIR_PARAM,
-    CLASSIFIER_PARAM,
-    ROUTER_PARAM,
-    SAMPLE_RATE_PARAM,
-    SPOOL_DIR_PARAM,
-    SPOOL_MAX_BYTES_PARAM,
-    SPOOL_WHEN_FULL_PARAM,
-    STORE_PARAM,
-    STORE_TIMEOUT_PARAM,
-    TOP_K_PARAM,
-)
+from lifeloop import contract
 from lifeloop.errors import RolloutError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import (
@@ -144,15 +133,15 @@ def install_router(
                 dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=500),
                 version_policy=cfg.VersionPolicy(latest=1),
                 parameters={
-                    CLASSIFIER_PARAM: classifier,
-                    STORE_PARAM: store_url,
-                    BLOB_DIR_PARAM: str(blob_dir),
-                    SAMPLE_RATE_PARAM: f"{sample_rate:g}",
-                    TOP_K_PARAM: str(top_k),
-                    SPOOL_DIR_PARAM: str(spool.folder),
-                    STORE_TIMEOUT_PARAM: str(store_timeout_ms),
-                    SPOOL_MAX_BYTES_PARAM: str(spool.max_bytes),
-                    SPOOL_WHEN_FULL_PARAM: spool.when_full.value,
+                    contract.CLASSIFIER_PARAM: classifier,
+                    contract.STORE_PARAM: store_url,
+                    contract.BLOB_DIR_PARAM: str(blob_dir),
+                    contract.SAMPLE_RATE_PARAM: f"{sample_rate:g}",
+                    contract.TOP_K_PARAM: str(top_k),
+                    contract.SPOOL_DIR_PARAM: str(spool.folder),
+                    contract.STORE_TIMEOUT_PARAM: str(store_timeout_ms),
+                    contract.SPOOL_MAX_BYTES_PARAM: str(spool.max_bytes),
+                    contract.SPOOL_WHEN_FULL_PARAM: spool.when_full.value,
                 },
             ),
             MODELS_DIR / "router.py",
@@ -171,9 +160,9 @@ def install_router(
                 dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=1000),
                 version_policy=cfg.VersionPolicy(latest=1),
                 parameters={
-                    ROUTER_PARAM: router,
-                    STORE_PARAM: store_url,
-                    SPOOL_DIR_PARAM: str(spool.folder),
+                    contract.ROUTER_PARAM: router,
+                    contract.STORE_PARAM: store_url,
+                    contract.SPOOL_DIR_PARAM: str(spool.folder),
                 },
             ),
             MODELS_DIR / "feedback.py",
