@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from lifeloop.export import (
     load,
     publish_onnx,
 )
+from lifeloop.export.architectures import AUX_HEADS
 from lifeloop.export.parity import sample_inputs
 from lifeloop.preprocessing import Preprocessing
 
@@ -47,7 +49,14 @@ def head_of(model: torch.nn.Module, classes: int) -> torch.nn.Module:
 
 def random_checkpoint(arch: str, classes: int, size: int, tmp_path: Path) -> Checkpoint:
     torch.manual_seed(0)
-    model = build(arch, classes)
+    model = input_dependent(build(arch, classes), classes, size)
+    path = tmp_path / f"{arch}.pt"
+    torch.save(model.state_dict(), path)
+    return load(path, arch=arch, labels=tuple(f"c{i}" for i in range(classes)), input_size=size)
+
+
+def input_dependent(model: torch.nn.Module, classes: int, size: int) -> torch.nn.Module:
+    """`model` (random weights) re-tuned so that its outputs depend on the input, in eval mode."""
     # At random init these models answer almost the same for every input (DESIGN.md: vacuous
     # parity). Re-estimating batch-norm statistics on sample inputs and re-initialising the
     # head around the mean of its input make their outputs depend on the input, so the
@@ -70,10 +79,7 @@ def random_checkpoint(arch: str, classes: int, size: int, tmp_path: Path) -> Che
     with torch.no_grad():
         torch.nn.init.normal_(head.weight, std=weight.shape[1] ** -0.5)
         head.bias.copy_(-(head.weight.flatten(1) @ mean))
-    model.eval()
-    path = tmp_path / f"{arch}.pt"
-    torch.save(model.state_dict(), path)
-    return load(path, arch=arch, labels=tuple(f"c{i}" for i in range(classes)), input_size=size)
+    return model.eval()
 
 
 @pytest.mark.slow
@@ -130,6 +136,111 @@ def test_checkpoint_with_wrong_architecture_names_it(tmp_path: Path) -> None:
     torch.save(build("resnet18", 10).state_dict(), path)
     with pytest.raises(CheckpointError, match="architecture 'small_cnn' with 10 classes"):
         load(path, arch="small_cnn", input_size=32).build_model()
+
+
+# googlenet and inception_v3 have training-only heads that torchvision may or may not keep
+# (its pretrained googlenet drops them). inception_v3 runs at 75x75 and up in eval mode.
+AUX_SIZES = {"googlenet": 64, "inception_v3": 80}
+AUX_CLASSES = 7
+
+
+@dataclass(frozen=True)
+class AuxCase:
+    arch: str
+    size: int
+    without_aux: dict[str, torch.Tensor]  # what torchvision's pretrained googlenet holds
+    with_aux: dict[str, torch.Tensor]  # the same weights plus random aux heads, in order
+
+
+@pytest.fixture(scope="module", params=list(AUX_SIZES))
+def aux_case(request: pytest.FixtureRequest) -> AuxCase:
+    arch, size = request.param, AUX_SIZES[request.param]
+    torch.manual_seed(0)
+    served = input_dependent(build(arch, AUX_CLASSES, aux_heads=False), AUX_CLASSES, size)
+    without_aux = served.state_dict()
+    with_aux = {**build(arch, AUX_CLASSES).state_dict(), **without_aux}
+    assert all(k.startswith(AUX_HEADS[arch]) for k in with_aux.keys() - without_aux.keys())
+    return AuxCase(arch, size, without_aux, with_aux)
+
+
+def aux_labels(classes: int = AUX_CLASSES) -> tuple[str, ...]:
+    return tuple(f"c{i}" for i in range(classes))
+
+
+@pytest.mark.parametrize("held", ["with_aux", "without_aux"])
+def test_googlenet_and_inception_export_logits_alone_with_or_without_aux_heads(
+    aux_case: AuxCase, held: str, tmp_path: Path
+) -> None:
+    path = tmp_path / f"{aux_case.arch}.pt"
+    torch.save(getattr(aux_case, held), path)
+    checkpoint = load(path, arch=aux_case.arch, labels=aux_labels(), input_size=aux_case.size)
+    result = export_checkpoint(checkpoint, tmp_path / "repo", aux_case.arch)
+    assert result.parity.passed and not result.parity.vacuous
+    assert result.parity.top1_agreement == 1.0 and result.parity.distinct_top1 >= 2
+    graph = onnx.load(str(result.published.path / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits"]
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == AUX_CLASSES
+
+
+def test_lifeloop_checkpoint_with_aux_heads_builds_a_model_without_them(
+    aux_case: AuxCase, tmp_path: Path
+) -> None:
+    saved = Checkpoint(
+        arch=aux_case.arch,
+        labels=aux_labels(),
+        preprocessing=Preprocessing(size=aux_case.size),
+        state_dict=aux_case.with_aux,
+    ).save(tmp_path / "c.pt")
+    model = load(saved).build_model()
+    assert model.state_dict().keys() == aux_case.without_aux.keys() and not model.training
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, aux_case.size, aux_case.size))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (1, AUX_CLASSES)
+
+
+def test_aux_head_weights_that_do_not_fit_name_the_wrong_head_and_the_fix(
+    aux_case: AuxCase, tmp_path: Path
+) -> None:
+    path = tmp_path / "seven.pt"
+    torch.save(aux_case.with_aux, path)
+    features = aux_case.with_aux["fc.weight"].shape[1]
+    checkpoint = load(path, arch=aux_case.arch, labels=aux_labels(5), input_size=aux_case.size)
+    with pytest.raises(CheckpointError) as failed:
+        checkpoint.build_model()
+    message = str(failed.value)
+    assert (
+        f"architecture {aux_case.arch!r} with 5 classes (it holds 7 classes): "
+        f"fc.weight is [7, {features}] where the architecture has [5, {features}], "
+        "fc.bias is [7] where the architecture has [5]; pass the --num-classes/--labels"
+    ) in message
+    assert "missing" not in message and "unexpected" not in message and "\n" not in message
+
+
+def test_renamed_and_extra_keys_are_named_missing_and_unexpected(
+    aux_case: AuxCase, tmp_path: Path
+) -> None:
+    state = {("head.weight" if k == "fc.weight" else k): v for k, v in aux_case.with_aux.items()}
+    state["extra.bias"] = torch.zeros(3)
+    path = tmp_path / "renamed.pt"
+    torch.save(state, path)
+    checkpoint = load(path, arch=aux_case.arch, labels=aux_labels(), input_size=aux_case.size)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{aux_case.arch}' with 7 classes: missing fc\.weight; unexpected head\.weight, "
+        r"extra\.bias; pass the --arch .* or rename its keys",
+    ):
+        checkpoint.build_model()
+
+
+def test_a_data_parallel_prefix_is_named_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in build("resnet18", 10).state_dict().items()}, path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing conv1\.weight, bn1\.weight, bn1\.bias \(and \d+ more\); unexpected "
+        r"module\.conv1\.weight, .*save model\.module\.state_dict\(\)",
+    ):
+        load(path, arch="resnet18", input_size=32).build_model()
 
 
 def test_lifeloop_checkpoint_disagreeing_with_arch_flag_names_both(tmp_path: Path) -> None:

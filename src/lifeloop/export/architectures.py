@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import difflib
 from functools import cache
+from typing import Any
 
 from torch import nn
 
 from lifeloop.errors import ExportError
 
 SMALL_CNN = "small_cnn"
+
+# torchvision heads that only training uses: in eval mode these models return the main logits
+# alone. A checkpoint may hold them or not (torchvision's pretrained googlenet drops them), so
+# the served model is built without them and their weights are ignored.
+AUX_HEADS: dict[str, tuple[str, ...]] = {
+    "googlenet": ("aux1.", "aux2."),
+    "inception_v3": ("AuxLogits.",),
+}
 
 
 class SmallCNN(nn.Module):
@@ -60,8 +69,10 @@ def check_architecture(arch: str) -> None:
     )
 
 
-def build(arch: str, num_classes: int) -> nn.Module:
-    """A freshly initialised model with `num_classes` outputs (random weights, no download)."""
+def build(arch: str, num_classes: int, *, aux_heads: bool = True) -> nn.Module:
+    """A freshly initialised model with `num_classes` outputs (random weights, no download).
+
+    `aux_heads=False` leaves out the training-only heads of the AUX_HEADS architectures."""
     check_architecture(arch)
     if num_classes < 2:
         raise ExportError(f"a classifier needs at least 2 classes, got {num_classes}")
@@ -69,4 +80,16 @@ def build(arch: str, num_classes: int) -> nn.Module:
         return SmallCNN(num_classes)
     import torchvision
 
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    options: dict[str, bool] = {}
+    if arch in AUX_HEADS:
+        # init_weights=True is torchvision's default; saying so silences its FutureWarning.
+        options = {"aux_logits": aux_heads, "init_weights": True}
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
+
+
+def without_aux_heads(arch: str, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` less the weights of `arch`'s training-only heads (the same dict if it has none)."""
+    prefixes = AUX_HEADS.get(arch)
+    if not prefixes or not any(k.startswith(prefixes) for k in state):
+        return state
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from lifeloop.errors import CheckpointError
-from lifeloop.export.architectures import build, check_architecture
+from lifeloop.export.architectures import build, check_architecture, without_aux_heads
 from lifeloop.preprocessing import Preprocessing
 
 FORMAT = "lifeloop-checkpoint/1"
@@ -47,19 +47,86 @@ class Checkpoint:
         return path
 
     def build_model(self) -> nn.Module:
-        """The architecture with these weights loaded, in eval mode; a mismatch names both."""
-        model = build(self.arch, len(self.labels))
+        """The architecture with these weights loaded, in eval mode. Training-only heads
+        (googlenet's aux1/aux2, inception_v3's AuxLogits) are left out, held or not; weights
+        that do not fit are named, with the fix."""
+        model = build(self.arch, len(self.labels), aux_heads=False)
+        state = without_aux_heads(self.arch, self.state_dict)
+        misfit = _Misfit.of(model.state_dict(), state)
+        if misfit:
+            raise CheckpointError(self._misfit_message(state, misfit))
         try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            head = _head_classes(self.state_dict)
-            detail = f"it holds {head} classes" if head else str(exc).splitlines()[0]
-            raise CheckpointError(
-                f"checkpoint weights do not fit architecture {self.arch!r} with "
-                f"{len(self.labels)} classes ({detail}); pass the --arch and --num-classes/"
-                "--labels the checkpoint was trained with"
-            ) from exc
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # what the key and shape comparison cannot see
+            raise CheckpointError(self._misfit_message(state, misfit, exc)) from exc
         return model.eval()
+
+    def _misfit_message(
+        self, state: dict[str, torch.Tensor], misfit: _Misfit, exc: Exception | None = None
+    ) -> str:
+        classes = len(self.labels)
+        head = _head_classes(state)
+        held = f" (it holds {head} classes)" if head and head != classes else ""
+        if state and all(k.startswith("module.") for k in state):
+            fix = "save model.module.state_dict(): its keys carry DataParallel's 'module.' prefix"
+        elif misfit.missing or misfit.unexpected:
+            fix = (
+                "pass the --arch and --num-classes/--labels the checkpoint was trained with, "
+                "or rename its keys to that architecture's"
+            )
+        else:
+            fix = "pass the --num-classes/--labels the checkpoint was trained with"
+        detail = str(misfit) if misfit else _first_line(exc)
+        return (
+            f"checkpoint weights do not fit architecture {self.arch!r} with {classes} "
+            f"classes{held}: {detail}; {fix}"
+        )
+
+
+@dataclass(frozen=True)
+class _Misfit:
+    """What keeps a state_dict from loading: keys the model has and it lacks, keys it has and
+    the model lacks, and weights of another shape ("fc.weight is [10, 512] where ...")."""
+
+    missing: list[str]
+    unexpected: list[str]
+    shapes: list[str]
+
+    NAMED: ClassVar[int] = 3  # names shown per kind; the rest are counted
+
+    @classmethod
+    def of(cls, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> _Misfit:
+        return cls(
+            missing=[k for k in expected if k not in state],
+            unexpected=[k for k in state if k not in expected],
+            shapes=[
+                f"{k} is {list(state[k].shape)} where the architecture has {list(v.shape)}"
+                for k, v in expected.items()
+                if k in state and state[k].shape != v.shape
+            ],
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shapes)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"missing {self._first(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected {self._first(self.unexpected)}")
+        if self.shapes:
+            parts.append(self._first(self.shapes))
+        return "; ".join(parts)
+
+    def _first(self, names: list[str]) -> str:
+        more = len(names) - self.NAMED
+        return ", ".join(names[: self.NAMED]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _first_line(exc: Exception | None) -> str:
+    text = str(exc).strip() if exc else ""
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def load(

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lifeloop.datasets import load_arrays, scan
 from lifeloop.errors import DataError
-from lifeloop.export.architectures import SMALL_CNN, build, check_architecture
+from lifeloop.export.architectures import SMALL_CNN, build, check_architecture, without_aux_heads
 from lifeloop.export.checkpoint import Checkpoint
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.retrain.distributed import synchronise_batch_norm, world
@@ -87,9 +87,11 @@ def train(
     x_held, y_held = load_arrays(held_set, pre)
 
     torch.manual_seed(seed)
-    model = build(arch, len(folder.labels))
+    # Trained without the aux heads of googlenet and inception_v3: in train mode they would
+    # answer a tuple, and they are never served.
+    model = build(arch, len(folder.labels), aux_heads=False)
     if init_from is not None:
-        model.load_state_dict(init_from.state_dict)
+        model.load_state_dict(without_aux_heads(arch, init_from.state_dict))
     fit(
         model,
         x_train,
