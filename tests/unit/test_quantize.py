@@ -95,7 +95,7 @@ def test_export_cli_publishes_int8_and_prints_the_gate(tmp_path, trained):
 
 def test_bad_formats_and_gates_get_one_line_errors() -> None:
     assert parse_formats("onnx-fp16, onnx") == ("onnx", "onnx-fp16")
-    with pytest.raises(ExportError, match="unknown --format onnx-int4; use any of onnx"):
+    with pytest.raises(ExportError, match="unknown format onnx-int4; use any of onnx"):
         parse_formats("onnx,onnx-int4")
     with pytest.raises(ExportError, match="min_agreement must be in 0..1"):
         QualityGate(min_agreement=1.5)

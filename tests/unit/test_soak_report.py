@@ -52,9 +52,15 @@ def test_memory_growth_over_the_limit_fails_and_under_it_passes() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("cycles", 0, "--cycles"), ("users", 0, "--users"), ("max_rss_growth_pct", 0, "growth")],
+    [
+        ("cycles", 0, "cycles must be >= 1, got 0"),
+        ("users", 0, "users must be >= 1, got 0"),
+        ("max_rss_growth_pct", 0, "max_rss_growth_pct must be > 0"),
+    ],
 )
-def test_bad_settings_name_their_flag(field: str, value: float, message: str) -> None:
+def test_bad_settings_name_their_setting(field: str, value: float, message: str) -> None:
+    """The library names its own setting; the CLI replaces it with the flag (test_cli)."""
     settings = {"url": "grpc://x:1", "repository": ".", "model": "m", "cycles": 1}
-    with pytest.raises(SoakError, match=message):
+    with pytest.raises(SoakError, match=message) as raised:
         SoakConfig(**{**settings, field: value})
+    assert raised.value.setting == field
