@@ -4,6 +4,7 @@ ensemble's integration tests run the same code inside tritonserver)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from lifeloop.serve.preprocess import (
     NewestPreprocessing,
     decode,
     decode_request,
+    unwrap,
 )
 
 PLAIN = Preprocessing(size=2, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -177,3 +179,65 @@ def test_a_classifier_without_a_published_version_has_no_preprocessing(tmp_path:
     with pytest.raises(ImageError) as refused:
         NewestPreprocessing(tmp_path / "digits").current()
     assert str(refused.value) == "model 'digits' has no published version"
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def test_base64_text_of_a_png_decodes_like_the_file() -> None:
+    expected = decode(png(), PLAIN, LIMITS)
+    np.testing.assert_array_equal(decode(b64(png()), PLAIN, LIMITS), expected)
+    # Wrapped at 76 columns as `base64` and MIME write it: whitespace is ignored.
+    wrapped = base64.encodebytes(blank_png(40, 40))
+    assert b"\n" in wrapped.strip()
+    assert unwrap(wrapped, LIMITS.formats) == (blank_png(40, 40), True)
+
+
+def test_raw_jpeg_and_png_files_are_never_taken_for_base64() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 3)).save(buffer, format="JPEG")
+    for data in (png(), buffer.getvalue()):
+        assert unwrap(data, LIMITS.formats) == (data, False)
+
+
+def test_a_text_format_pillow_recognises_is_read_as_the_file() -> None:
+    # A plain PPM is all digits and whitespace, hence also valid base64: the signature wins.
+    plain_ppm = b"P3\n2 2\n255\n255 0 0  0 255 0\n0 0 255  51 102 153\n"
+    limits = ImageLimits(formats=("PPM",))
+    assert unwrap(plain_ppm, limits.formats) == (plain_ppm, False)
+    np.testing.assert_array_equal(decode(plain_ppm, PLAIN, limits), decode(png(), PLAIN, LIMITS))
+
+
+def test_bytes_that_are_neither_an_image_nor_base64_say_so_without_object_reprs() -> None:
+    with pytest.raises(ImageError) as refused:
+        decode(b"\x00\x01 not an image", PLAIN, LIMITS)
+    assert (
+        str(refused.value) == "the image cannot be decoded as JPEG/PNG (cannot identify image file)"
+    )
+    with pytest.raises(ImageError) as refused:
+        decode(b64(b"GIF89a not really"), PLAIN, LIMITS)
+    assert str(refused.value) == (
+        "the image (base64-decoded) cannot be decoded as JPEG/PNG (cannot identify image file)"
+    )
+
+
+def test_the_byte_limit_counts_the_decoded_bytes_of_base64() -> None:
+    data = png()
+    text = b64(data)
+    fits = ImageLimits(max_bytes=len(data))
+    assert len(text) > fits.max_bytes
+    assert decode(text, PLAIN, fits).shape == (3, 2, 2)
+    with pytest.raises(ImageError) as refused:
+        decode(text, PLAIN, ImageLimits(max_bytes=len(data) - 1))
+    assert str(refused.value).startswith(
+        f"the image (base64-decoded) is {len(data):,} bytes, over the limit of {len(data) - 1:,}"
+    )
+    # Text over twice the limit is refused before anything is decoded.
+    with pytest.raises(ImageError, match=f"the image is {len(text):,} bytes, over the limit"):
+        decode(text, PLAIN, ImageLimits(max_bytes=len(text) // 2 - 3))
+
+
+def test_base64_of_nothing_is_an_empty_image() -> None:
+    with pytest.raises(ImageError, match=r"^the image \(base64-decoded\) is empty"):
+        decode(b"  \n", PLAIN, LIMITS)

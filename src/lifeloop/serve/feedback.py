@@ -3,12 +3,13 @@ automatic rollback that watches them.
 
 The `feedback` Python model takes `request_id` and `label` (BYTES, one pair per row). Each
 request is written in its own transaction: an unknown id or an empty label fails that request
-with a one-line error (INVALID_ARG) and leaves the store unchanged, and never fails the other
-requests of the batch. A label is acknowledged only once committed: when the store does not
-commit within `lifeloop.store_timeout_ms` (default 2 s), or when the id may still sit in the
-router's spool after an outage, the request fails with UNAVAILABLE, and sending it again is
-safe (a second label for an id replaces the first). `execute` never waits on the store for
-longer than that bound.
+with a one-line error (INVALID_ARG: HTTP 400, gRPC INVALID_ARGUMENT) and leaves the store
+unchanged, and never fails the other requests of the batch; a fault of the server's is
+INTERNAL. A label is acknowledged only once committed: when the store does not commit within
+`lifeloop.store_timeout_ms` (default 2 s), or when the id may still sit in the router's spool
+after an outage, the request fails with UNAVAILABLE, and sending it again is safe (a second
+label for an id replaces the first). `execute` never waits on the store for longer than that
+bound.
 
 A background thread checks the canary after feedback (at most twice a second): once the
 canary has `rollback_min_labelled` labelled answers and its error rate exceeds the champion's
@@ -106,7 +107,8 @@ def label_pairs(ids: list[str], labels: list[str]) -> list[tuple[str, str]]:
 
 def reply(ids: list[str], labels: list[str], add: Callable[[list[tuple[str, str]]], None]) -> Reply:
     """Write one request's labels through `add` and say how it is answered: FeedbackError is
-    the caller's mistake, any other LifeloopError means the labels may not be kept."""
+    the caller's mistake, any other LifeloopError means the labels may not be kept. Anything
+    else is a fault of the server's and escapes: Triton answers it INTERNAL."""
     try:
         add(label_pairs(ids, labels))
     except FeedbackError as exc:

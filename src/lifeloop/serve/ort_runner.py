@@ -1,8 +1,11 @@
 """The logic of lifeloop's `onnxruntime` Python-based backend, kept free of Triton imports.
 
 One dynamic batch of requests becomes one `session.run`; outputs are split back per request.
-Each request is checked on its own first, so a malformed request gets its own error and never
-fails its batch-mates. A version whose files do not match its manifest refuses to load.
+Each request is checked on its own first, so a malformed request gets its own error (a
+RequestError: the caller's, INVALID_ARG) and never fails its batch-mates. A request that fits
+the contract and still fails in onnxruntime is the server's fault (INTERNAL), unless
+onnxruntime itself calls the argument invalid. A version whose files do not match its manifest
+refuses to load.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class BatchRunner:
 
     def run(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """One answer per request, in order: its outputs, or the error that is its alone."""
-        results: list[dict[str, np.ndarray] | Exception] = [RequestError("not run")] * len(requests)
+        results: list[dict[str, np.ndarray] | Exception] = [RuntimeError("not run")] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, request in enumerate(requests):
             try:
@@ -161,8 +164,19 @@ class BatchRunner:
             feeds = {c.name: request[c.name] for c in self.inputs}
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:
-            return RequestError(f"onnxruntime failed on this request: {exc}")
+            return _failure(exc)
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _failure(exc: Exception) -> Exception:
+    """onnxruntime's error for one request: the caller's (RequestError) when onnxruntime says
+    the argument is invalid (its InvalidArgument), the server's otherwise."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, InvalidArgument):
+        return RequestError(f"onnxruntime refused this request: {detail}")
+    return RuntimeError(f"onnxruntime failed on this request: {detail}")
 
 
 def _contract(tensor: dict[str, Any]) -> Contract:

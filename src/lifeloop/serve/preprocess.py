@@ -1,14 +1,18 @@
 """The `preprocess` Python model: encoded image bytes in, the classifier's input tensor out.
 
-Each request carries one JPEG or PNG. It is decoded with Pillow and resized and normalised
-by the same `Preprocessing.to_array` that training and the client use, with the settings in
-the manifest of the classifier's newest version (the one an ensemble step with
-`model_version: -1` reaches under a latest policy), re-read when a version is published.
+Each request row carries one JPEG or PNG, as the file's bytes or as base64 text of them (how
+a JSON request over HTTP carries it; `unwrap` tells the two apart). It is decoded with Pillow
+and resized and normalised by the same `Preprocessing.to_array` that training and the client
+use, with the settings in the manifest of the classifier's newest version (the one an ensemble
+step with `model_version: -1` reaches under a latest policy), re-read when a version is
+published.
 An image that cannot be decoded, is over the byte limit or over the pixel limit fails its
-own request with a message that says which; its batch-mates are answered."""
+own request with INVALID_ARG and a message that says which; its batch-mates are answered."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import warnings
@@ -31,6 +35,7 @@ from lifeloop.errors import ImageError, PreprocessingError
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import version_numbers
+from lifeloop.serve.responses import error_for, internal, log, without_reprs
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000  # width x height; a decompression bomb is refused before decoding
@@ -75,15 +80,48 @@ class ImageLimits:
         }
 
 
+_WHITESPACE = b" \t\r\n"
+
+
+def unwrap(data: bytes, formats: tuple[str, ...]) -> tuple[bytes, bool]:
+    """One element of the IMAGE input -> (the image file's bytes, whether it came as base64).
+
+    An element whose first bytes Pillow recognises as one of `formats` is the file itself.
+    Otherwise, one made only of the base64 alphabet (RFC 4648, `+` and `/`, padded; ASCII
+    whitespace ignored) is base64 text and is decoded. Anything else is taken as the file,
+    and fails to decode as one. Raw JPEG and PNG files are never mistaken for base64: their
+    first byte (0xFF, 0x89) is not ASCII."""
+    if not data or _recognised(data, formats):
+        return data, False
+    try:
+        return base64.b64decode(data.translate(None, _WHITESPACE), validate=True), True
+    except (binascii.Error, ValueError):
+        return data, False
+
+
+def _recognised(data: bytes, formats: tuple[str, ...]) -> bool:
+    """Whether Pillow's signature check of one of `formats` accepts the first bytes, as
+    Image.open checks them (a format without a check never claims them here)."""
+    Image.init()
+    prefix = data[:16]
+    for name in formats:
+        accept = Image.OPEN[name][1] if name in Image.OPEN else None
+        if accept is not None and accept(prefix):
+            return True
+    return False
+
+
 def decode(data: bytes, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:
-    """Encoded bytes -> float32 CHW array, or ImageError naming what is wrong and the limit."""
+    """Encoded bytes (or base64 text of them) -> float32 CHW array, or ImageError naming what
+    is wrong and the limit."""
+    if len(data) > 2 * limits.max_bytes + 4:  # over even as base64 (4/3, and line breaks)
+        raise ImageError(_too_large(len(data), limits))
+    data, was_base64 = unwrap(data, limits.formats)
+    what = "the image (base64-decoded)" if was_base64 else "the image"
     if len(data) == 0:
-        raise ImageError("the image is empty (0 bytes); send the JPEG or PNG file's bytes")
+        raise ImageError(f"{what} is empty (0 bytes); send the JPEG or PNG file's bytes")
     if len(data) > limits.max_bytes:
-        raise ImageError(
-            f"the image is {len(data):,} bytes, over the limit of {limits.max_bytes:,}; send a "
-            f"smaller file or raise {MAX_BYTES_PARAM} in the preprocess model's config"
-        )
+        raise ImageError(_too_large(len(data), limits, what))
     kinds = "/".join(limits.formats)
     try:
         with warnings.catch_warnings():
@@ -92,7 +130,7 @@ def decode(data: bytes, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:
                 width, height = image.size  # from the header; nothing is decoded yet
                 if width * height > limits.max_pixels:
                     raise ImageError(
-                        f"the image is {width}x{height} = {width * height:,} pixels, over the "
+                        f"{what} is {width}x{height} = {width * height:,} pixels, over the "
                         f"limit of {limits.max_pixels:,}; downscale it or raise "
                         f"{MAX_PIXELS_PARAM} in the preprocess model's config"
                     )
@@ -100,10 +138,23 @@ def decode(data: bytes, pre: Preprocessing, limits: ImageLimits) -> np.ndarray:
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise ImageError(f"the image cannot be decoded as {kinds} ({detail})") from exc
+        raise ImageError(f"{what} cannot be decoded as {kinds} ({_detail(exc)})") from exc
     except Warning as exc:  # DecompressionBombWarning raised as an error above
-        raise ImageError(f"the image is refused as a decompression bomb ({exc})") from exc
+        raise ImageError(f"{what} is refused as a decompression bomb ({_detail(exc)})") from exc
+
+
+def _too_large(size: int, limits: ImageLimits, what: str = "the image") -> str:
+    return (
+        f"{what} is {size:,} bytes, over the limit of {limits.max_bytes:,}; send a smaller "
+        f"file or raise {MAX_BYTES_PARAM} in the preprocess model's config"
+    )
+
+
+def _detail(exc: BaseException) -> str:
+    """Pillow's reason, one line and without object reprs (`cannot identify image file
+    <_io.BytesIO object at 0x7f...>` names a buffer the caller never saw)."""
+    text = without_reprs(str(exc).splitlines()[0] if str(exc) else "")[:160]
+    return text or type(exc).__name__
 
 
 class NewestPreprocessing:
@@ -151,8 +202,8 @@ class Preprocessor:
         pb = self.pb
         try:
             pre = self.newest.current()
-        except Exception as exc:  # no version, or an unreadable manifest: every request says so
-            error = pb.TritonError(f"preprocess: {exc}")
+        except Exception as exc:  # no version, or an unreadable manifest: the server's fault
+            error = internal(pb, f"preprocess: {exc}")
             return [pb.InferenceResponse(error=error) for _ in requests]
         responses = []
         for request in requests:
@@ -160,8 +211,12 @@ class Preprocessor:
                 images = pb.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy()
                 tensor = pb.Tensor(self.output_name, decode_request(images, pre, self.limits))
                 responses.append(pb.InferenceResponse(output_tensors=[tensor]))
-            except ImageError as exc:
-                responses.append(pb.InferenceResponse(error=pb.TritonError(str(exc))))
+            except ImageError as exc:  # the caller's: INVALID_ARG
+                responses.append(pb.InferenceResponse(error=error_for(pb, exc)))
+            except Exception as exc:  # the server's: INTERNAL, and only this request's
+                log(pb, "error", f"lifeloop preprocess failed on a request: {exc!r}")
+                error = internal(pb, f"preprocess failed: {exc}")
+                responses.append(pb.InferenceResponse(error=error))
         return responses
 
 

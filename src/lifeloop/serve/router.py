@@ -42,10 +42,10 @@ from lifeloop.contract import (
     VERSION_OUTPUT,
     parameters,
 )
-from lifeloop.errors import LogUnavailable
+from lifeloop.errors import LogUnavailable, RequestError
 from lifeloop.repository.publish import CONFIG_NAME, read_config
 from lifeloop.rollout.policy import PolicyWatcher
-from lifeloop.serve.responses import log, unavailable
+from lifeloop.serve.responses import error_for, log, unavailable
 from lifeloop.serve.routing import answer_routes, log_batch, plan_routes, shadow_top1
 from lifeloop.store.blobs import cipher, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
@@ -188,7 +188,9 @@ class Router:
         responses = []
         for answer, answer_ids in zip(answers, batch.request_ids, strict=True):
             if isinstance(answer, Exception) or answer_ids is None:
-                responses.append(pb.InferenceResponse(error=pb.TritonError(str(answer))))
+                # The classifier's INVALID_ARG stays the caller's; anything else is INTERNAL.
+                failure = answer if isinstance(answer, Exception) else RuntimeError("no ids")
+                responses.append(pb.InferenceResponse(error=error_for(pb, failure)))
                 continue
             n = len(answer.logits)
             tensors = [
@@ -214,7 +216,12 @@ class Router:
         )
         response = request.exec()
         if response.has_error():
-            raise RuntimeError(f"{settings.classifier} v{version}: {response.error().message()}")
+            error = response.error()
+            message = f"{settings.classifier} v{version}: {error.message()}"
+            code = getattr(error, "code", None)  # python backends before 23.04 know no codes
+            if code is not None and code() == getattr(pb.TritonError, "INVALID_ARG", None):
+                raise RequestError(message)  # the caller's tensor, refused by the classifier
+            raise RuntimeError(message)
         return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from lifeloop.serve.ort_runner import BatchRunner
+from lifeloop.serve.responses import error_for
 
 
 class TritonPythonModel:
@@ -28,7 +29,8 @@ class TritonPythonModel:
         responses = []
         for result in self.runner.run(batch):
             if isinstance(result, Exception):
-                error = pb_utils.TritonError(str(result))
+                # A RequestError is the caller's (INVALID_ARG); anything else INTERNAL.
+                error = error_for(pb_utils, result)
                 responses.append(pb_utils.InferenceResponse(error=error))
             else:
                 tensors = [pb_utils.Tensor(name, value) for name, value in result.items()]
