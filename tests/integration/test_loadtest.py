@@ -3,6 +3,7 @@ itself, bad input, tune over a tiny search space, and a quick bench through the 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -181,11 +182,34 @@ def test_loadtest_command_prints_the_figures(server, tmp_path) -> None:
             server.metrics_url,
             "--out",
             str(tmp_path),
+            "--csv-format",
+            "perf_analyzer",
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "throughput" in result.output and "report.html" in result.output
+    assert "throughput" in result.output and "perf_analyzer.csv" in result.output
     assert json.loads((tmp_path / "report.json").read_text())["failures"] == 0
+    # perf_analyzer's columns: one row for the one concurrency measured, times in whole
+    # microseconds, and what lifeloop does not measure left empty.
+    with open(tmp_path / "perf_analyzer.csv", newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert list(row)[:2] == ["Concurrency", "Inferences/Second"] and row["Concurrency"] == "2"
+    assert float(row["Inferences/Second"]) > 10
+    for column in (
+        "Network+Server Send/Recv",
+        "Server Compute Infer",
+        "p50 latency",
+        "p90 latency",
+        "p95 latency",
+        "p99 latency",
+        "Avg latency",
+    ):
+        assert int(row[column]) > 0, (column, row)
+    for column in ("Server Queue", "Server Compute Input", "Server Compute Output"):
+        assert int(row[column]) >= 0, (column, row)
+    assert int(row["p50 latency"]) <= int(row["p99 latency"])
+    for column in ("Client Send", "Client Recv", "request/response", "response wait"):
+        assert row[column] == "", (column, row)
 
 
 def test_tune_climbs_a_tiny_space_and_writes_the_winner_back(server, trained, tmp_path) -> None:

@@ -17,6 +17,7 @@ from lifeloop.cli._common import (
     _errors,
     console,
 )
+from lifeloop.loadtest.config import CsvFormat
 
 if TYPE_CHECKING:
     from lifeloop.loadtest.bench_result import BenchResult
@@ -48,6 +49,13 @@ def loadtest(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per request.")] = 1,
     window: Annotated[float | None, typer.Option(help="Window length in seconds.")] = None,
+    csv_format: Annotated[
+        CsvFormat,
+        typer.Option(
+            help="perf_analyzer: also write perf_analyzer.csv, in the columns of "
+            "perf_analyzer's -f file."
+        ),
+    ] = CsvFormat.WINDOWS,
 ) -> None:
     """Drive load with Locust and measure like perf_analyzer: stable windows, percentiles,
     failures by cause, and Triton's server-side split."""
@@ -67,6 +75,7 @@ def loadtest(
         payload_dir=str(payload_dir) if payload_dir else None,
         batch_size=batch_size,
         window_s=window,
+        csv_format=csv_format,
     )
 
     def show(event: dict[str, Any]) -> None:
@@ -94,7 +103,10 @@ def _print_loadtest(report: dict[str, Any], out: Path) -> None:
     console.print(table)
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"report: {out / 'report.json'}, {out / 'windows.csv'}, {out / 'report.html'}")
+    files = ["report.json", "windows.csv", "report.html"]
+    if report["config"]["csv_format"] == CsvFormat.PERF_ANALYZER:
+        files.append("perf_analyzer.csv")
+    console.print("report: " + ", ".join(str(out / name) for name in files))
 
 
 @app.command()

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from lifeloop.client import split_url
 from lifeloop.errors import LoadTestError
+
+
+class CsvFormat(StrEnum):
+    """Which CSV files a load test writes besides report.json: windows.csv always, and with
+    `perf_analyzer` also perf_analyzer.csv in the columns of perf_analyzer's `-f` file."""
+
+    WINDOWS = "windows"
+    PERF_ANALYZER = "perf_analyzer"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +41,18 @@ class LoadTestConfig:
     batch_size: int = 1
     model_version: int | None = None
     out: str = "runs/loadtest"
+    csv_format: CsvFormat = CsvFormat.WINDOWS
 
     def __post_init__(self) -> None:
+        # From JSON the format arrives as its string.
+        try:
+            object.__setattr__(self, "csv_format", CsvFormat(self.csv_format))
+        except ValueError:
+            raise LoadTestError(
+                f"csv_format {self.csv_format!r} is not one of "
+                f"{', '.join(f.value for f in CsvFormat)}",
+                setting="csv_format",
+            ) from None
         if self.duration_s <= 0:
             raise LoadTestError(
                 f"duration_s must be > 0 seconds, got {self.duration_s:g}", setting="duration_s"

@@ -1,4 +1,5 @@
-"""A load test's files: report.json, windows.csv and report.html with its plots.
+"""A load test's files: report.json, windows.csv and report.html with its plots, and
+perf_analyzer.csv when asked for.
 
 The plots are matplotlib SVGs inlined in the page, so report.html is one self-contained file
 that opens anywhere, offline."""
@@ -15,13 +16,33 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lifeloop.loadtest.config import LoadTestConfig
+from lifeloop.loadtest.config import CsvFormat, LoadTestConfig
 from lifeloop.loadtest.stats import Latency, Sample, Window, merge
 
 LATE_WARNING_SHARE = 0.01
 # Locust warns when its process passes 90% CPU: past that, the load generator may be what
 # limits the rate, not the server.
 BUSY_GENERATOR_CORES = 0.9
+# The header of perf_analyzer's `-f` file with --verbose-csv, for a model that is not decoupled
+# and has no response cache (ReportWriter::GenerateReport in triton-inference-server/client),
+# after its first column: "Concurrency" in closed loop, "Request Rate" in open loop.
+PERF_ANALYZER_COLUMNS = (
+    "Inferences/Second",
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
+    "Avg latency",
+    "request/response",
+    "response wait",
+)
 
 
 def build_report(
@@ -145,7 +166,8 @@ def window_rows(windows: Sequence[Window], cores: Sequence[float] | None) -> lis
 
 
 def write_report(**kwargs: Any) -> dict[str, Any]:
-    """build_report(), then report.json, windows.csv and report.html in config.out."""
+    """build_report(), then report.json, windows.csv, report.html and, with
+    `csv_format=perf_analyzer`, perf_analyzer.csv in config.out."""
     config: LoadTestConfig = kwargs["config"]
     windows: Sequence[Window] = kwargs["windows"]
     report = build_report(**kwargs)
@@ -157,8 +179,67 @@ def write_report(**kwargs: Any) -> dict[str, Any]:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["start_s"])
         writer.writeheader()
         writer.writerows(rows)
+    if config.csv_format is CsvFormat.PERF_ANALYZER:
+        write_perf_analyzer_csv(report, out / "perf_analyzer.csv")
     (out / "report.html").write_text(render_html(report, windows, kwargs["measured"]))
     return report
+
+
+def perf_analyzer_header(*, open_loop: bool) -> list[str]:
+    return ["Request Rate" if open_loop else "Concurrency", *PERF_ANALYZER_COLUMNS]
+
+
+def perf_analyzer_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """perf_analyzer.csv's rows from a report: one, of the measured windows merged (the
+    figures of report.json), as perf_analyzer writes one per concurrency or rate it measured;
+    none when nothing was measured. Times are whole microseconds, as perf_analyzer writes
+    them. What lifeloop does not measure (the client's send and receive time apart from the
+    rest) is an empty cell, not a zero."""
+    if "latency_ms" not in report:
+        return []
+    config = report["config"]
+    open_loop = report["mode"] == "open loop"
+    latency = report["latency_ms"]
+    row = dict.fromkeys(perf_analyzer_header(open_loop=open_loop), "")
+    if open_loop:
+        row["Request Rate"] = format(config["rate"], "g")
+    else:
+        row["Concurrency"] = str(config["users"])
+    # perf_analyzer counts inferences, so a request of a batch of n counts n.
+    row["Inferences/Second"] = format(report["throughput_rps"] * config["batch_size"], "g")
+    for p in ("p50", "p90", "p95", "p99"):
+        row[f"{p} latency"] = _us(latency[p])
+    row["Avg latency"] = _us(latency["mean"])
+    server = report.get("server")
+    if server and server.get("requests"):
+        parts = {
+            "Server Queue": server["queue_ms"],
+            "Server Compute Input": server["compute_input_ms"],
+            "Server Compute Infer": server["compute_infer_ms"],
+            "Server Compute Output": server["compute_output_ms"],
+        }
+        row.update((column, _us(ms)) for column, ms in parts.items())
+        # perf_analyzer's remainder: the client's wait less the server's queue and compute.
+        # Without a send/receive split it also holds the client's send and receive time.
+        row["Network+Server Send/Recv"] = _us(max(0.0, latency["mean"] - sum(parts.values())))
+    return [row]
+
+
+def write_perf_analyzer_csv(report: dict[str, Any], path: Path) -> None:
+    """perf_analyzer.csv: its header and rows, each line ended by a bare newline, as
+    perf_analyzer ends them."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=perf_analyzer_header(open_loop=report["mode"] == "open loop"),
+            lineterminator="\n",
+        )
+        writer.writeheader()
+        writer.writerows(perf_analyzer_rows(report))
+
+
+def _us(ms: float) -> str:
+    return str(round(ms * 1000))
 
 
 def render_html(
