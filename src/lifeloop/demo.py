@@ -6,12 +6,16 @@ traffic of all classes, with simulated users labelling a share of it through the
 model -> retrain: v2 learns 8 and 9, passes the gate, starts as a 20% canary with shadow ->
 promote v2 while traffic flows -> score both versions per class -> send the held-out images
 as PNG and JPEG bytes through the `classifier_image` ensemble -> stop.
+
+`lifeloop quickstart` takes the demo's first steps on all ten digits and stops there: a
+repository that serves a classifier, the router, the feedback model and the image ensemble.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,20 +28,120 @@ from rich.table import Table
 
 from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.datasets import link_folder, load_arrays
-from lifeloop.errors import RetrainError
-from lifeloop.export import export_checkpoint
+from lifeloop.errors import RepositoryError, RetrainError
+from lifeloop.export import Checkpoint, ExportResult, export_checkpoint
+from lifeloop.repository import ensure_repository
 from lifeloop.retrain import train, write_digits
 from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import accuracy_report
 from lifeloop.rollout import Rollout
 from lifeloop.serve import ServerConfig, TritonServer
-from lifeloop.serve.ensemble import install_image_ensemble
-from lifeloop.serve.install import install_router
+from lifeloop.serve.ensemble import ImageEnsemble, install_image_ensemble
+from lifeloop.serve.install import Installed, install_router
 from lifeloop.store import Store
 
 MODEL = "classifier"
 ROUTER = "router"
 OLD_CLASSES = tuple(str(d) for d in range(8))
+EPOCHS = 4
+
+
+@dataclass(frozen=True)
+class Published:
+    """A classifier's first version with the router and feedback models in front of it and
+    the image ensemble beside it."""
+
+    export: ExportResult
+    installed: Installed
+    images: ImageEnsemble
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        router, images = self.installed, self.images
+        return (MODEL, router.router, router.feedback, images.preprocess, images.ensemble)
+
+
+def publish_classifier(
+    repository: Path,
+    checkpoint: Checkpoint,
+    samples: np.ndarray,
+    *,
+    evaluation: dict[str, object],
+    store_url: str | None = None,
+    console: Console,
+) -> Published:
+    """Export `checkpoint` behind the parity gate (checked on `samples` too) as `classifier`,
+    put the router and the feedback model in front of it and the image ensemble beside it."""
+    first = export_checkpoint(checkpoint, repository, MODEL, samples=samples, evaluation=evaluation)
+    console.print(f"published version {first.published.version}: {first.parity.summary()}")
+    installed = install_router(repository, MODEL, store_url=store_url)
+    console.print(f"router and feedback models written; store {installed.store_url}")
+    images = install_image_ensemble(repository, MODEL)
+    console.print(f"{images.ensemble!r} ensemble written: clients may send encoded images")
+    return Published(first, installed, images)
+
+
+@dataclass(frozen=True)
+class Quickstart:
+    """What `quickstart` wrote: the models, and the digits it trained on (beside them)."""
+
+    repository: Path
+    data: Path
+    holdout_accuracy: float
+    published: Published
+
+
+def model_folders(repository: Path) -> list[str]:
+    """The models in `repository` as Triton sees them: its folders, hidden ones aside (files
+    such as a README are not models)."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        return []
+    return sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def default_data_dir(repository: Path) -> Path:
+    """`<parent>/<repository name>.data`: beside the repository, like the kept inputs; the
+    champion's checkpoint names it, and retraining replays it."""
+    repository = Path(repository).resolve()
+    return repository.parent / f"{repository.name}.data"
+
+
+def quickstart(
+    repository: Path,
+    *,
+    epochs: int = EPOCHS,
+    data_dir: Path | None = None,
+    store_url: str | None = None,
+    console: Console | None = None,
+) -> Quickstart:
+    """Fill an empty repository with a small CNN trained on the demo's digits (all ten, no
+    download), the router, the feedback model and the image ensemble, ready to serve."""
+    console = console or Console()
+    repository = ensure_repository(repository)
+    held_models = model_folders(repository)
+    if held_models:
+        raise RepositoryError(
+            f"model repository {repository} already holds {', '.join(held_models)}; the "
+            "quickstart fills an empty one: pick another folder or remove those models"
+        )
+    data = Path(data_dir or default_data_dir(repository))
+    folder = write_digits(data)
+    _, held = folder.split(holdout=0.25, seed=1)
+    console.print(f"{len(folder.samples)} digit images in {data}")
+    with tempfile.TemporaryDirectory(prefix="lifeloop-quickstart-") as tmp:
+        # export_checkpoint archives the checkpoint beside the repository for retraining
+        trained = train(folder.root, arch="small_cnn", epochs=epochs, out=Path(tmp) / "v1.pt")
+    x_held, _ = load_arrays(held, trained.checkpoint.preprocessing)
+    published = publish_classifier(
+        repository,
+        trained.checkpoint,
+        x_held,
+        evaluation={"holdout_accuracy": trained.holdout_accuracy},
+        store_url=store_url,
+        console=console,
+    )
+    return Quickstart(repository, data, trained.holdout_accuracy, published)
 
 
 @dataclass
@@ -68,7 +172,7 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
 def run_demo(
     out: Path,
     *,
-    epochs: int = 4,
+    epochs: int = EPOCHS,
     feedback_share: float = 0.6,
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -103,18 +207,14 @@ def run_demo(
     x_traffic, y_traffic = load_arrays(train_set, pre)
 
     console.rule("[bold]3. export v1, put the router in front")
-    first = export_checkpoint(
-        v1.checkpoint,
+    published = publish_classifier(
         repository,
-        MODEL,
-        samples=x_held,
+        v1.checkpoint,
+        x_held,
         evaluation={"holdout_accuracy": v1.holdout_accuracy},
+        console=console,
     )
-    console.print(f"published version {first.published.version}: {first.parity.summary()}")
-    installed = install_router(repository, MODEL)
-    console.print(f"router and feedback models written; store {installed.store_url}")
-    images = install_image_ensemble(repository, MODEL)
-    console.print(f"{images.ensemble!r} ensemble written: clients may send encoded images")
+    first, installed, images = published.export, published.installed, published.images
 
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     traffic = Traffic()

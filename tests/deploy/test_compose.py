@@ -120,6 +120,36 @@ def test_the_services_are_wired_to_each_other_and_to_deploy(compose) -> None:
     assert services["lifeloop"]["environment"]["LIFELOOP_SERVERS"] == "http://tritonserver:8000"
 
 
+def test_the_cpu_server_waits_for_the_quickstart_to_fill_an_empty_repository(compose) -> None:
+    services = compose["services"]
+    quickstart, triton = services["quickstart"], services["triton-cpu"]
+    assert quickstart["build"]["target"] == "tools" and quickstart["image"].startswith(
+        "lifeloop/tools:"
+    )
+    # In `tools` like the other one-shot commands, and in `cpu` as well: Compose starts a
+    # dependency only when one of its profiles is active, so `--profile cpu up` runs it.
+    assert set(quickstart["profiles"]) == {"tools", "cpu"}
+    assert triton["depends_on"]["quickstart"] == {"condition": "service_completed_successfully"}
+    assert "quickstart" not in services["triton-gpu"].get("depends_on", {})
+    assert "restart" not in quickstart  # one-shot: it exits 0 and stays down
+
+    # It writes what Triton serves, at the same paths: the same repository and the folders
+    # lifeloop keeps beside it, and the digits the tools' retrain replays.
+    beside = [v for v in triton["volumes"] if v.startswith("./model_repository")]
+    assert set(beside) <= set(quickstart["volumes"])
+    data = [v for v in quickstart["volumes"] if v.startswith("./model_repository.data:")]
+    assert data and data[0] in services["lifeloop"]["volumes"]
+    repository = dict(v.split(":")[:2] for v in beside)["./model_repository"]
+    command = quickstart["command"]
+    assert command[0] == "quickstart" and f"--repository={repository}" in command
+    # "Empty" is the command's own test: --if-empty exits 0 on a repository with a model.
+    assert "--if-empty" in command
+    # The store is the postgres service, found through libpq's variables as Triton's is.
+    assert "--store=postgresql+psycopg://" in command
+    assert quickstart["environment"] == triton["environment"]
+    assert quickstart["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
 @pytest.mark.parametrize(
     "breakage",
     [

@@ -46,6 +46,7 @@ COMMANDS = {
         "loadtest",
         "promote",
         "publish",
+        "quickstart",
         "retrain",
         "rollback",
         "router",

@@ -1,5 +1,5 @@
 """Commands that make and publish models: `train`, `digits`, `export`, `publish`,
-`versions`, `image init`."""
+`versions`, `image init`, `quickstart`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lifeloop.cli._common import (
     NewVersion,
     PublishServers,
     Repository,
+    StoreUrl,
     _errors,
     console,
     print_replicas,
@@ -303,3 +304,41 @@ def digits(
 
     folder = write_digits(out)
     console.print(f"{len(folder.samples)} images in {len(folder.labels)} classes at {folder.root}")
+
+
+@app.command()
+@_errors
+def quickstart(
+    repository: Repository = Path("model_repository"),
+    epochs: Annotated[int, typer.Option(help="Epochs for the classifier, as in the demo.")] = 4,
+    store: StoreUrl = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the digits are written (default: <repository>.data beside it); "
+            "retraining replays them."
+        ),
+    ] = None,
+    if_empty: Annotated[
+        bool,
+        typer.Option(
+            "--if-empty",
+            help="Leave a repository that already holds a model as it is, and exit 0.",
+        ),
+    ] = False,
+) -> None:
+    """Fill an empty repository with a classifier trained on the demo's digits (all ten), the
+    router, the feedback model and the image ensemble: no download, about a minute on CPU."""
+    from lifeloop.demo import model_folders
+    from lifeloop.demo import quickstart as fill
+
+    held = model_folders(repository)
+    if held and if_empty:
+        console.print(f"{repository} already holds {', '.join(held)}: left as it is")
+        return
+    done = fill(repository, epochs=epochs, data_dir=data, store_url=store, console=console)
+    console.print(
+        f"{', '.join(done.published.models)} written to {repository} (held-out accuracy "
+        f"{done.holdout_accuracy:.3f}); serve them with `lifeloop serve --repository "
+        f"{repository}`"
+    )
