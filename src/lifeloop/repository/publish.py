@@ -43,8 +43,8 @@ class PublishedVersion:
     manifest: Manifest
     # What a server must (re)load to serve it: the model, then the models fronting it (they
     # read its label file when they load), and the versions its policy keeps loaded.
-    reload: tuple[str, ...] = ()
-    serving: frozenset[int] = frozenset()
+    reload: tuple[str, ...]
+    serving: frozenset[int]
 
 
 def ensure_repository(repository: Path) -> Path:

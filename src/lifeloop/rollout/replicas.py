@@ -126,11 +126,9 @@ def load_published(spec: ServerUrls, published: PublishedVersion) -> list[Replic
     """Ask every server of `spec` to load a version `lifeloop.repository.publish` wrote, and
     wait until each serves the versions its policy loads. Fronting models reload too: Triton
     reads a label file when it loads a model. No servers: nothing to do (POLL mode)."""
-    if not server_urls(spec):
-        return []
     return load_everywhere(
         spec,
-        list(published.reload or (published.model,)),
+        list(published.reload),
         ready={published.model: set(published.serving)},
         what=f"serve {published.model} v{published.version}",
     )
