@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from PIL import Image
 
 from lifeloop.client import LifeloopClient
@@ -44,15 +45,24 @@ def pins(lines: list[str]) -> dict[str, str]:
     return found
 
 
+def project_requirements() -> list[str]:
+    """The core dependencies and every extra's."""
+    extras = PROJECT["optional-dependencies"].values()
+    return [*PROJECT["dependencies"], *(r for extra in extras for r in extra)]
+
+
 def project_pins() -> dict[str, str]:
-    return pins(PROJECT["dependencies"])
+    return pins(project_requirements())
 
 
 def test_the_images_pins_are_pyprojects() -> None:
     lines = [line for line in REQUIREMENTS.read_text().splitlines() if line and line[0] != "#"]
     serving = pins(lines)
     assert len(serving) == len(lines) == 6, lines  # every line is an exact pin
-    wanted = {canonical(r.name): r.specifier for r in map(Requirement, PROJECT["dependencies"])}
+    wanted: dict[str, SpecifierSet] = {}
+    for requirement in map(Requirement, project_requirements()):
+        name = canonical(requirement.name)
+        wanted[name] = wanted.get(name, SpecifierSet()) & requirement.specifier
     for name, version in serving.items():
         assert name in wanted and version in wanted[name], (name, version, wanted.get(name))
     assert project_pins()["tritonclient"] == serving["tritonclient"]
@@ -107,9 +117,9 @@ def test_the_serving_venv_has_no_training_stack(serving_python: Path) -> None:
         assert done.returncode != 0, f"{package} is in the serving venv"
 
 
-def test_the_python_models_run_on_the_serving_requirements_alone(served, held_out) -> None:
+def test_the_python_models_run_on_the_serving_requirements_alone(served, served_held_out) -> None:
     server, repo = served
-    x, y = held_out
+    x, y = served_held_out
     with LifeloopClient(server.grpc_url, model="router") as client:
         for model in ("router", "feedback", "digits_image"):
             client.wait_until_ready(120, model=model)

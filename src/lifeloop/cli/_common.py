@@ -19,7 +19,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _errors(fn: F) -> F:
-    """Print a LifeloopError as one `error:` line and exit 1, instead of a traceback."""
+    """Print a LifeloopError as one `error:` line and exit 1, instead of a traceback; and a
+    package an extra brings, missing, as the one line that says which extra to install."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -28,8 +29,60 @@ def _errors(fn: F) -> F:
         except LifeloopError as exc:
             typer.echo(f"error: {with_flag(exc, fn)}", err=True)
             raise typer.Exit(1) from exc
+        except ModuleNotFoundError as exc:
+            hint = missing_extra(fn.__name__.replace("_", "-"), exc.name or "")
+            if hint is None:
+                raise
+            typer.echo(f"error: {hint}", err=True)
+            raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+# The extra that brings each package a command may import (pyproject's optional-dependencies).
+EXTRA_OF_PACKAGE = {
+    "torch": "export",
+    "torchvision": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "serve",
+    "pytriton": "serve",
+    "cryptography": "serve",
+    "psycopg": "postgres",
+    "sklearn": "train",
+    "locust": "loadtest",
+    "gevent": "loadtest",
+    "prometheus_client": "loadtest",
+    "psutil": "loadtest",
+    "matplotlib": "loadtest",
+}
+# Commands that need more than the extra of the first package they miss.
+EXTRA_OF_COMMAND = {
+    "export": "export",
+    "train": "train",
+    "retrain": "train",
+    "serve": "serve",
+    "loadtest": "loadtest",
+    "demo": "all",
+    "quickstart": "all",
+    "bench": "all",
+    "tune": "all",
+    "soak": "all",
+}
+
+
+def missing_extra(command: str, module: str) -> str | None:
+    """`lifeloop COMMAND needs X: pip install 'lifeloop[EXTRA]'`, for a module that one of
+    lifeloop's extras brings; None for any other module (a real import error)."""
+    package = module.split(".")[0]
+    extra = EXTRA_OF_PACKAGE.get(package)
+    if extra is None:
+        return None
+    extra = EXTRA_OF_COMMAND.get(command, extra)
+    return (
+        f"lifeloop {command} needs {package}, which this install lacks: "
+        f"pip install 'lifeloop[{extra}]'"
+    )
 
 
 UNIT_SUFFIXES = ("_s", "_ms", "_pct")
