@@ -14,6 +14,7 @@ import pytest
 
 from lifeloop.datasets import load_arrays
 from lifeloop.export import Checkpoint, export_checkpoint
+from lifeloop.preprocessing import PIXELS
 from lifeloop.retrain import ImageFolder, TrainResult, train, write_digits
 from lifeloop.rollout.replicas import load_published
 from lifeloop.store import Store
@@ -34,8 +35,16 @@ def trained(digits: ImageFolder, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 @pytest.fixture(scope="session")
 def held_out(digits: ImageFolder, trained: TrainResult) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits as training takes them (normalized): `samples=` of an export."""
     _, held = digits.split()
     return load_arrays(held, trained.checkpoint.preprocessing)
+
+
+@pytest.fixture(scope="session")
+def served_held_out(digits: ImageFolder, trained: TrainResult) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits as a version exported by default takes them: pixels 0..255."""
+    _, held = digits.split()
+    return load_arrays(held, trained.checkpoint.preprocessing.with_kind(PIXELS))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from typing import Any
 # Written on every classifier version's config by the publisher.
 LABELS_PARAM = "lifeloop.labels"  # JSON list: index -> class name
 PREPROCESSING_PARAM = "lifeloop.preprocessing"  # JSON Preprocessing of the newest version
+# What the newest version takes: "pixels" (0..255; the graph normalises) or "normalized".
+INPUT_KIND_PARAM = "lifeloop.input_kind"
 # On a model that fronts a classifier (router, preprocess, image ensemble): its name.
 CLASSIFIER_PARAM = "lifeloop.classifier"
 

@@ -30,6 +30,7 @@ from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.datasets import link_folder, load_arrays
 from lifeloop.errors import RepositoryError, RetrainError
 from lifeloop.export import Checkpoint, ExportResult, export_checkpoint
+from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import ensure_repository
 from lifeloop.retrain import train, write_digits
 from lifeloop.retrain.cycle import RetrainSettings, retrain
@@ -215,6 +216,9 @@ def run_demo(
         console=console,
     )
     first, installed, images = published.export, published.installed, published.images
+    # Clients send what the version takes: pixels, unless exported with normalized inputs.
+    takes = Preprocessing.from_dict(first.published.manifest.preprocessing)
+    x_held, x_traffic = pre.convert(x_held, takes), pre.convert(x_traffic, takes)
 
     config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
     traffic = Traffic()

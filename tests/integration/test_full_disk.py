@@ -93,9 +93,9 @@ def test_a_disk_that_fills_during_the_copy_leaves_no_staging(
 
 
 def test_a_router_on_a_full_disk_keeps_answering(
-    small_disk, tmp_path, trained: TrainResult, held_out
+    small_disk, tmp_path, trained: TrainResult, served_held_out
 ) -> None:
-    x, _ = held_out
+    x, _ = served_held_out
     repo = tmp_path / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits")
     store_url = f"sqlite:///{small_disk / 'store.db'}"

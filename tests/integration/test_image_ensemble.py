@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from lifeloop.cli import app
 from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
+from lifeloop.preprocessing import PIXELS
 from lifeloop.repository import read_config, write_config
 from lifeloop.repository.config import DynamicBatching
 from lifeloop.retrain import ImageFolder, TrainResult
@@ -86,7 +87,7 @@ def test_encoded_images_get_the_classifiers_labels_and_scores(
     samples = spread(digits, 24)
     data = [encode(sample.path, fmt) for sample in samples]
     labels = trained.checkpoint.labels
-    pre = trained.checkpoint.preprocessing
+    pre = trained.checkpoint.preprocessing.with_kind(PIXELS)  # what the version takes
 
     answers = top(client, "digits_image", image_request(data), count=3)
     assert answers.shape == (len(samples), 3)
@@ -162,8 +163,8 @@ def _preprocess_counts(client) -> tuple[int, int]:
     return success + failed, int(stats.get("execution_count", 0))
 
 
-def test_classifier_answers_class_count_with_its_labels(client, held_out, trained) -> None:
-    x, y = held_out
+def test_classifier_answers_class_count_with_its_labels(client, served_held_out, trained) -> None:
+    x, y = served_held_out
     tensor = grpcclient.InferInput("input", [8, *x.shape[1:]], "FP32")
     tensor.set_data_from_numpy(x[:8])
     answers = top(client, "digits", [tensor], count=1)

@@ -201,10 +201,10 @@ def test_metric_names_are_read_from_promql() -> None:
 
 @pytest.fixture(scope="module")
 def scraped(
-    tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, held_out
+    tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, served_held_out
 ) -> Iterator[set[str]]:
     """Metric names of a live tritonserver whose router shadows a candidate under traffic."""
-    x, _ = held_out
+    x, _ = served_held_out
     repo = tmp_path_factory.mktemp("observed") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=x)
     publish_trained(trained.checkpoint, repo, "digits")

@@ -69,10 +69,10 @@ def test_a_dns_url_stands_for_every_address_its_name_resolves_to() -> None:
 
 
 def test_publish_reaches_every_replica_and_names_one_stopped_mid_publish(
-    replicas, trained: TrainResult, held_out
+    replicas, trained: TrainResult, served_held_out
 ) -> None:
     repo, a, b = replicas
-    x, _ = held_out
+    x, _ = served_held_out
     both = f"{a.http_url},{b.http_url}"
     published = publish_trained(trained.checkpoint, repo, "digits").published
     assert published.version == 2
@@ -107,9 +107,11 @@ def test_publish_reaches_every_replica_and_names_one_stopped_mid_publish(
     assert served_versions(a.http_url, x) == {3}
 
 
-def test_rollout_switches_every_replica_and_reports_each(replicas, trained, held_out) -> None:
+def test_rollout_switches_every_replica_and_reports_each(
+    replicas, trained, served_held_out
+) -> None:
     repo, a, b = replicas
-    x, _ = held_out
+    x, _ = served_held_out
     publish_trained(trained.checkpoint, repo, "digits")  # v2, on disk only
     install_router(repo, "digits", champion=1, server_url=[a.http_url, b.http_url])
     results = load_everywhere([a.http_url, b.http_url], ["router", "feedback"])
@@ -132,10 +134,10 @@ def test_rollout_switches_every_replica_and_reports_each(replicas, trained, held
 
 
 def test_publish_checks_a_version_made_elsewhere_and_brings_it_to_every_replica(
-    replicas, trained: TrainResult, held_out, tmp_path: Path
+    replicas, trained: TrainResult, served_held_out, tmp_path: Path
 ) -> None:
     repo, a, b = replicas
-    x, _ = held_out
+    x, _ = served_held_out
     both = f"{a.http_url},{b.http_url}"
     made = publish_trained(trained.checkpoint, tmp_path / "build", "digits").published
     tampered = tmp_path / "copy" / "digits" / "1"

@@ -28,7 +28,7 @@ def restricted(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult) -
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_model_control_needs_the_key_and_inference_does_not(
-    restricted: TritonServer, protocol: str, held_out, monkeypatch: pytest.MonkeyPatch
+    restricted: TritonServer, protocol: str, served_held_out, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = restricted.http_url if protocol == "http" else restricted.grpc_url
     monkeypatch.delenv(API_KEY_ENV, raising=False)
@@ -50,5 +50,5 @@ def test_model_control_needs_the_key_and_inference_does_not(
 
     monkeypatch.delenv(API_KEY_ENV)
     with LifeloopClient(url, protocol, model="digits") as client:
-        answers = client.classify(held_out[0][:4])
+        answers = client.classify(served_held_out[0][:4])
     assert [a.version for a in answers] == [1, 1, 1, 1]

@@ -111,13 +111,13 @@ def test_a_bad_window_is_a_one_line_error(bad: str) -> None:
 
 
 def test_the_router_encrypts_kept_inputs_and_purge_runs_beside_it(
-    tmp_path: Path, trained: TrainResult, held_out, monkeypatch
+    tmp_path: Path, trained: TrainResult, served_held_out, monkeypatch
 ) -> None:
     from cryptography.fernet import Fernet
 
     from lifeloop.client import LifeloopClient
 
-    x, _ = held_out
+    x, _ = served_held_out
     key = Fernet.generate_key().decode()
     monkeypatch.setenv(blobs.KEY_ENV, key)  # tritonserver inherits it
     repo = tmp_path / "model_repository"

@@ -15,18 +15,18 @@ from tests.integration.conftest import server_config
 
 
 def test_poll_mode_picks_up_a_new_version_without_a_load_call(
-    tmp_path: Path, trained, held_out
+    tmp_path: Path, trained, served_held_out
 ) -> None:
     repo = tmp_path / "repo"
     publish_trained(trained.checkpoint, repo)
     config = server_config(repo, control_mode=ControlMode.POLL, poll_secs=1)
     with TritonServer(config) as server, LifeloopClient(server.grpc_url) as client:
-        assert client.classify([held_out[0][0]])[0].version == 1
+        assert client.classify([served_held_out[0][0]])[0].version == 1
         publish_trained(trained.checkpoint, repo)  # the rename is all poll mode needs
         deadline = time.monotonic() + 30
         version = 1
         while version != 2 and time.monotonic() < deadline:
-            version = client.classify([held_out[0][0]])[0].version
+            version = client.classify([served_held_out[0][0]])[0].version
             time.sleep(0.2)
         assert version == 2
 

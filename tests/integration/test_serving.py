@@ -34,8 +34,8 @@ def test_published_model_classifies_held_out_digits(server, digits, protocol: st
     assert all(len(a.labels) == 3 and a.scores[0] >= a.scores[1] >= a.scores[2] for a in answers)
 
 
-def test_async_client_gives_the_same_answers(server, held_out) -> None:
-    x = held_out[0][:10]
+def test_async_client_gives_the_same_answers(server, served_held_out) -> None:
+    x = served_held_out[0][:10]
 
     async def run(protocol: str, url: str):
         async with AsyncLifeloopClient(url, protocol) as client:
@@ -52,8 +52,8 @@ def test_async_client_gives_the_same_answers(server, held_out) -> None:
         )
 
 
-def test_dynamic_batching_forms_batches_under_concurrency(server, held_out) -> None:
-    x = held_out[0]
+def test_dynamic_batching_forms_batches_under_concurrency(server, served_held_out) -> None:
+    x = served_held_out[0]
 
     def before() -> tuple[int, int]:
         with ServerControl(server.http_url) as control:
@@ -76,9 +76,9 @@ def test_dynamic_batching_forms_batches_under_concurrency(server, held_out) -> N
 
 
 def test_malformed_requests_get_clear_errors_while_concurrent_good_ones_succeed(
-    server, held_out
+    server, served_held_out
 ) -> None:
-    good = held_out[0][:1]
+    good = served_held_out[0][:1]
     successes: list[int] = []
     lock = threading.Lock()
 
@@ -119,22 +119,25 @@ def test_malformed_requests_get_clear_errors_while_concurrent_good_ones_succeed(
     assert "unexpected inference input 'pixels'" in cases["name"]
 
 
-def test_hot_reload_serves_a_new_version(server, trained, held_out) -> None:
+def test_hot_reload_serves_a_new_version(server, trained, served_held_out) -> None:
     repo = Path(server.config.repository)
     first = publish_trained(trained.checkpoint, repo, "hot", server_url=server.http_url)
     with LifeloopClient(server.grpc_url, model="hot") as client:
-        assert client.classify([held_out[0][0]])[0].version == first.published.version
+        assert client.classify([served_held_out[0][0]])[0].version == first.published.version
         second = publish_trained(trained.checkpoint, repo, "hot", server_url=server.http_url)
-        assert client.classify([held_out[0][0]])[0].version == second.published.version
+        assert client.classify([served_held_out[0][0]])[0].version == second.published.version
         # The previous version stays loaded (latest 2) and can be asked for by number.
-        assert client.classify([held_out[0][0]], version=first.published.version)[0].version == 1
+        assert (
+            client.classify([served_held_out[0][0]], version=first.published.version)[0].version
+            == 1
+        )
     rows = list_versions(repo, "hot", states=version_states(server.http_url, "hot"))
     states = {r.version: r.state for r in rows}
     assert states == {1: "READY", 2: "READY"}
 
 
 def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(
-    server, trained, held_out
+    server, trained, served_held_out
 ) -> None:
     repo = Path(server.config.repository)
     publish_trained(trained.checkpoint, repo, "guarded", server_url=server.http_url)
@@ -152,7 +155,7 @@ def test_version_changed_after_publishing_is_refused_and_previous_keeps_serving(
         # The refused version must not make callers of this (or any other) model wait.
         client.wait_until_ready(5, model="guarded")
         client.wait_until_ready(5, model="classifier")
-        assert client.classify([held_out[0][0]])[0].version == 1
+        assert client.classify([served_held_out[0][0]])[0].version == 1
     assert "model.onnx does not match its manifest" in server.log_path.read_text()
 
 

@@ -244,8 +244,10 @@ def assert_small_multiple(figures: dict) -> None:
 
 
 @pytest.mark.slow
-def test_sqlite_locked_for_10_and_60_s_fails_no_request(tmp_path, trained, held_out) -> None:
-    x, _ = held_out
+def test_sqlite_locked_for_10_and_60_s_fails_no_request(
+    tmp_path, trained, held_out, served_held_out
+) -> None:
+    x, _ = served_held_out
     repo, store_url = routed_repository(tmp_path, trained, held_out, None)
     db = Path(store_url.removeprefix("sqlite:///"))
     with TritonServer(server_config(repo)) as server:
@@ -262,8 +264,10 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.mark.slow
-def test_postgres_stopped_for_10_and_60_s_fails_no_request(tmp_path, trained, held_out, postgres):
-    x, _ = held_out
+def test_postgres_stopped_for_10_and_60_s_fails_no_request(
+    tmp_path, trained, held_out, served_held_out, postgres
+):
+    x, _ = served_held_out
     repo, store_url = routed_repository(tmp_path, trained, held_out, postgres.url)
     with TritonServer(server_config(repo)) as server:
         for seconds in (10, 60):
@@ -273,9 +277,9 @@ def test_postgres_stopped_for_10_and_60_s_fails_no_request(tmp_path, trained, he
 
 
 def test_a_server_killed_while_spooling_loses_nothing_acknowledged(
-    tmp_path, trained, held_out
+    tmp_path, trained, held_out, served_held_out
 ) -> None:
-    x, _ = held_out
+    x, _ = served_held_out
     repo, store_url = routed_repository(tmp_path, trained, held_out, None)
     db = Path(store_url.removeprefix("sqlite:///"))
     with sqlite_locked(db):

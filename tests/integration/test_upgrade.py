@@ -28,7 +28,7 @@ def shell_0_1(name: str) -> str:
 
 
 def test_a_repository_made_by_0_1_serves_through_the_router(
-    tmp_path: Path, trained: TrainResult, held_out
+    tmp_path: Path, trained: TrainResult, served_held_out
 ) -> None:
     repo = tmp_path / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits")
@@ -37,7 +37,7 @@ def test_a_repository_made_by_0_1_serves_through_the_router(
         (repo / name / "1" / "model.py").write_text(shell_0_1(name))
     assert "from lifeloop.loop.router import Router" in (repo / "router/1/model.py").read_text()
 
-    x, y = held_out
+    x, y = served_held_out
     with (
         TritonServer(server_config(repo)) as server,
         LifeloopClient(server.grpc_url, model="router") as client,

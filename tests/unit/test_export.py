@@ -12,6 +12,7 @@ from lifeloop.export import (
     CheckpointError,
     ExportError,
     ParityError,
+    Tolerance,
     build,
     check_parity,
     export_checkpoint,
@@ -174,7 +175,12 @@ def test_googlenet_and_inception_export_logits_alone_with_or_without_aux_heads(
     path = tmp_path / f"{aux_case.arch}.pt"
     torch.save(getattr(aux_case, held), path)
     checkpoint = load(path, arch=aux_case.arch, labels=aux_labels(), input_size=aux_case.size)
-    result = export_checkpoint(checkpoint, tmp_path / "repo", aux_case.arch)
+    # inception_v3's 94 convolutions differ between PyTorch and onnxruntime by up to 2.8e-4 on
+    # these logits (spread 4), in either input kind: at the default atol of 1e-4 its pass
+    # depends on the seed. This test is about the aux heads; the tolerance is the gate's own.
+    result = export_checkpoint(
+        checkpoint, tmp_path / "repo", aux_case.arch, tolerance=Tolerance(atol=1e-3)
+    )
     assert result.parity.passed and not result.parity.vacuous
     assert result.parity.top1_agreement == 1.0 and result.parity.distinct_top1 >= 2
     graph = onnx.load(str(result.published.path / "model.onnx")).graph

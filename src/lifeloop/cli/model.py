@@ -71,6 +71,14 @@ def export(
     min_agreement: Annotated[
         float, typer.Option(help="INT8/FP16 gate: least top-1 agreement with fp32.")
     ] = 0.98,
+    normalize_in_graph: Annotated[
+        bool,
+        typer.Option(
+            help="The graph normalises (x/255 - mean)/std as its first op, so the version takes "
+            "pixels 0..255 (any client that only resizes gets the right answer); off: it takes "
+            "normalized inputs."
+        ),
+    ] = True,
 ) -> None:
     """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version.
 
@@ -79,6 +87,7 @@ def export(
     from lifeloop.export import CheckpointError, Tolerance, export_checkpoint, load
     from lifeloop.export.formats import FP16, INT8, parse_formats
     from lifeloop.export.quantize import QualityGate
+    from lifeloop.preprocessing import NORMALIZED, PIXELS
     from lifeloop.rollout.replicas import load_published
 
     if num_classes is not None and labels is not None:
@@ -116,6 +125,7 @@ def export(
         max_batch_size=max_batch_size,
         formats=chosen,
         precision=precision,
+        input_kind=PIXELS if normalize_in_graph else NORMALIZED,
     )
     console.print(result.parity.summary())
     for fmt, report in result.quality.items():

@@ -13,11 +13,34 @@ import torch
 from torch import nn
 
 from lifeloop.errors import ExportError
+from lifeloop.preprocessing import Preprocessing
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 18
 MAX_BATCH = 1024
+
+
+class PixelInput(nn.Module):
+    """`model` behind its own normalisation: takes pixel values 0..255 and computes
+    `(x/255 - mean)/std` as the graph's first op, the same arithmetic training applied."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        shape = (1, pre.channels, 1, 1)
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return self.model((x / 255.0 - mean) / std)
+
+
+def served_model(model: nn.Module, pre: Preprocessing) -> nn.Module:
+    """The module a version of kind `pre.input_kind` serves: `model` itself for normalized
+    inputs, `model` behind PixelInput for pixels."""
+    return PixelInput(model, pre).eval() if pre.takes_pixels else model
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, arch: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from lifeloop.export.formats import (
     format_model,
     parse_formats,
 )
-from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+from lifeloop.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx, served_model
 from lifeloop.export.parity import (
     DEFAULT_TOLERANCE,
     ParityReport,
@@ -38,6 +38,7 @@ from lifeloop.export.quantize import (
     convert_fp16,
     quantize_int8,
 )
+from lifeloop.preprocessing import NORMALIZED, PIXELS, Preprocessing
 from lifeloop.repository import (
     PublishedVersion,
     TensorInfo,
@@ -60,8 +61,9 @@ class ExportResult:
 
 @dataclass(frozen=True)
 class PrecisionData:
-    """What the reduced-precision formats need: preprocessed training images to calibrate
-    INT8 on, and labelled held-out images for the quality gate."""
+    """What the reduced-precision formats need: training images to calibrate INT8 on, and
+    labelled held-out images for the quality gate, both preprocessed by the checkpoint's
+    (normalized) recipe; the export turns them into what the version takes."""
 
     calibration: np.ndarray
     x_held: np.ndarray
@@ -81,13 +83,16 @@ def export_checkpoint(
     evaluation: dict[str, object] | None = None,
     formats: tuple[str, ...] = (ONNX,),
     precision: PrecisionData | None = None,
+    input_kind: str = PIXELS,
 ) -> ExportResult:
     """Export a checkpoint and publish it as the next version of `model_name`, in each of
     `formats` (the reduced-precision ones as `<model>_int8`, `<model>_fp16`).
 
-    `samples` (preprocessed images, [n, C, H, W]) join the random inputs of the parity check,
-    so that it also covers the inputs the model really sees. Every gate runs before anything
-    is published: one refused format publishes none."""
+    With `input_kind` "pixels" (the default) the graph normalises as its first op and the
+    version takes pixel values 0..255; with "normalized" it takes what training fed it.
+    `samples` (images preprocessed by the checkpoint's recipe, [n, C, H, W]) join the random
+    inputs of the parity check, so that it also covers the inputs the model really sees. Every
+    gate runs before anything is published: one refused format publishes none."""
     ensure_repository(repository)  # fail on a bad path before minutes of export work
     formats = parse_formats(",".join(formats))
     reduced = [f for f in formats if f in REDUCED]
@@ -106,11 +111,23 @@ def export_checkpoint(
             f"{', '.join(plans)} are gated against fp32 on held-out images; export a "
             "checkpoint lifeloop trained (its data is used), or pass --calibration and --eval-dir"
         )
-    model = checkpoint.build_model()
-    shape = checkpoint.preprocessing.input_shape
+    trained_on = checkpoint.preprocessing.with_kind(NORMALIZED)
+    served = trained_on.with_kind(input_kind)
+    if precision is not None:
+        precision = replace(
+            precision,
+            calibration=trained_on.convert(precision.calibration, served),
+            x_held=trained_on.convert(precision.x_held, served),
+        )
+    if samples is not None:
+        samples = trained_on.convert(samples, served)
+    model = served_model(checkpoint.build_model(), served)
+    shape = served.input_shape
     with tempfile.TemporaryDirectory(prefix="lifeloop-export-") as tmp:
         onnx_path = export_onnx(model, shape, Path(tmp) / "model.onnx", arch=checkpoint.arch)
-        parity = _parity_gate(model, onnx_path, checkpoint, model_name, samples, tolerance)
+        parity = _parity_gate(
+            model, onnx_path, served, model_name, samples, tolerance, checkpoint.arch
+        )
         files: dict[str, Path] = {ONNX: onnx_path} if ONNX in formats else {}
         quality: dict[str, QualityReport] = {}
         for fmt in reduced:
@@ -135,6 +152,7 @@ def export_checkpoint(
                 fmt,
                 path,
                 parity,
+                preprocessing=served,
                 evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
                 quality=quality.get(fmt),
                 # The same checkpoint has the same version number in every format.
@@ -228,8 +246,10 @@ def publish_onnx(
     max_batch_size: int = 32,
     evaluation: dict[str, object] | None = None,
 ) -> ExportResult:
-    """Gate an exported ONNX file against its PyTorch model, then publish it."""
-    report = _parity_gate(model, onnx_path, checkpoint, model_name, samples, tolerance)
+    """Gate an exported ONNX file against its PyTorch model, then publish it; the file takes
+    what `model` takes, the inputs of the checkpoint's own recipe."""
+    pre = checkpoint.preprocessing
+    report = _parity_gate(model, onnx_path, pre, model_name, samples, tolerance, checkpoint.arch)
     published = publish_format(
         checkpoint,
         repository,
@@ -237,6 +257,7 @@ def publish_onnx(
         ONNX,
         onnx_path,
         report,
+        preprocessing=pre,
         evaluation=dict(evaluation or _recorded_evaluation(checkpoint)),
         version=version,
         max_batch_size=max_batch_size,
@@ -247,17 +268,24 @@ def publish_onnx(
 def _parity_gate(
     model: nn.Module,
     onnx_path: Path,
-    checkpoint: ckpt.Checkpoint,
+    served: Preprocessing,
     model_name: str,
     samples: np.ndarray | None,
     tolerance: Tolerance,
+    arch: str,
 ) -> ParityReport:
-    inputs = sample_inputs(checkpoint.preprocessing.input_shape, BATCH_SIZES)
+    """PyTorch (behind the same normalisation, for a pixel version) against the ONNX file, on
+    the same inputs of the kind the version takes."""
+    trained_on = served.with_kind(NORMALIZED)
+    inputs = [
+        trained_on.convert(batch, served)
+        for batch in sample_inputs(served.input_shape, BATCH_SIZES)
+    ]
     if samples is not None and len(samples):
         inputs += [np.ascontiguousarray(samples[:64], dtype=np.float32)]
     return gate(
         check_parity(model, onnx_path, inputs, tolerance),
-        what=f"export of {checkpoint.arch!r} for model {model_name!r}",
+        what=f"export of {arch!r} for model {model_name!r}",
     )
 
 
@@ -269,18 +297,21 @@ def publish_format(
     path: Path,
     parity: ParityReport | None,
     *,
+    preprocessing: Preprocessing,
     evaluation: dict[str, object],
     quality: QualityReport | None = None,
     version: int | None,
     max_batch_size: int,
 ) -> PublishedVersion:
-    shape = checkpoint.preprocessing.input_shape
+    """Publish one exported file as a version that takes `preprocessing`'s inputs."""
+    shape = preprocessing.input_shape
     config = classifier_config(
         model_name,
         input_name=INPUT_NAME,
         input_shape=shape,
         output_name=OUTPUT_NAME,
         max_batch_size=max_batch_size,
+        input_format=preprocessing.layout,
     )
     filename, tools = "model.onnx", {**tool_versions(), "onnx_opset": str(OPSET)}
     if fmt in TENSORRT:
@@ -301,9 +332,9 @@ def publish_format(
     draft = VersionDraft(
         format=fmt,
         labels=checkpoint.labels,
-        input=TensorInfo(name=INPUT_NAME, shape=shape),
+        input=TensorInfo(name=INPUT_NAME, shape=shape, layout=preprocessing.layout),
         output_name=OUTPUT_NAME,
-        preprocessing=checkpoint.preprocessing.to_dict(),
+        preprocessing=preprocessing.to_dict(),
         source={
             "checkpoint_sha256": checkpoint.sha256,
             "architecture": checkpoint.arch,

@@ -51,7 +51,7 @@ from lifeloop.loadtest.bench_result import (
 from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
 from lifeloop.loadtest.lean import measure_lean, measure_raw, raw_cpu_ms_per_sample
 from lifeloop.loadtest.stats import Measurement
-from lifeloop.preprocessing import Preprocessing
+from lifeloop.preprocessing import PIXELS, Preprocessing
 from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
@@ -387,7 +387,11 @@ def _publish_reduced(spec: BenchModel, repository: Path, fp32: Path) -> None:
     """`<name>_int8` and `<name>_fp16` made from the fp32 file, for served throughput. Random
     weights have no accuracy to keep, so no gate here: `_precision_accuracy` measures what
     each precision costs on a trained model."""
-    calibration = np.random.default_rng(0).standard_normal((32, *spec.shape)).astype(np.float32)
+    # The fp32 file takes pixels, as `export_checkpoint` serves by default.
+    served = _checkpoint(spec).preprocessing.with_kind(PIXELS)
+    calibration = served.to_pixels(
+        np.random.default_rng(0).standard_normal((32, *spec.shape)).astype(np.float32)
+    )
     makers = {
         INT8: lambda path: quantize_int8(fp32, path, calibration),
         FP16: lambda path: convert_fp16(fp32, path),
@@ -405,6 +409,7 @@ def _publish_reduced(spec: BenchModel, repository: Path, fp32: Path) -> None:
                 fmt,
                 path,
                 None,
+                preprocessing=served,
                 evaluation={"note": "random weights, for throughput only"},
                 version=1,
                 max_batch_size=32,

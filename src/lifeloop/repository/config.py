@@ -36,6 +36,22 @@ class DataType(StrEnum):
         return "BYTES" if self is DataType.STRING else self.value.removeprefix("TYPE_")
 
 
+class TensorFormat(StrEnum):
+    """An image input's layout, which clients that only read the config (Triton's image
+    client) need to lay out pixels; Triton allows it on inputs of 3 dims."""
+
+    NONE = "FORMAT_NONE"
+    NCHW = "FORMAT_NCHW"
+    NHWC = "FORMAT_NHWC"
+
+    @classmethod
+    def of_layout(cls, layout: str) -> TensorFormat:
+        try:
+            return cls(f"FORMAT_{layout.upper()}")
+        except ValueError:
+            raise RepositoryError(f"layout {layout!r} is not one of NCHW, NHWC") from None
+
+
 class InstanceKind(StrEnum):
     CPU = "KIND_CPU"
     GPU = "KIND_GPU"
@@ -50,6 +66,7 @@ class TensorSpec:
     # An output's label file, in the model's folder: Triton's classification extension
     # (`class_count`) answers "score:index:label" from it.
     label_filename: str = ""
+    format: TensorFormat = TensorFormat.NONE  # inputs only
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -57,6 +74,11 @@ class TensorSpec:
         if not self.dims or any(d == 0 or d < -1 for d in self.dims):
             raise RepositoryError(
                 f"tensor {self.name!r} has dims {list(self.dims)}; use positive sizes or -1"
+            )
+        if self.format is not TensorFormat.NONE and len(self.dims) != 3:
+            raise RepositoryError(
+                f"tensor {self.name!r} has dims {list(self.dims)}; Triton allows format "
+                f"{self.format.value} only on 3 dims (without the batch axis)"
             )
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
 
@@ -335,6 +357,8 @@ def _fill_tensor(target: Any, spec: TensorSpec) -> None:
     target.dims.extend(spec.dims)
     if spec.label_filename:
         target.label_filename = spec.label_filename
+    if spec.format is not TensorFormat.NONE:
+        target.format = pb.ModelInput.Format.Value(spec.format.value)
 
 
 def _tensor(message: Any) -> TensorSpec:
@@ -343,6 +367,7 @@ def _tensor(message: Any) -> TensorSpec:
         data_type=DataType(pb.DataType.Name(message.data_type)),
         dims=tuple(message.dims),
         label_filename=getattr(message, "label_filename", ""),
+        format=TensorFormat(pb.ModelInput.Format.Name(getattr(message, "format", 0))),
     )
 
 
@@ -368,17 +393,27 @@ def classifier_config(
     instances: int = 1,
     intra_op_threads: int = 0,
     parameters: dict[str, str] | None = None,
+    input_format: str = "NCHW",
 ) -> ModelConfig:
     """The default config for a classifier: dynamic batching with a short queue delay, the
-    latest two versions loaded, CPU instances, logits dims [-1] so that a version with more
-    classes needs no new config, the label file for `class_count`, and warmup at batch 1 and
-    at max_batch_size."""
+    latest two versions loaded, CPU instances, the input's layout (`input_format`) on an
+    image input, logits dims [-1] so that a version with more classes needs no new config,
+    the label file for `class_count`, and warmup at batch 1 and at max_batch_size."""
     params = {"intra_op_thread_count": str(intra_op_threads)} if intra_op_threads else {}
     params.update(parameters or {})
     config = ModelConfig(
         name=name,
         max_batch_size=max_batch_size,
-        inputs=(TensorSpec(name=input_name, data_type=DataType.FP32, dims=input_shape),),
+        inputs=(
+            TensorSpec(
+                name=input_name,
+                data_type=DataType.FP32,
+                dims=input_shape,
+                format=TensorFormat.of_layout(input_format)
+                if len(input_shape) == 3
+                else TensorFormat.NONE,
+            ),
+        ),
         outputs=(
             TensorSpec(
                 name=output_name,

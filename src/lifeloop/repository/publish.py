@@ -20,7 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lifeloop.contract import CLASSIFIER_PARAM, LABELS_PARAM, PREPROCESSING_PARAM
+from lifeloop.contract import (
+    CLASSIFIER_PARAM,
+    INPUT_KIND_PARAM,
+    LABELS_PARAM,
+    PREPROCESSING_PARAM,
+)
 from lifeloop.errors import ManifestMismatchError, RepositoryError, VersionExistsError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.manifest import (
@@ -274,6 +279,7 @@ def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path)
     # An output of fixed width (a TensorRT plan's logits) is as wide as this version's classes.
     config = replace(
         config,
+        inputs=tuple(_with_format(t, draft) for t in config.inputs),
         outputs=tuple(
             replace(o, dims=(len(new),)) if len(o.dims) == 1 and o.dims[0] > 0 else o
             for o in config.outputs
@@ -283,8 +289,20 @@ def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path)
         **{
             LABELS_PARAM: _json(list(merged)),
             PREPROCESSING_PARAM: _json(draft.preprocessing),
+            # normalized for a recipe written before the two kinds existed
+            INPUT_KIND_PARAM: draft.preprocessing.get("input_kind", "normalized"),
         }
     )
+
+
+def _with_format(tensor: cfg.TensorSpec, draft: VersionDraft) -> cfg.TensorSpec:
+    """The version's image input declares its layout, also in a config written before lifeloop
+    declared it, so that clients reading only the config can lay out pixels."""
+    if tensor.name != draft.input.name or tensor.format is not cfg.TensorFormat.NONE:
+        return tensor
+    if len(tensor.dims) != 3:
+        return tensor
+    return replace(tensor, format=cfg.TensorFormat.of_layout(draft.input.layout))
 
 
 def write_label_files(model_dir: Path, config: cfg.ModelConfig) -> None:

@@ -30,6 +30,8 @@ from lifeloop.errors import RetrainError
 from lifeloop.export import Checkpoint
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint, export_checkpoint
+from lifeloop.preprocessing import NORMALIZED, Preprocessing
+from lifeloop.repository.manifest import Manifest
 from lifeloop.retrain.distributed import broadcast, world
 from lifeloop.retrain.training import accuracy_report, fit, predict
 from lifeloop.rollout.policy import read_policy
@@ -193,10 +195,13 @@ def retrain(
         },
     )
     # The parity gate runs inside the export; a ParityError publishes nothing.
+    # The candidate takes what the champion takes, so that clients go on sending the same.
+    served = Manifest.read(repository / model / str(data.champion_version)).preprocessing
     exported = export_checkpoint(
         candidate,
         repository,
         model,
+        input_kind=served.get("input_kind", NORMALIZED),
         samples=x_held[:64],
         evaluation={"accuracy": candidate_acc, "per_class": candidate_pc, "held_out": len(x_held)},
     )
@@ -267,7 +272,7 @@ def _read_dataset(
             "the champion's PyTorch weights (export versions with `lifeloop export`)"
         )
     champion = load_checkpoint(path)
-    pre = champion.preprocessing
+    pre = champion.preprocessing.with_kind(NORMALIZED)  # what training takes
 
     used = store.trained_request_ids(model)
     fresh = [r for r in store.labelled(model) if r.request_id not in used]
@@ -280,9 +285,7 @@ def _read_dataset(
     new_classes = tuple(dict.fromkeys(r.label for r in usable if r.label not in champion.labels))
     labels = champion.labels + new_classes
     index = {label: i for i, label in enumerate(labels)}
-    x_feedback = np.stack([blobs.load(r.blob, r.blob_row) for r in usable if r.blob]).astype(
-        np.float32
-    )
+    x_feedback = np.stack([_kept_input(r.blob, r.blob_row, pre) for r in usable if r.blob])
     y_feedback = np.array([index[r.label] for r in usable], dtype=np.int64)
 
     x_replay, y_replay = _replay(
@@ -315,6 +318,13 @@ def _read_dataset(
         x_held=x_held,
         y_held=y_held,
     )
+
+
+def _kept_input(blob: str, row: int | None, pre: Preprocessing) -> np.ndarray:
+    """One kept input as training takes it: a pixel input is normalised by the champion's
+    recipe, as its graph did when it was served."""
+    sample = blobs.load(blob, row)
+    return pre.normalize(sample[None])[0] if blobs.holds_pixels(blob) else sample
 
 
 def _replay(

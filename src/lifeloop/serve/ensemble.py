@@ -76,7 +76,7 @@ def install_image_ensemble(
         backend="python",
         max_batch_size=batch,
         inputs=(image,),
-        outputs=(tensor,),
+        outputs=(replace(tensor, format=cfg.TensorFormat.NONE),),  # a format is an input's
         dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=0) if batch else None,
         version_policy=cfg.VersionPolicy(latest=1),
         parameters={CLASSIFIER_PARAM: classifier, **limits.to_parameters()},

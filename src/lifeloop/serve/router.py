@@ -42,9 +42,12 @@ from lifeloop.contract import (
     VERSION_OUTPUT,
     parameters,
 )
-from lifeloop.errors import LogUnavailable, RequestError
+from lifeloop.errors import LifeloopError, LogUnavailable, RequestError
+from lifeloop.preprocessing import Preprocessing
+from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import CONFIG_NAME, read_config
 from lifeloop.rollout.policy import PolicyWatcher
+from lifeloop.serve.preprocess import NewestPreprocessing
 from lifeloop.serve.responses import error_for, log, unavailable
 from lifeloop.serve.routing import answer_routes, log_batch, plan_routes, shadow_top1
 from lifeloop.store.blobs import cipher, new_path, write_batch
@@ -112,6 +115,25 @@ class Labels:
         return self._labels
 
 
+class VersionPreprocessing:
+    """What each version takes, from its manifest, read once: a version never changes. None
+    for a version without a readable manifest (published by other tools): it gets the batch
+    as it came."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self._known: dict[int, Preprocessing | None] = {}
+
+    def of(self, version: int) -> Preprocessing | None:
+        if version not in self._known:
+            try:
+                manifest = Manifest.read(self.model_dir / str(version))
+                self._known[version] = Preprocessing.from_dict(manifest.preprocessing)
+            except LifeloopError:
+                self._known[version] = None
+        return self._known[version]
+
+
 class Router:
     """What the router's model.py delegates to; `pb` is triton_python_backend_utils."""
 
@@ -119,7 +141,12 @@ class Router:
         self.pb = pb
         self.settings = settings
         self.policies = PolicyWatcher(router_dir)
-        self.labels = Labels(router_dir.parent / settings.classifier)
+        classifier_dir = router_dir.parent / settings.classifier
+        self.labels = Labels(classifier_dir)
+        # Clients send what the newest version takes (its recipe is in the config they
+        # read); a version of the other kind gets the batch converted.
+        self.sent = NewestPreprocessing(classifier_dir)
+        self.takes = VersionPreprocessing(classifier_dir)
         self.random = random.Random()
         self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
         # On Triton's /metrics beside its own, where the python backend supports it.
@@ -150,10 +177,22 @@ class Router:
         pb, settings = self.pb, self.settings
         policy = self.policies.current()
         arrays = [pb.get_input_tensor_by_name(r, settings.input_name).as_numpy() for r in requests]
+        sent = self._sent()
+
+        def infer(version: int, batch: np.ndarray) -> np.ndarray:
+            takes = self.takes.of(version) if sent is not None else None
+            if sent is not None and takes is not None:
+                batch = sent.convert(batch, takes)
+            return self._infer(version, batch)
+
         routes = plan_routes(policy, len(arrays), self.random)
-        answers = answer_routes(arrays, routes, self._infer, settings.top_k)
-        shadow = shadow_top1(policy, arrays, self._infer)
-        blob_path = new_path(settings.blob_dir, encrypted=self.fernet is not None)
+        answers = answer_routes(arrays, routes, infer, settings.top_k)
+        shadow = shadow_top1(policy, arrays, infer)
+        blob_path = new_path(
+            settings.blob_dir,
+            encrypted=self.fernet is not None,
+            input_kind=sent.input_kind if sent is not None else None,
+        )
         batch = log_batch(
             answers,
             arrays,
@@ -205,6 +244,14 @@ class Router:
             ]
             responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses
+
+    def _sent(self) -> Preprocessing | None:
+        """The recipe of what clients send, or None when no manifest says (a model published
+        by other tools): the batch then goes on as it came."""
+        try:
+            return self.sent.current()
+        except LifeloopError:
+            return None
 
     def _infer(self, version: int, batch: np.ndarray) -> np.ndarray:
         pb, settings = self.pb, self.settings

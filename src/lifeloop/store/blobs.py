@@ -38,12 +38,22 @@ def content_hash(sample: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()[:32]
 
 
-def new_path(blob_dir: Path, *, encrypted: bool = False) -> Path:
+PIXELS_MARK = ".pixels"  # in the name of a batch of pixel inputs (0..255)
+
+
+def new_path(blob_dir: Path, *, encrypted: bool = False, input_kind: str | None = None) -> Path:
     """Where the next batch goes: `<blob_dir>/<2 hex>/<uuid>.npy` (`.npy.fernet` when
-    encrypted)."""
-    name = uuid.uuid4().hex
+    encrypted); a batch of pixel inputs is `<uuid>.pixels.npy`, so that retraining knows
+    which kind of input each kept file holds."""
+    name = uuid.uuid4().hex + (PIXELS_MARK if input_kind == "pixels" else "")
     suffix = ".npy" + (ENCRYPTED_SUFFIX if encrypted else "")
     return Path(blob_dir) / name[:2] / f"{name}{suffix}"
+
+
+def holds_pixels(blob: str) -> bool:
+    """Whether a kept file holds pixel inputs (0..255) rather than normalized ones (the only
+    kind kept before lifeloop served pixels)."""
+    return PIXELS_MARK + ".npy" in Path(blob).name
 
 
 HALF_FROM_BYTES = 1 << 20  # float32 batches this large are kept as float16
