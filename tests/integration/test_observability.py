@@ -201,15 +201,16 @@ def test_metric_names_are_read_from_promql() -> None:
 
 @pytest.fixture(scope="module")
 def scraped(
-    tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, served_held_out
+    tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, held_out, served_held_out
 ) -> Iterator[set[str]]:
-    """Metric names of a live tritonserver whose router shadows a candidate under traffic."""
+    """Metric names of a live tritonserver whose router shadows a candidate under traffic,
+    with the response cache on for the classifier."""
     x, _ = served_held_out
     repo = tmp_path_factory.mktemp("observed") / "model_repository"
-    publish_trained(trained.checkpoint, repo, "digits", samples=x)
+    publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0], response_cache=True)
     publish_trained(trained.checkpoint, repo, "digits")
     install_router(repo, "digits", champion=1)
-    config = ServerConfig.on_free_ports(repo, log_file=repo.parent / "tritonserver.log")
+    config = ServerConfig.on_free_ports(repo, log_file=repo.parent / "tritonserver.log", cache_mb=8)
     with TritonServer(config) as server, Store.for_repository(repo) as store:
         Rollout(repo, store, server_url=server.http_url).start_candidate(
             2, canary_weight=0.3, shadow=True, reason="observability test"
@@ -239,7 +240,7 @@ def test_every_dashboard_query_names_an_exported_metric(scraped: set[str]) -> No
             assert names and names <= scraped, (panel["title"], names - scraped)
             used |= names
     # What the dashboard is for: throughput, p50/p99, queue time, requests per model and
-    # version, failures by reason, the canary split and the shadow's agreement.
+    # version, failures by reason, the canary split, the shadow's agreement and the cache.
     assert {
         "nv_inference_count",
         "nv_inference_request_summary_us",
@@ -249,6 +250,8 @@ def test_every_dashboard_query_names_an_exported_metric(scraped: set[str]) -> No
         "lifeloop_routed_images_total",
         "lifeloop_shadow_agreed_total",
         "lifeloop_shadow_compared_total",
+        "nv_cache_num_hits_per_model",
+        "nv_cache_num_misses_per_model",
     } <= used
     assert metric_names("rate(nv_not_a_metric[1m])") - scraped == {"nv_not_a_metric"}
 

@@ -79,6 +79,14 @@ def export(
             "normalized inputs."
         ),
     ] = True,
+    response_cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--response-cache/--no-response-cache",
+            help="Turn Triton's response cache on or off in the model's config (default: as "
+            "it is; off for a new model). The server needs `lifeloop serve --cache-mb N`.",
+        ),
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version.
 
@@ -126,6 +134,7 @@ def export(
         formats=chosen,
         precision=precision,
         input_kind=PIXELS if normalize_in_graph else NORMALIZED,
+        response_cache=response_cache,
     )
     console.print(result.parity.summary())
     for fmt, report in result.quality.items():

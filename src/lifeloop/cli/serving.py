@@ -43,6 +43,13 @@ def serve(
             "(lifeloop sends LIFELOOP_API_KEY).",
         ),
     ] = None,
+    cache_mb: Annotated[
+        int,
+        typer.Option(
+            help="Triton's local response cache in MiB (0: off), for the models whose config "
+            "enables it (lifeloop export --response-cache)."
+        ),
+    ] = 0,
 ) -> None:
     """Run the real tritonserver on a repository until Ctrl-C or SIGTERM."""
     from lifeloop.serve import ControlMode, ServerConfig, ServerError, TritonServer
@@ -59,6 +66,7 @@ def serve(
         poll_secs=poll_secs,
         log_file=log_file,
         api_key=api_key,
+        cache_mb=cache_mb,
     )
     stopping = False
 

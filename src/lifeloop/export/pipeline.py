@@ -46,6 +46,8 @@ from lifeloop.repository import (
     classifier_config,
     ensure_repository,
     publish,
+    read_config,
+    write_config,
 )
 
 BATCH_SIZES = (1, 4, 16)
@@ -84,6 +86,7 @@ def export_checkpoint(
     formats: tuple[str, ...] = (ONNX,),
     precision: PrecisionData | None = None,
     input_kind: str = PIXELS,
+    response_cache: bool | None = None,
 ) -> ExportResult:
     """Export a checkpoint and publish it as the next version of `model_name`, in each of
     `formats` (the reduced-precision ones as `<model>_int8`, `<model>_fp16`).
@@ -92,7 +95,10 @@ def export_checkpoint(
     version takes pixel values 0..255; with "normalized" it takes what training fed it.
     `samples` (images preprocessed by the checkpoint's recipe, [n, C, H, W]) join the random
     inputs of the parity check, so that it also covers the inputs the model really sees. Every
-    gate runs before anything is published: one refused format publishes none."""
+    gate runs before anything is published: one refused format publishes none.
+
+    `response_cache` turns Triton's response cache on or off in each model's config; None
+    leaves an existing config as it is (off for a new model)."""
     ensure_repository(repository)  # fail on a bad path before minutes of export work
     formats = parse_formats(",".join(formats))
     reduced = [f for f in formats if f in REDUCED]
@@ -158,6 +164,7 @@ def export_checkpoint(
                 # The same checkpoint has the same version number in every format.
                 version=version or (by_format[ONNX].version if ONNX in by_format else None),
                 max_batch_size=max_batch_size,
+                response_cache=response_cache,
             )
     first = next(iter(by_format.values()))
     # Retraining fine-tunes from the champion's PyTorch weights: keep them, outside the
@@ -302,6 +309,7 @@ def publish_format(
     quality: QualityReport | None = None,
     version: int | None,
     max_batch_size: int,
+    response_cache: bool | None = None,
 ) -> PublishedVersion:
     """Publish one exported file as a version that takes `preprocessing`'s inputs."""
     shape = preprocessing.input_shape
@@ -312,7 +320,16 @@ def publish_format(
         output_name=OUTPUT_NAME,
         max_batch_size=max_batch_size,
         input_format=preprocessing.layout,
+        response_cache=bool(response_cache),
     )
+    current = read_config(Path(repository) / model_name)
+    if (
+        response_cache is not None
+        and current is not None
+        and current.response_cache != response_cache
+    ):
+        # the config is the model's, written once; the switch is the one thing changed here
+        write_config(repository, replace(current, response_cache=response_cache))
     filename, tools = "model.onnx", {**tool_versions(), "onnx_opset": str(OPSET)}
     if fmt in TENSORRT:
         from lifeloop.export.tensorrt import PLAN_FILE, plan_config, this_target

@@ -181,6 +181,9 @@ class ModelConfig:
     warmup: tuple[Warmup, ...] = ()
     platform: str = ""  # "ensemble" for an ensemble, which has steps and no backend
     ensemble_steps: tuple[EnsembleStep, ...] = ()
+    # Triton's response cache (the server needs `lifeloop serve --cache-mb N`): a hit skips
+    # the model's code. For classifiers only, never a router, which must log every request.
+    response_cache: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -261,6 +264,8 @@ def to_proto(config: ModelConfig) -> pb.ModelConfig:
                 target.zero_data = True
             else:
                 target.input_data_file = given.source
+    if config.response_cache:
+        message.response_cache.enable = True
     for step in config.ensemble_steps:
         added = message.ensemble_scheduling.step.add(
             model_name=step.model, model_version=step.version
@@ -316,6 +321,7 @@ def from_proto(message: pb.ModelConfig) -> ModelConfig:
             )
             for step in message.ensemble_scheduling.step
         ),
+        response_cache=message.response_cache.enable,
     )
 
 
@@ -394,6 +400,7 @@ def classifier_config(
     intra_op_threads: int = 0,
     parameters: dict[str, str] | None = None,
     input_format: str = "NCHW",
+    response_cache: bool = False,
 ) -> ModelConfig:
     """The default config for a classifier: dynamic batching with a short queue delay, the
     latest two versions loaded, CPU instances, the input's layout (`input_format`) on an
@@ -426,5 +433,6 @@ def classifier_config(
         instance_groups=(InstanceGroup(count=instances),),
         version_policy=VersionPolicy(latest=2),
         parameters=params,
+        response_cache=response_cache,
     )
     return replace(config, warmup=standard_warmup(config))

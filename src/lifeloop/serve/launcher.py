@@ -56,6 +56,8 @@ class ServerConfig:
     # The Python whose packages lifeloop's Python models import (a venv's bin/python3);
     # default: the one running lifeloop. The same major.minor as this one.
     python: Path | None = None
+    # Triton's local response cache, in MiB (0: off); models opt in with response_cache.
+    cache_mb: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class ServerConfig:
             )
         if self.poll_secs < 1:
             raise ServerError(f"poll_secs must be >= 1, got {self.poll_secs}", setting="poll_secs")
+        if self.cache_mb < 0:
+            raise ServerError(f"cache_mb must be >= 0 MiB, got {self.cache_mb}", setting="cache_mb")
 
     @classmethod
     def on_free_ports(cls, repository: Path, **kwargs: object) -> ServerConfig:
@@ -116,6 +120,8 @@ class ServerConfig:
                 f"--http-restricted-api={restriction}",
                 f"--grpc-restricted-protocol={restriction}",
             ]
+        if self.cache_mb:
+            args.append(f"--cache-config=local,size={self.cache_mb << 20}")
         if self.control_mode is ControlMode.POLL:
             args.append(f"--repository-poll-secs={self.poll_secs}")
         else:
