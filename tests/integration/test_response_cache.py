@@ -8,6 +8,7 @@ import dataclasses
 import re
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,41 @@ def test_a_top_level_ensemble_is_cached_whole(
 def executions(server: TritonServer, model: str) -> int:
     with ServerControl(server.http_url) as control:
         return sum(int(s["execution_count"]) for s in control.statistics(model))
+
+
+def inference_and_execution_counts(server: TritonServer, model: str) -> tuple[int, int]:
+    with ServerControl(server.http_url) as control:
+        stats = control.statistics(model)
+    return (
+        sum(int(s["inference_count"]) for s in stats),
+        sum(int(s["execution_count"]) for s in stats),
+    )
+
+
+def test_repeats_hit_under_concurrency_when_the_router_batches(
+    cached: tuple[TritonServer, Path], served_held_out
+) -> None:
+    """The router batches concurrent requests; it asks a cached classifier once per request,
+    so a repeat still hits although its batch-mates differ."""
+    server, _ = cached
+    x = served_held_out[0][10:14]
+    hits_before, _ = cache_counts(server, "digits")
+    routed_before = inference_and_execution_counts(server, "router")
+
+    def send(i: int) -> str:
+        with LifeloopClient(server.grpc_url, model="router") as client:
+            return client.classify(x[i % 4 : i % 4 + 1], top_k=1)[0].label
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(6):
+            labels = list(pool.map(send, range(8)))
+            assert labels[:4] == labels[4:]
+    inferences, executions = (
+        a - b
+        for a, b in zip(
+            inference_and_execution_counts(server, "router"), routed_before, strict=True
+        )
+    )
+    assert inferences == 48 and executions < inferences  # the router did batch requests
+    hits = cache_counts(server, "digits")[0] - hits_before
+    assert hits >= 48 - 16, f"{hits} hits of 48 requests over 4 images"

@@ -250,3 +250,28 @@ def test_shadow_labels_only_on_champion_answers_at_each_images_batch_offset() ->
 
 def test_label_name_falls_back_to_the_index_for_a_class_without_a_name() -> None:
     assert [label_name(LABELS, i) for i in (0, 2, 3, 10)] == ["zero", "two", "3", "10"]
+
+
+def test_per_request_calls_keep_each_requests_images_apart_and_its_failure_its_own() -> None:
+    """For a cached classifier: one call per request, so the cache key is that request's
+    images; a failing call fails only its request."""
+    arrays = [images(2, 0), images(1, 10), images(1, 20)]
+    calls: list[tuple[int, list[np.ndarray]]] = []
+
+    def infer_each(version: int, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        calls.append((version, batches))
+        return [
+            RuntimeError("v1 refused") if b[0, 0] == 10 else np.tile([[0.0, 5.0, 1.0]], (len(b), 1))
+            for b in batches
+        ]
+
+    def infer(version: int, batch: np.ndarray) -> np.ndarray:
+        raise AssertionError("the batch was concatenated")
+
+    answers = answer_routes(arrays, [("champion", 1)] * 3, infer, 2, infer_each=infer_each)
+    assert [v for v, _ in calls] == [1]
+    assert [b.tolist() for b in calls[0][1]] == [a.tolist() for a in arrays]
+    first, failed, third = answers
+    assert isinstance(first, Answer) and first.top == [[1, 2], [1, 2]] and first.version == 1
+    assert isinstance(failed, RuntimeError) and str(failed) == "v1 refused"
+    assert isinstance(third, Answer) and len(third.logits) == 1

@@ -21,6 +21,8 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -98,12 +100,13 @@ class RouterSettings:
 
 class Labels:
     """The classifier's labels from its config.pbtxt, re-read when the file changes (a
-    version with new classes appends to them)."""
+    version with new classes appends to them), and whether it has Triton's response cache."""
 
     def __init__(self, model_dir: Path) -> None:
         self.path = model_dir / CONFIG_NAME
         self._stamp = 0
         self._labels: tuple[str, ...] = ()
+        self._cached = False
 
     def current(self) -> tuple[str, ...]:
         stamp = self.path.stat().st_mtime_ns
@@ -111,8 +114,14 @@ class Labels:
             config = read_config(self.path.parent)
             if config is not None:
                 self._labels = tuple(config.json_parameter(LABELS_PARAM, []))
+                self._cached = config.response_cache
             self._stamp = stamp
         return self._labels
+
+    @property
+    def cached(self) -> bool:
+        """As of the last `current()`."""
+        return self._cached
 
 
 class VersionPreprocessing:
@@ -148,6 +157,9 @@ class Router:
         self.sent = NewestPreprocessing(classifier_dir)
         self.takes = VersionPreprocessing(classifier_dir)
         self.random = random.Random()
+        # BLS calls in flight together (the stub's async_exec does the same, on its loop's
+        # executor); one per request of a batch at most.
+        self.calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="lifeloop-bls")
         self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
         # On Triton's /metrics beside its own, where the python backend supports it.
         self.metrics = (
@@ -171,6 +183,7 @@ class Router:
         return cls(pb, router_dir, RouterSettings.from_config(config, router_dir.parent))
 
     def close(self) -> None:
+        self.calls.shutdown(wait=True)
         self.log.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -185,8 +198,20 @@ class Router:
                 batch = sent.convert(batch, takes)
             return self._infer(version, batch)
 
+        def infer_each(version: int, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
+            return list(self.calls.map(lambda batch: _or_error(infer, version, batch), batches))
+
+        labels = self.labels.current()
         routes = plan_routes(policy, len(arrays), self.random)
-        answers = answer_routes(arrays, routes, infer, settings.top_k)
+        answers = answer_routes(
+            arrays,
+            routes,
+            infer,
+            settings.top_k,
+            # A cached classifier is asked once per request, the calls in flight together so
+            # that its batcher still batches the misses.
+            infer_each=infer_each if self.labels.cached and len(arrays) > 1 else None,
+        )
         shadow = shadow_top1(policy, arrays, infer)
         blob_path = new_path(
             settings.blob_dir,
@@ -197,7 +222,7 @@ class Router:
             answers,
             arrays,
             model=settings.classifier,
-            labels=self.labels.current(),
+            labels=labels,
             policy=policy,
             shadow=shadow,
             sample_rate=settings.sample_rate,
@@ -270,6 +295,15 @@ class Router:
                 raise RequestError(message)  # the caller's tensor, refused by the classifier
             raise RuntimeError(message)
         return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
+
+
+def _or_error(
+    infer: Callable[[int, np.ndarray], np.ndarray], version: int, batch: np.ndarray
+) -> np.ndarray | Exception:
+    try:
+        return infer(version, batch)
+    except Exception as exc:  # this request's call only
+        return exc
 
 
 class RouterMetrics:

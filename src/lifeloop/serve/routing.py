@@ -38,6 +38,8 @@ __all__ = [
 
 Route = tuple[str, int]  # ("champion" | "canary", version)
 Infer = Callable[[int, np.ndarray], np.ndarray]  # (version, batch) -> logits
+# (version, one batch per request) -> per request: its logits, or the error of its call
+InferEach = Callable[[int, list[np.ndarray]], list[np.ndarray | Exception]]
 
 
 class RandomSource(Protocol):
@@ -106,12 +108,29 @@ def split_answers(
 
 
 def answer_routes(
-    arrays: Sequence[np.ndarray], routes: Sequence[Route], infer: Infer, top_k: int
+    arrays: Sequence[np.ndarray],
+    routes: Sequence[Route],
+    infer: Infer,
+    top_k: int,
+    *,
+    infer_each: InferEach | None = None,
 ) -> list[Answer | Exception]:
     """Per request: its Answer, or the error of its version's call (which fails only that
-    version's requests)."""
+    version's requests). With `infer_each`, each request is its own call, so that a
+    classifier's response cache sees one request's images as its key, not a batch's mix."""
     answers: list[Answer | Exception] = [RuntimeError("not routed") for _ in arrays]
     for (route, version), members in group_routes(routes).items():
+        if infer_each is not None:
+            results = infer_each(version, [arrays[i] for i in members])
+            for i, result in zip(members, results, strict=True):
+                answers[i] = (
+                    result
+                    if isinstance(result, Exception)
+                    else split_answers(
+                        result, [len(arrays[i])], version=version, route=route, top_k=top_k
+                    )[0]
+                )
+            continue
         try:
             logits = infer(version, np.concatenate([arrays[i] for i in members]))
         except Exception as exc:  # the classifier's error for this version's requests
