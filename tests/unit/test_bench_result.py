@@ -81,6 +81,7 @@ DETAILS = {
     "harness": {"grpc": {"model": "small_cnn", "users": 32}},
     "routing": {"resnet18": {"router": "resnet18_router"}},
     "precision": {"resnet18": {"rounds": 2}, "accuracy": {"model": "small_cnn"}},
+    "cache": {"resnet18": {"concurrency": 32, "cache_mb": 256}},
 }
 
 

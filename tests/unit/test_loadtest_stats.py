@@ -209,3 +209,20 @@ def test_windows_csv_rows_carry_the_generator_cores_only_when_measured() -> None
 def test_config_refuses_bad_values(kwargs, message) -> None:
     with pytest.raises(LoadTestError, match=message):
         LoadTestConfig(url="localhost:8001", **kwargs)
+
+
+def test_a_repeat_stream_repeats_its_share_and_shares_nothing_with_another_seed() -> None:
+    from lifeloop.loadtest.lean import Repeats
+
+    base = np.zeros((1, 3, 4, 4), np.float32)
+    half = Repeats(share=0.5, hot=10, seed=0).payloads(base)
+    drawn = [half() for _ in range(2000)]
+    counts = {d: drawn.count(d) for d in set(drawn)}
+    repeated = sum(n for n in counts.values() if n > 1)
+    assert 0.45 <= repeated / len(drawn) <= 0.55  # the hot images, once each first
+    assert len([d for d, n in counts.items() if n > 1]) == 10
+    unique = Repeats(share=0.0, seed=1).payloads(base)
+    others = {unique() for _ in range(500)}
+    assert len(others) == 500 and not others & set(drawn)
+    with pytest.raises(LoadTestError, match="repeats share must be in 0..1"):
+        Repeats(share=1.5)

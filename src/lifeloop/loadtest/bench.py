@@ -7,7 +7,10 @@
 - routed vs direct: the same model through lifeloop's router (BLS, prediction log, every
   input kept) against the model called directly;
 - precision: ResNet-18 served as INT8 and as FP16 against fp32, each next to the top-1 change
-  that precision costs a trained model (the small CNN trained on the digits).
+  that precision costs a trained model (the small CNN trained on the digits);
+- cache: ResNet-18 through the router to a copy with Triton's response cache against the
+  router to the model without, on a stream where half the requests repeat one of 100 images
+  and on one where every input is new, with the hit rate from Triton's statistics.
 
 Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
 what carry across machines. Beside the batching and harness figures, the CPU each request
@@ -27,11 +30,12 @@ from collections.abc import Callable
 from datetime import date
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from lifeloop.client import ServerControl
 from lifeloop.export import Checkpoint, build, export_checkpoint
 from lifeloop.export.formats import FP16, INT8, ONNX, format_model
 from lifeloop.export.pipeline import publish_format, tool_versions
@@ -49,7 +53,7 @@ from lifeloop.loadtest.bench_result import (
     Row,
 )
 from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
-from lifeloop.loadtest.lean import measure_lean, measure_raw, raw_cpu_ms_per_sample
+from lifeloop.loadtest.lean import Repeats, measure_lean, measure_raw, raw_cpu_ms_per_sample
 from lifeloop.loadtest.stats import Measurement
 from lifeloop.preprocessing import PIXELS, Preprocessing
 from lifeloop.repository import read_config, write_config
@@ -65,6 +69,8 @@ TARGETS = {
     "locust_over_lean_http": 0.90,
     "routed_over_direct": 0.90,
     "int8_over_fp32_resnet18": 1.5,
+    "cache_gain_resnet18": 1.8,
+    "cache_cost_unique": 0.95,
 }
 # The names bench.json has always used where they differ from `<kind>_<model or protocol>`.
 KEPT_NAMES = {
@@ -80,6 +86,7 @@ MODELS = (
         classes=1000,
         raw_batches=(1, 8, 16),
         precision=True,
+        cache=True,
     ),
     BenchModel(
         name="small_cnn",
@@ -95,6 +102,12 @@ ACCURACY_EPOCHS = 3
 # The router as `lifeloop router init` sets it up: every input kept, top-5.
 ROUTER_SAMPLE_RATE = 1.0
 ROUTER_TOP_K = 5
+# The cache's streams: half the requests repeat one of 100 images, or none repeats.
+CACHE_STREAMS = {
+    "cache_gain": Repeats(share=0.5, hot=100, seed=0),
+    "cache_cost": Repeats(share=0.0, seed=1),  # none of the first stream's inputs either
+}
+CACHE_MB = 256
 
 
 def run_bench(
@@ -129,26 +142,33 @@ def run_bench(
         onnx[spec.name] = str(_publish(spec, repository))
         if spec.precision:
             _publish_reduced(spec, repository, Path(onnx[spec.name]))
-        install_router(
-            repository,
-            spec.name,
-            router=f"{spec.name}_router",
-            feedback=f"{spec.name}_feedback",
-            sample_rate=ROUTER_SAMPLE_RATE,
-            top_k=ROUTER_TOP_K,
-        )
+        fronted = [spec.name, *([f"{spec.name}_cached"] if spec.cache else [])]
+        if spec.cache and not (repository / fronted[1] / "1").is_dir():
+            export_checkpoint(_checkpoint(spec), repository, fronted[1], response_cache=True)
+        for model in fronted:
+            install_router(
+                repository,
+                model,
+                router=f"{model}_router",
+                feedback=f"{model}_feedback",
+                sample_rate=ROUTER_SAMPLE_RATE,
+                top_k=ROUTER_TOP_K,
+            )
 
     details: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     served_ratios: list[Ratio] = []
     batching_ratios: list[Ratio] = []
     routing_ratios: list[Ratio] = []
+    cache_ratios: list[Ratio] = []
     harness_ratios: list[Ratio] = []
     precision_runs: dict[str, _PrecisionRuns] = {}
     cpu_rows: list[CpuRow] = []
     raw_cpu: list[RawCpu] = []
     c = run.concurrency
 
-    config = ServerConfig.on_free_ports(repository, log_file=out / "tritonserver.log")
+    config = ServerConfig.on_free_ports(
+        repository, log_file=out / "tritonserver.log", cache_mb=CACHE_MB
+    )
     with TritonServer(config) as server:
         run = dataclasses.replace(run, versions={**run.versions, **_server_version(server)})
         url = server.grpc_url
@@ -261,6 +281,13 @@ def run_bench(
                 f"{routed.row.numerator.value:.1f}, direct {routed.row.denominator.value:.1f} "
                 "requests/s"
             )
+            if spec.cache:
+                details["cache"][spec.name], cached = _cache(
+                    lean, spec, server, run, default_blob_dir(repository)
+                )
+                cache_ratios += cached
+                for ratio in cached:
+                    say(f"  {ratio.name}: {ratio.value:.2f} ({ratio.row.figures})")
 
         # Locust between two lean measurements, like raw around served, over each protocol:
         # the two Locust users reach Triton through different client stacks.
@@ -296,6 +323,7 @@ def run_bench(
             *harness_ratios,
             *routing_ratios,
             *precision_ratios,
+            *cache_ratios,
         ),
         cpu=tuple(cpu_rows),
         raw_cpu=tuple(raw_cpu),
@@ -305,15 +333,87 @@ def run_bench(
     return result
 
 
-def _lean_client(url: str, run: BenchRun, shape: tuple[int, ...]) -> Callable[[str], Measurement]:
-    """The lean client's closed-loop measurement of one served model at the run's concurrency."""
+def _lean_client(url: str, run: BenchRun, shape: tuple[int, ...]) -> Lean:
+    """The lean client's closed-loop measurement of one served model at the run's concurrency:
+    the same input every time, or a stream of repeats."""
 
-    def lean(model: str) -> Measurement:
+    def lean(model: str, repeats: Repeats | None = None) -> Measurement:
         return measure_lean(
-            url, model, shape, concurrency=run.concurrency, window_s=run.window_s, max_s=run.max_s
+            url,
+            model,
+            shape,
+            concurrency=run.concurrency,
+            window_s=run.window_s,
+            max_s=run.max_s,
+            repeats=repeats,
         )
 
     return lean
+
+
+class Lean(Protocol):
+    def __call__(self, model: str, repeats: Repeats | None = None) -> Measurement: ...
+
+
+def _cache(
+    lean: Lean, spec: BenchModel, server: TritonServer, run: BenchRun, blob_dir: Path
+) -> tuple[dict[str, Any], list[Ratio]]:
+    """Through the router to the cached copy against through the router to the model without
+    the cache, on each stream; the hit rate from Triton's statistics over the cached run."""
+    cached = f"{spec.name}_cached"
+    figures: dict[str, Any] = {"concurrency": run.concurrency, "cache_mb": CACHE_MB}
+    ratios = []
+    for stream_name, stream in CACHE_STREAMS.items():
+        try:
+            off = lean(f"{spec.name}_router", repeats=stream)
+            before = _cache_counts(server, cached)
+            on = lean(f"{cached}_router", repeats=stream)
+            hits, misses = (
+                a - b for a, b in zip(_cache_counts(server, cached), before, strict=True)
+            )
+        finally:
+            shutil.rmtree(blob_dir, ignore_errors=True)  # the routers keep every input
+        hit_rate = hits / (hits + misses) if hits + misses else 0.0
+        figures[stream_name] = {
+            "repeats": dataclasses.asdict(stream),
+            "on": on.to_dict(),
+            "off": off.to_dict(),
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": hit_rate,
+        }
+        name = "cache_gain_resnet18" if stream.share else "cache_cost_unique"
+        stream_text = (
+            f"{stream.share:.0%} of requests repeat one of {stream.hot} images"
+            if stream.share
+            else "every input new"
+        )
+        ratios.append(
+            _ratio(
+                name if spec.name == "resnet18" else f"{stream_name}_{spec.name}",
+                on.throughput,
+                off.throughput,
+                Row(
+                    model=spec.name,
+                    numerator=Figure(label="cache on", value=on.throughput),
+                    denominator=Figure(label="cache off", value=off.throughput),
+                    unit="requests/s",
+                    notes=(f"{stream_text}; hit rate {hit_rate:.0%} (Triton's statistics)",),
+                ),
+                f"requests/s through the router, {run.concurrency} in flight, to the model "
+                f"with Triton's response cache ÷ without; {stream_text}",
+            )
+        )
+    return figures, ratios
+
+
+def _cache_counts(server: TritonServer, model: str) -> tuple[int, int]:
+    """(cache hits, cache misses) of `model` so far, from Triton's statistics API."""
+    with ServerControl(server.http_url) as control:
+        stats = control.statistics(model)
+    hits = sum(int(s["inference_stats"]["cache_hit"]["count"]) for s in stats)
+    misses = sum(int(s["inference_stats"]["cache_miss"]["count"]) for s in stats)
+    return hits, misses
 
 
 def _ratio(name: str, numerator: float, denominator: float, row: Row, measured_as: str) -> Ratio:

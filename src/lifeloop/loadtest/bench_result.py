@@ -17,7 +17,7 @@ from lifeloop.errors import LoadTestError
 from lifeloop.loadtest.cpu import CpuSplit
 
 # bench.json's sections of full measurements, in the order the file has always had them.
-SECTIONS = ("raw", "served", "batching", "harness", "routing", "precision")
+SECTIONS = ("raw", "served", "batching", "harness", "routing", "precision", "cache")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +30,7 @@ class BenchModel:
     classes: int
     raw_batches: tuple[int, ...]
     precision: bool = False  # also served as INT8 and FP16 against fp32
+    cache: bool = False  # also through a router to a copy with Triton's response cache
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -41,7 +42,8 @@ class BenchModel:
             f"{self.name}: {self.arch} at {self.size}x{self.size}, {self.classes} classes, "
             f"random weights; raw onnxruntime at batch {batches}"
         )
-        return text + ("; also INT8 and FP16" if self.precision else "")
+        text += "; also INT8 and FP16" if self.precision else ""
+        return text + ("; also with the response cache" if self.cache else "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,17 +5,57 @@ is compared with, and the load generator of `bench` and `tune`."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from lifeloop.client import split_url
+from lifeloop.errors import LoadTestError
 from lifeloop.loadtest.stats import Measurement, Meter
 
 Send = Callable[[], Awaitable[None]]
+Payload = Callable[[], bytes]  # the input tensor's bytes of the next request
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """A stream of inputs where a `share` of requests repeat one of `hot` images (drawn
+    uniformly) and the rest are each new: what a response cache sees. Every input is the
+    base batch with its first two elements set to the image's number and the stream's seed,
+    so making one costs a copy, and streams of other seeds share no input."""
+
+    share: float
+    hot: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.share <= 1 or self.hot < 1:
+            raise LoadTestError(
+                f"repeats share must be in 0..1 and hot >= 1, got {self.share} and {self.hot}"
+            )
+
+    def payloads(self, batch: np.ndarray) -> Payload:
+        rng = np.random.default_rng(self.seed)
+        fresh = itertools.count(self.hot)
+        work = np.ascontiguousarray(batch, dtype=np.float32).copy()
+
+        def payload() -> bytes:
+            number = int(rng.integers(self.hot)) if rng.random() < self.share else next(fresh)
+            work.reshape(-1)[:2] = (number, self.seed)
+            return work.tobytes()
+
+        return payload
+
+
+def _fixed(batch: np.ndarray) -> Payload:
+    data = np.ascontiguousarray(batch).tobytes()
+    return lambda: data
 
 
 class _Failed(Exception):
@@ -24,10 +64,16 @@ class _Failed(Exception):
 
 @asynccontextmanager
 async def _grpc_sender(
-    url: str, model: str, batch: np.ndarray, input_name: str, output_name: str
+    url: str,
+    model: str,
+    batch: np.ndarray,
+    input_name: str,
+    output_name: str,
+    payload: Payload | None = None,
 ) -> AsyncIterator[Send]:
     """The request is serialised once, through the gRPC stubs tritonclient ships, so the
-    client's cost per request is only gRPC's own."""
+    client's cost per request is only gRPC's own; with `payload`, each request carries the
+    next input bytes it gives."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -45,9 +91,18 @@ async def _grpc_sender(
         raw_input_contents=[np.ascontiguousarray(batch).tobytes()],
     )
 
+    def next_request() -> Any:
+        # A new message per request: one in flight may not be serialised yet.
+        return service_pb2.ModelInferRequest(
+            model_name=model,
+            inputs=request.inputs,
+            outputs=request.outputs,
+            raw_input_contents=[payload()] if payload is not None else [],
+        )
+
     async def send() -> None:
         try:
-            await stub.ModelInfer(request)
+            await stub.ModelInfer(request if payload is None else next_request())
         except grpc.aio.AioRpcError as exc:
             raise _Failed(str(exc.details())) from exc
 
@@ -59,14 +114,21 @@ async def _grpc_sender(
 
 @asynccontextmanager
 async def _http_sender(
-    url: str, model: str, batch: np.ndarray, input_name: str, output_name: str
+    url: str,
+    model: str,
+    batch: np.ndarray,
+    input_name: str,
+    output_name: str,
+    payload: Payload | None = None,
 ) -> AsyncIterator[Send]:
     """The body is encoded once in KServe v2's binary tensor extension (what tritonclient.http
     sends with binary_data), and posted through aiohttp with one connection per coroutine."""
     import aiohttp
 
     address, _ = split_url(url, "http")
-    data = np.ascontiguousarray(batch).tobytes()
+    streaming = payload is not None
+    next_data = payload or _fixed(batch)
+    data = next_data()
     header = json.dumps(
         {
             "inputs": [
@@ -89,8 +151,10 @@ async def _http_sender(
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def send() -> None:
+        # every input of a stream is as long as the first, so the header stays right
+        sent = header + next_data() if streaming else body
         try:
-            async with session.post(endpoint, data=body, headers=headers) as response:
+            async with session.post(endpoint, data=sent, headers=headers) as response:
                 answer = await response.read()
         except aiohttp.ClientError as exc:
             raise _Failed(str(exc) or type(exc).__name__) from exc
@@ -151,14 +215,17 @@ def measure_lean(
     input_name: str = "input",
     output_name: str = "logits",
     seed: int = 0,
+    repeats: Repeats | None = None,
 ) -> Measurement:
     """Closed-loop throughput (requests/s) and latency of a served model at `concurrency`,
-    over gRPC (grpc.aio) or HTTP (aiohttp)."""
+    over gRPC (grpc.aio) or HTTP (aiohttp): the same input every time, or the stream of
+    `repeats`."""
     batch = (
         np.random.default_rng(seed).standard_normal((batch_size, *input_shape)).astype(np.float32)
     )
     opener = {"grpc": _grpc_sender, "http": _http_sender}[protocol]
-    sender = opener(url, model, batch, input_name, output_name)
+    payload = repeats.payloads(batch) if repeats is not None else None
+    sender = opener(url, model, batch, input_name, output_name, payload)
     return asyncio.run(_measure(sender, concurrency=concurrency, window_s=window_s, max_s=max_s))
 
 
