@@ -310,12 +310,17 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "fp16_over_fp32_resnet18",
         "cache_gain_resnet18",
         "cache_cost_unique",
+        "pruned_over_dense_resnet18",
+        "pruned_int8_over_dense_fp32",
     ):
         assert bench["ratios"][name] > 0
     cache = bench["cache"]["resnet18"]
     # Triton's own counters: repeats hit, new inputs never do.
     assert cache["cache_gain"]["hits"] > 0 and cache["cache_gain"]["misses"] > 0
     assert cache["cache_cost"]["hits"] == 0 and cache["cache_cost"]["misses"] > 0
+    pruning = bench["pruning"]["resnet18"]
+    assert pruning["macs"][1] < pruning["macs"][0] / 2 and pruning["macs_cut"] > 2
+    assert pruning["accuracy"]["held_out"] >= 300 and pruning["accuracy"]["format"] == "pruned"
     accuracy = bench["precision"]["accuracy"]
     for fmt in ("onnx-int8", "onnx-fp16"):
         assert accuracy[fmt]["held_out"] >= 300 and 0 < accuracy[fmt]["accuracy"] <= 1

@@ -82,6 +82,7 @@ DETAILS = {
     "routing": {"resnet18": {"router": "resnet18_router"}},
     "precision": {"resnet18": {"rounds": 2}, "accuracy": {"model": "small_cnn"}},
     "cache": {"resnet18": {"concurrency": 32, "cache_mb": 256}},
+    "pruning": {"resnet18": {"concurrency": 32, "ratio": 0.5}},
 }
 
 

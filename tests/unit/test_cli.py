@@ -45,6 +45,7 @@ COMMANDS = {
         "image",
         "loadtest",
         "promote",
+        "prune",
         "publish",
         "quickstart",
         "retrain",

@@ -315,6 +315,57 @@ def train(
 
 @app.command()
 @_errors
+def prune(
+    checkpoint: Annotated[Path, typer.Option(help="The dense checkpoint (lifeloop's).")],
+    data: Annotated[Path, typer.Option(help="ImageFolder it was trained on: fine-tune and gate.")],
+    out: Annotated[Path, typer.Option(help="Where the pruned checkpoint is written.")],
+    ratio: Annotated[float, typer.Option(help="Share of channels removed per layer.")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after the cut.")] = 4,
+    max_accuracy_drop: Annotated[
+        float,
+        typer.Option(help="Gate: held-out top-1 lost against the dense model (0.01 = 1 point)."),
+    ] = 0.01,
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    server_url: PublishServers = None,
+) -> None:
+    """Remove channels with Torch-Pruning, fine-tune, gate on held-out accuracy against the
+    dense model, then export and publish the next version. A refused cut publishes nothing."""
+    from lifeloop.export import export_checkpoint, load
+    from lifeloop.export.quantize import QualityGate
+    from lifeloop.retrain.prune import PruneSettings
+    from lifeloop.retrain.prune import prune as run_prune
+    from lifeloop.rollout.replicas import load_published
+
+    dense = load(checkpoint)
+    settings = PruneSettings(
+        ratio=ratio,
+        epochs=epochs,
+        gate=QualityGate(max_accuracy_drop=max_accuracy_drop, min_agreement=0.0),
+    )
+    result = run_prune(dense, data, out, settings)
+    figures = result.figures()
+    console.print(
+        f"pruned {ratio:.0%}: params {figures['params_before']:,} -> {figures['params_after']:,}, "
+        f"MACs {figures['macs_before']:,} -> {figures['macs_after']:,}; held-out top-1 "
+        f"{result.report.accuracy:.4f} against the dense model's {result.report.fp32_accuracy:.4f} "
+        f"on {result.report.held_out} images: passed; checkpoint {result.path}"
+    )
+    exported = export_checkpoint(
+        result.checkpoint,
+        repository,
+        model,
+        samples=result.x_held[:64],
+        evaluation={"holdout_accuracy": result.report.accuracy, "pruning": figures},
+    )
+    console.print(exported.parity.summary())
+    published = exported.published
+    console.print(f"published {published.model} version {published.version} at {published.path}")
+    print_replicas(load_published(server_url, published))
+
+
+@app.command()
+@_errors
 def digits(
     out: Annotated[Path, typer.Option(help="Folder to write the PNGs into.")] = Path("runs/digits"),
 ) -> None:

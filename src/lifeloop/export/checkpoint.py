@@ -16,6 +16,7 @@ from torch import nn
 
 from lifeloop.errors import CheckpointError
 from lifeloop.export.architectures import build, check_architecture, without_aux_heads
+from lifeloop.export.structure import Structure, reshape
 from lifeloop.preprocessing import Preprocessing
 
 FORMAT = "lifeloop-checkpoint/1"
@@ -29,6 +30,8 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     training: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    # A structurally pruned model's layer sizes (lifeloop.export.structure); empty otherwise.
+    structure: Structure = field(default_factory=dict)
 
     def save(self, path: Path) -> Path:
         path = Path(path)
@@ -41,6 +44,8 @@ class Checkpoint:
             "training": self.training,
             "state_dict": self.state_dict,
         }
+        if self.structure:
+            payload["structure"] = self.structure
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
         tmp.replace(path)
@@ -51,6 +56,8 @@ class Checkpoint:
         (googlenet's aux1/aux2, inception_v3's AuxLogits) are left out, held or not; weights
         that do not fit are named, with the fix."""
         model = build(self.arch, len(self.labels), aux_heads=False)
+        if self.structure:
+            reshape(model, self.structure)
         state = without_aux_heads(self.arch, self.state_dict)
         misfit = _Misfit.of(model.state_dict(), state)
         if misfit:
@@ -191,6 +198,7 @@ def _from_lifeloop(
         state_dict=payload["state_dict"],
         training=payload.get("training", {}),
         sha256=digest,
+        structure=payload.get("structure", {}),
     )
 
 

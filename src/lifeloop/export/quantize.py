@@ -42,6 +42,8 @@ class QualityReport:
     accuracy: float
     agreement: float
     gate: QualityGate
+    # what `fp32_accuracy` and the agreement are measured against, in the failures' words
+    reference: str = "fp32"
 
     @property
     def accuracy_drop(self) -> float:
@@ -52,14 +54,15 @@ class QualityReport:
         found = []
         if self.accuracy_drop > self.gate.max_accuracy_drop + 1e-12:
             found.append(
-                f"top-1 {self.accuracy:.4f} against fp32's {self.fp32_accuracy:.4f} on "
-                f"{self.held_out} held-out images: {self.accuracy_drop * 100:.2f} points lost, "
+                f"top-1 {self.accuracy:.4f} against {self.reference}'s "
+                f"{self.fp32_accuracy:.4f} on {self.held_out} held-out images: "
+                f"{self.accuracy_drop * 100:.2f} points lost, "
                 f"more than {self.gate.max_accuracy_drop * 100:g}"
             )
         if self.agreement < self.gate.min_agreement:
             found.append(
-                f"top-1 agrees with fp32 on {self.agreement:.2%} of held-out images, below "
-                f"{self.gate.min_agreement:.0%}"
+                f"top-1 agrees with {self.reference} on {self.agreement:.2%} of held-out "
+                f"images, below {self.gate.min_agreement:.0%}"
             )
         return found
 
@@ -70,7 +73,9 @@ class QualityReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
-            "reference": "fp32 ONNX export of the same checkpoint",
+            "reference": "fp32 ONNX export of the same checkpoint"
+            if self.reference == "fp32"
+            else self.reference,
             "held_out": self.held_out,
             "fp32_accuracy": self.fp32_accuracy,
             "accuracy": self.accuracy,

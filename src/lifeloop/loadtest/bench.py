@@ -10,7 +10,10 @@
   that precision costs a trained model (the small CNN trained on the digits);
 - cache: ResNet-18 through the router to a copy with Triton's response cache against the
   router to the model without, on a stream where half the requests repeat one of 100 images
-  and on one where every input is new, with the hit rate from Triton's statistics.
+  and on one where every input is new, with the hit rate from Triton's statistics;
+- pruning: ResNet-18 with half its channels removed (Torch-Pruning), served as fp32 and as
+  INT8, against the dense fp32 model, next to the MACs cut and the top-1 change the same cut
+  costs a ResNet-18 trained on the digits (32x32) and fine-tuned after it.
 
 Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
 what carry across machines. Beside the batching and harness figures, the CPU each request
@@ -71,6 +74,7 @@ TARGETS = {
     "int8_over_fp32_resnet18": 1.5,
     "cache_gain_resnet18": 1.8,
     "cache_cost_unique": 0.95,
+    "pruned_over_dense_resnet18": 1.6,
 }
 # The names bench.json has always used where they differ from `<kind>_<model or protocol>`.
 KEPT_NAMES = {
@@ -87,6 +91,7 @@ MODELS = (
         raw_batches=(1, 8, 16),
         precision=True,
         cache=True,
+        prune=True,
     ),
     BenchModel(
         name="small_cnn",
@@ -142,6 +147,8 @@ def run_bench(
         onnx[spec.name] = str(_publish(spec, repository))
         if spec.precision:
             _publish_reduced(spec, repository, Path(onnx[spec.name]))
+        if spec.prune:
+            _publish_pruned(spec, repository)
         fronted = [spec.name, *([f"{spec.name}_cached"] if spec.cache else [])]
         if spec.cache and not (repository / fronted[1] / "1").is_dir():
             export_checkpoint(_checkpoint(spec), repository, fronted[1], response_cache=True)
@@ -160,6 +167,7 @@ def run_bench(
     batching_ratios: list[Ratio] = []
     routing_ratios: list[Ratio] = []
     cache_ratios: list[Ratio] = []
+    pruning_runs: dict[str, dict[str, Measurement]] = {}
     harness_ratios: list[Ratio] = []
     precision_runs: dict[str, _PrecisionRuns] = {}
     cpu_rows: list[CpuRow] = []
@@ -281,6 +289,18 @@ def run_bench(
                 f"{routed.row.numerator.value:.1f}, direct {routed.row.denominator.value:.1f} "
                 "requests/s"
             )
+            if spec.prune:
+                pruning_runs[spec.name] = {
+                    "dense_before": served,
+                    "pruned": lean(f"{spec.name}_pruned"),
+                    "pruned_int8": lean(format_model(f"{spec.name}_pruned", INT8)),
+                    "dense_after": lean(spec.name),
+                }
+                say(
+                    f"  {spec.name} pruned at 0.5: "
+                    f"{pruning_runs[spec.name]['pruned'].throughput:.1f}, as INT8 "
+                    f"{pruning_runs[spec.name]['pruned_int8'].throughput:.1f} images/s"
+                )
             if spec.cache:
                 details["cache"][spec.name], cached = _cache(
                     lean, spec, server, run, default_blob_dir(repository)
@@ -315,6 +335,15 @@ def run_bench(
             precision_ratios += [
                 runs.ratio(model, fmt, accuracy[fmt], trained_as, c) for fmt in (INT8, FP16)
             ]
+    pruning_ratios: list[Ratio] = []
+    if pruning_runs:
+        say("training ResNet-18 on the digits for the accuracy that pruning costs")
+        cut = _pruning_accuracy(out)
+        for model, measured in pruning_runs.items():
+            details["pruning"][model], found = _pruning(
+                model, measured, cut, repository, concurrency=c
+            )
+            pruning_ratios += found
     result = BenchResult(
         run=run,
         ratios=(
@@ -324,6 +353,7 @@ def run_bench(
             *routing_ratios,
             *precision_ratios,
             *cache_ratios,
+            *pruning_ratios,
         ),
         cpu=tuple(cpu_rows),
         raw_cpu=tuple(raw_cpu),
@@ -514,6 +544,141 @@ def _publish_reduced(spec: BenchModel, repository: Path, fp32: Path) -> None:
                 version=1,
                 max_batch_size=32,
             )
+
+
+PRUNE_RATIO = 0.5
+
+
+def _publish_pruned(spec: BenchModel, repository: Path) -> None:
+    """`<name>_pruned`: half the channels cut from the random-weight model (for throughput;
+    `_pruning_accuracy` measures what the cut costs a trained model), and its INT8 copy."""
+    import torch_pruning as tp
+
+    from lifeloop.export.structure import structure_of
+
+    name = f"{spec.name}_pruned"
+    if (repository / name / "1").is_dir():
+        return
+    checkpoint = _checkpoint(spec)
+    model = checkpoint.build_model()
+    example = torch.zeros(1, *spec.shape)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
+    tp.pruner.MagnitudePruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=PRUNE_RATIO,
+        ignored_layers=[head],
+    ).step()
+    dense_macs, dense_params = tp.utils.count_ops_and_params(checkpoint.build_model(), example)
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    pruned = dataclasses.replace(
+        checkpoint,
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        structure=structure_of(model),
+    )
+    figures = {
+        "pruning": {
+            "ratio": PRUNE_RATIO,
+            "params_before": int(dense_params),
+            "params_after": int(params),
+            "macs_before": int(dense_macs),
+            "macs_after": int(macs),
+        }
+    }
+    fp32 = export_checkpoint(pruned, repository, name, evaluation=figures).published
+    served = pruned.preprocessing.with_kind(PIXELS)
+    calibration = served.to_pixels(
+        np.random.default_rng(0).standard_normal((32, *spec.shape)).astype(np.float32)
+    )
+    with tempfile.TemporaryDirectory(prefix="lifeloop-bench-") as tmp:
+        path = quantize_int8(fp32.path / "model.onnx", Path(tmp) / "model.onnx", calibration)
+        publish_format(
+            pruned,
+            repository,
+            format_model(name, INT8),
+            INT8,
+            path,
+            None,
+            preprocessing=served,
+            evaluation={**figures, "note": "random weights, for throughput only"},
+            version=1,
+            max_batch_size=32,
+        )
+
+
+def _pruning_accuracy(out: Path) -> Any:
+    """The held-out top-1 of a ResNet-18 trained on the digits at 32x32, before and after the
+    bench's cut and a fine-tune (the gate opened wide: the bench reports, `lifeloop prune`
+    refuses)."""
+    from lifeloop.retrain import train, write_digits
+    from lifeloop.retrain.prune import PruneSettings, prune
+
+    work = out / "pruning"
+    shutil.rmtree(work, ignore_errors=True)
+    digits = write_digits(work / "digits")
+    trained = train(
+        digits.root,
+        arch="resnet18",
+        epochs=ACCURACY_EPOCHS,
+        input_size=32,
+        out=work / "resnet18.pt",
+        progress=False,
+    )
+    wide = QualityGate(max_accuracy_drop=1.0, min_agreement=0.0)
+    settings = PruneSettings(ratio=PRUNE_RATIO, epochs=ACCURACY_EPOCHS, gate=wide)
+    return prune(trained.checkpoint, digits.root, work / "pruned.pt", settings, progress=False)
+
+
+def _pruning(
+    model: str,
+    runs: dict[str, Measurement],
+    cut: Any,
+    repository: Path,
+    *,
+    concurrency: int,
+) -> tuple[dict[str, Any], list[Ratio]]:
+    """pruned fp32 and pruned INT8 over the dense fp32 figures around them, with the MACs cut
+    (from the served version's manifest) and the top-1 change on the trained model."""
+    from lifeloop.repository import Manifest
+
+    dense = (runs["dense_before"].throughput + runs["dense_after"].throughput) / 2
+    served = Manifest.read(repository / f"{model}_pruned" / "1").evaluation["pruning"]
+    macs_cut = served["macs_before"] / served["macs_after"]
+    report = cut.report
+    change = (report.accuracy - report.fp32_accuracy) * 100
+    accuracy_note = (
+        f"top-1 {report.fp32_accuracy:.4f} -> {report.accuracy:.4f} ({change:+.2f} points) on "
+        f"{report.held_out} held-out digits, ResNet-18 at 32x32 pruned at {PRUNE_RATIO} and "
+        f"fine-tuned {ACCURACY_EPOCHS} epochs"
+    )
+    figures = {
+        "concurrency": concurrency,
+        "ratio": PRUNE_RATIO,
+        "macs": [served["macs_before"], served["macs_after"]],
+        "params": [served["params_before"], served["params_after"]],
+        "macs_cut": macs_cut,
+        "accuracy": report.to_dict(),
+        **{name: m.to_dict() for name, m in runs.items()},
+    }
+    ratios = [
+        _ratio(
+            f"{name}_over_dense_{model}" if name == "pruned" else "pruned_int8_over_dense_fp32",
+            runs[name].throughput,
+            dense,
+            Row(
+                model=model,
+                numerator=Figure(label=label, value=runs[name].throughput),
+                denominator=Figure(label="dense fp32", value=dense),
+                unit="images/s",
+                notes=(f"MACs cut {macs_cut:.2f}x", accuracy_note),
+            ),
+            f"served images/s of {model} with half its channels removed ({label}) ÷ the dense "
+            f"fp32 model before and after, {concurrency} in flight",
+        )
+        for name, label in (("pruned", "pruned fp32"), ("pruned_int8", "pruned INT8"))
+    ]
+    return figures, ratios
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from lifeloop.errors import LoadTestError
 from lifeloop.loadtest.cpu import CpuSplit
 
 # bench.json's sections of full measurements, in the order the file has always had them.
-SECTIONS = ("raw", "served", "batching", "harness", "routing", "precision", "cache")
+SECTIONS = ("raw", "served", "batching", "harness", "routing", "precision", "cache", "pruning")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,7 @@ class BenchModel:
     raw_batches: tuple[int, ...]
     precision: bool = False  # also served as INT8 and FP16 against fp32
     cache: bool = False  # also through a router to a copy with Triton's response cache
+    prune: bool = False  # also structurally pruned at half its channels, fp32 and INT8
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -43,7 +44,8 @@ class BenchModel:
             f"random weights; raw onnxruntime at batch {batches}"
         )
         text += "; also INT8 and FP16" if self.precision else ""
-        return text + ("; also with the response cache" if self.cache else "")
+        text += "; also with the response cache" if self.cache else ""
+        return text + ("; also pruned at 0.5, fp32 and INT8" if self.prune else "")
 
 
 @dataclass(frozen=True, kw_only=True)

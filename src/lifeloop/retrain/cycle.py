@@ -30,6 +30,7 @@ from lifeloop.errors import RetrainError
 from lifeloop.export import Checkpoint
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint, export_checkpoint
+from lifeloop.export.structure import structure_of
 from lifeloop.preprocessing import NORMALIZED, Preprocessing
 from lifeloop.repository.manifest import Manifest
 from lifeloop.retrain.distributed import broadcast, world
@@ -184,6 +185,8 @@ def retrain(
         labels=labels,
         preprocessing=champion.preprocessing,
         state_dict={k: v.detach().clone() for k, v in network.state_dict().items()},
+        # a pruned champion's sizes, with the head as wide as the classes now
+        structure=structure_of(network) if champion.structure else {},
         training={
             "data": champion.training.get("data") if replay_dir is None else str(replay_dir),
             "init_from_version": data.champion_version,
