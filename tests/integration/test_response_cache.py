@@ -16,6 +16,7 @@ import pytest
 
 from lifeloop.client import LifeloopClient, ServerControl
 from lifeloop.export import Checkpoint
+from lifeloop.loadtest.bench import cache_counts
 from lifeloop.repository import read_config, write_config
 from lifeloop.retrain import ImageFolder, TrainResult
 from lifeloop.rollout import Rollout
@@ -50,15 +51,6 @@ def cached(
     write_config(repo, dataclasses.replace(ensemble, response_cache=True))
     with TritonServer(server_config(repo, cache_mb=16)) as server:
         yield server, repo
-
-
-def cache_counts(server: TritonServer, model: str) -> tuple[int, int]:
-    """(hits, misses) of `model` over all its versions, from Triton's statistics."""
-    with ServerControl(server.http_url) as control:
-        stats = control.statistics(model)
-    hits = sum(int(s["inference_stats"]["cache_hit"]["count"]) for s in stats)
-    misses = sum(int(s["inference_stats"]["cache_miss"]["count"]) for s in stats)
-    return hits, misses
 
 
 def metric(server: TritonServer, name: str, model: str) -> float:

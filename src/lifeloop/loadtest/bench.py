@@ -396,10 +396,10 @@ def _cache(
     for stream_name, stream in CACHE_STREAMS.items():
         try:
             off = lean(f"{spec.name}_router", repeats=stream)
-            before = _cache_counts(server, cached)
+            before = cache_counts(server, cached)
             on = lean(f"{cached}_router", repeats=stream)
             hits, misses = (
-                a - b for a, b in zip(_cache_counts(server, cached), before, strict=True)
+                a - b for a, b in zip(cache_counts(server, cached), before, strict=True)
             )
         finally:
             shutil.rmtree(blob_dir, ignore_errors=True)  # the routers keep every input
@@ -437,7 +437,7 @@ def _cache(
     return figures, ratios
 
 
-def _cache_counts(server: TritonServer, model: str) -> tuple[int, int]:
+def cache_counts(server: TritonServer, model: str) -> tuple[int, int]:
     """(cache hits, cache misses) of `model` so far, from Triton's statistics API."""
     with ServerControl(server.http_url) as control:
         stats = control.statistics(model)
@@ -552,9 +552,8 @@ PRUNE_RATIO = 0.5
 def _publish_pruned(spec: BenchModel, repository: Path) -> None:
     """`<name>_pruned`: half the channels cut from the random-weight model (for throughput;
     `_pruning_accuracy` measures what the cut costs a trained model), and its INT8 copy."""
-    import torch_pruning as tp
-
     from lifeloop.export.structure import structure_of
+    from lifeloop.retrain.prune import count, cut_channels
 
     name = f"{spec.name}_pruned"
     if (repository / name / "1").is_dir():
@@ -562,16 +561,8 @@ def _publish_pruned(spec: BenchModel, repository: Path) -> None:
     checkpoint = _checkpoint(spec)
     model = checkpoint.build_model()
     example = torch.zeros(1, *spec.shape)
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
-    tp.pruner.MagnitudePruner(
-        model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=PRUNE_RATIO,
-        ignored_layers=[head],
-    ).step()
-    dense_macs, dense_params = tp.utils.count_ops_and_params(checkpoint.build_model(), example)
-    macs, params = tp.utils.count_ops_and_params(model, example)
+    before = count(model, example)
+    after = count(cut_channels(model, example, PRUNE_RATIO), example)
     pruned = dataclasses.replace(
         checkpoint,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -580,10 +571,10 @@ def _publish_pruned(spec: BenchModel, repository: Path) -> None:
     figures = {
         "pruning": {
             "ratio": PRUNE_RATIO,
-            "params_before": int(dense_params),
-            "params_after": int(params),
-            "macs_before": int(dense_macs),
-            "macs_after": int(macs),
+            "params_before": before["params"],
+            "params_after": after["params"],
+            "macs_before": before["macs"],
+            "macs_after": after["macs"],
         }
     }
     fp32 = export_checkpoint(pruned, repository, name, evaluation=figures).published

@@ -88,8 +88,6 @@ def prune(
     """Prune `checkpoint`'s model, fine-tune it on `data_dir`'s training split, gate it on the
     held-out split and save it to `out`. A refused cut raises QualityGateError with the
     figures, and nothing is written."""
-    import torch_pruning as tp
-
     settings = settings or PruneSettings()
     if checkpoint.arch in UNPRUNABLE:
         raise DataError(f"{checkpoint.arch} cannot be pruned here: {UNPRUNABLE[checkpoint.arch]}")
@@ -107,18 +105,9 @@ def prune(
     dense = checkpoint.build_model()
     model = copy.deepcopy(dense)
     example = torch.from_numpy(x_train[:1])
-    before = _count(tp, model, example)
-    # the layer that answers the classes: a Linear, or squeezenet's last convolution
-    head = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-    pruner = tp.pruner.MagnitudePruner(
-        model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=settings.ratio,
-        ignored_layers=[head],  # the classes stay
-    )
-    pruner.step()
-    after = _count(tp, model, example)
+    before = count(model, example)
+    cut_channels(model, example, settings.ratio)
+    after = count(model, example)
     if settings.epochs:
         fit(
             model,
@@ -165,6 +154,26 @@ def prune(
     return PruneResult(pruned, path, report, before, after, x_held)
 
 
-def _count(tp: Any, model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+def cut_channels(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer, in place, by their weights' L2
+    norm over each dependency group; the layer that answers the classes stays whole."""
+    import torch_pruning as tp
+
+    # the layer that answers the classes: a Linear, or squeezenet's last convolution
+    head = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    tp.pruner.MagnitudePruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[head],
+    ).step()
+    return model
+
+
+def count(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Parameters, and multiply-accumulates for `example`, by Torch-Pruning's counter."""
+    import torch_pruning as tp
+
     macs, params = tp.utils.count_ops_and_params(model, example)
     return {"params": int(params), "macs": int(macs)}
