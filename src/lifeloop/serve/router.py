@@ -157,8 +157,8 @@ class Router:
         self.sent = NewestPreprocessing(classifier_dir)
         self.takes = VersionPreprocessing(classifier_dir)
         self.random = random.Random()
-        # BLS calls in flight together (the stub's async_exec does the same, on its loop's
-        # executor); one per request of a batch at most.
+        # BLS calls in flight together, one per request of a batch at most: to a cached
+        # classifier each request is its own call (see `execute`).
         self.calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="lifeloop-bls")
         self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
         # On Triton's /metrics beside its own, where the python backend supports it.
