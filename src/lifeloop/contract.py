@@ -14,6 +14,8 @@ LABELS_PARAM = "lifeloop.labels"  # JSON list: index -> class name
 PREPROCESSING_PARAM = "lifeloop.preprocessing"  # JSON Preprocessing of the newest version
 # What the newest version takes: "pixels" (0..255; the graph normalises) or "normalized".
 INPUT_KIND_PARAM = "lifeloop.input_kind"
+# What each published version takes: JSON {"<version>": "pixels" | "normalized"}.
+INPUT_KINDS_PARAM = "lifeloop.input_kinds"
 # On a model that fronts a classifier (router, preprocess, image ensemble): its name.
 CLASSIFIER_PARAM = "lifeloop.classifier"
 

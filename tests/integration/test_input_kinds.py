@@ -84,7 +84,11 @@ def mixed(
 
 
 def test_a_router_serves_versions_of_both_kinds_the_same_images(
-    mixed: tuple[TritonServer, Path], trained: TrainResult, held_out, served_held_out
+    mixed: tuple[TritonServer, Path],
+    trained: TrainResult,
+    digits: ImageFolder,
+    held_out,
+    served_held_out,
 ) -> None:
     server, repo = mixed
     normalized, y = held_out
@@ -97,6 +101,10 @@ def test_a_router_serves_versions_of_both_kinds_the_same_images(
         assert client.model_info().preprocessing.input_kind == PIXELS
         by_v1 = client.classify(pixels, top_k=1)
         direct_v1 = client.classify(normalized, top_k=1, model="digits", version=1)
+        # Image files sent to v1 directly are prepared as v1 takes them, not as the newest.
+        files_v1 = client.classify(
+            [s.path for s in digits.split()[1]], top_k=1, model="digits", version=1
+        )
         with Store.for_repository(repo) as store:
             rollout = Rollout(repo, store, server_url=server.http_url)
             rollout.start_candidate(2, reason="test: v2 takes pixels")
@@ -105,6 +113,7 @@ def test_a_router_serves_versions_of_both_kinds_the_same_images(
         by_v2 = client.classify(pixels, top_k=1)
     assert {a.version for a in by_v1} == {1} and {a.version for a in by_v2} == {2}
     assert [a.label for a in by_v1] == [a.label for a in direct_v1]
+    assert [a.label for a in files_v1] == [a.label for a in direct_v1]
     assert [a.label for a in by_v2] == [a.label for a in direct_v2]
     # The same checkpoint in both kinds: the same answers, and the right ones.
     assert [a.label for a in by_v1] == [a.label for a in by_v2]

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from lifeloop.cli import app
 from lifeloop.cli._common import missing_extra
-from lifeloop.contract import INPUT_KIND_PARAM
+from lifeloop.client._codec import ModelInfo, to_samples
+from lifeloop.contract import INPUT_KIND_PARAM, INPUT_KINDS_PARAM, PREPROCESSING_PARAM
 from lifeloop.errors import PreprocessingError, RepositoryError
 from lifeloop.export import export_checkpoint
 from lifeloop.preprocessing import NORMALIZED, PIXELS, Preprocessing
@@ -100,6 +101,30 @@ def test_publishing_into_a_config_without_format_declares_it(tmp_path: Path) -> 
     config = read_config(tmp_path / "clf")
     assert config is not None and config.inputs[0].format is TensorFormat.NCHW
     assert config.parameters[INPUT_KIND_PARAM] == PIXELS
+    assert json.loads(config.parameters[INPUT_KINDS_PARAM]) == {"1": PIXELS}
+    normalized = replace(draft, preprocessing=Preprocessing(size=8).to_dict())
+    publish(tmp_path, old, {"model.onnx": artifact}, normalized)
+    config = read_config(tmp_path / "clf")
+    assert config is not None and config.parameters[INPUT_KIND_PARAM] == NORMALIZED
+    assert json.loads(config.parameters[INPUT_KINDS_PARAM]) == {"1": PIXELS, "2": NORMALIZED}
+
+
+def test_the_client_prepares_images_as_the_version_asked_for_takes_them() -> None:
+    config = classifier_config(
+        "clf",
+        input_name="input",
+        input_shape=(3, 4, 4),
+        output_name="o",
+        parameters={
+            PREPROCESSING_PARAM: json.dumps(PRE.with_kind(PIXELS).to_dict()),
+            INPUT_KINDS_PARAM: json.dumps({"1": NORMALIZED, "2": PIXELS}),
+        },
+    )
+    info = ModelInfo.from_config(config)
+    pixels = PRE.with_kind(PIXELS).to_array(image())
+    assert np.array_equal(to_samples([image()], info)[0], pixels)  # the newest
+    assert np.array_equal(to_samples([image()], info, 2)[0], pixels)
+    assert np.array_equal(to_samples([image()], info, 1)[0], PRE.to_array(image()))
 
 
 def test_export_serves_pixels_by_default_and_matches_pytorch_on_them(

@@ -92,7 +92,7 @@ class AsyncLifeloopClient:
         check_top_k(top_k)
         info = await self.model_info(model)
         answers: list[Classification] = []
-        for request in self._session.batches(inputs, info):
+        for request in self._session.batches(inputs, info, version):
             result = await self._send(request, version)
             if self._session.outgrown(info, result):
                 info = await self.model_info(info.name, refresh=True)

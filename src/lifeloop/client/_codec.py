@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from PIL import Image
 from lifeloop.client._transport import InferRequest
 from lifeloop.contract import (
     CLASSIFIER_PARAM,
+    INPUT_KINDS_PARAM,
     LABELS_PARAM,
     PREPROCESSING_PARAM,
     REQUEST_ID_OUTPUT,
@@ -43,6 +44,18 @@ class ModelInfo:
     # A lifeloop router answers for this classifier, with model_version and request_id
     # outputs per image.
     routes_to: str | None = None
+    # What each published version takes ("pixels" or "normalized"), when the config says.
+    input_kinds: dict[int, str] = field(default_factory=dict)
+
+    def preprocessing_for(self, version: int | None) -> Preprocessing | None:
+        """The recipe of what `version` takes (its kind; the newest's recipe otherwise), or
+        the newest version's for None, which the server answers with its newest. A router
+        takes what the newest version takes, whichever version answers."""
+        routed = self.routes_to is not None
+        kind = self.input_kinds.get(version) if version is not None and not routed else None
+        if self.preprocessing is None or kind is None:
+            return self.preprocessing
+        return self.preprocessing.with_kind(kind)
 
     @property
     def outputs(self) -> list[str]:
@@ -93,6 +106,9 @@ class ModelInfo:
             labels=tuple(described.json_parameter(LABELS_PARAM, [])),
             preprocessing=Preprocessing.from_dict(pre) if pre else None,
             routes_to=described.name if classifier is not None else None,
+            input_kinds={
+                int(v): kind for v, kind in described.json_parameter(INPUT_KINDS_PARAM, {}).items()
+            },
         )
 
 
@@ -122,8 +138,11 @@ def config_from_json(data: dict[str, Any]) -> cfg.ModelConfig:
     return cfg.from_proto(message)
 
 
-def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
-    """Images, image files or arrays -> one float32 batch of the model's input shape.
+def to_samples(
+    inputs: Iterable[ImageLike], info: ModelInfo, version: int | None = None
+) -> np.ndarray:
+    """Images, image files or arrays -> one float32 batch of the model's input shape, as
+    `version` takes it (pixels or normalized; None: the newest version).
 
     An array already shaped like the model's input (CHW, or NCHW) is taken as preprocessed;
     any other array is taken as image pixels (HW or HWC, uint8). For a model that takes
@@ -136,7 +155,7 @@ def to_samples(inputs: Iterable[ImageLike], info: ModelInfo) -> np.ndarray:
             batch = item.reshape((-1, *info.input_dims))
             samples.extend(batch.astype(np.float32, copy=False))
             continue
-        pre = _preprocessing(info)
+        pre = _preprocessing(info, version)
         try:
             if isinstance(item, bytes):
                 with Image.open(io.BytesIO(item)) as image:
@@ -249,10 +268,11 @@ def check_top_k(top_k: int) -> None:
         raise ClientError(f"top_k must be >= 1, got {top_k}")
 
 
-def _preprocessing(info: ModelInfo) -> Preprocessing:
-    if info.preprocessing is None:
+def _preprocessing(info: ModelInfo, version: int | None = None) -> Preprocessing:
+    pre = info.preprocessing_for(version)
+    if pre is None:
         raise ClientError(
             f"model {info.name!r} has no lifeloop preprocessing in its config; pass arrays "
             f"shaped {info.input_dims}, or publish it with `lifeloop export`"
         )
-    return info.preprocessing
+    return pre

@@ -40,9 +40,12 @@ class Session:
         self._info[model] = ModelInfo.from_config(config, classifier)
         return self._info[model]
 
-    def batches(self, inputs: Iterable[ImageLike], info: ModelInfo) -> list[InferRequest]:
-        """classify's requests: the inputs as one batch, sent in parts of max_batch_size."""
-        batch = to_samples(inputs, info)
+    def batches(
+        self, inputs: Iterable[ImageLike], info: ModelInfo, version: int | None = None
+    ) -> list[InferRequest]:
+        """classify's requests: the inputs as one batch, as `version` takes them, sent in
+        parts of max_batch_size."""
+        batch = to_samples(inputs, info, version)
         return [info.request(part) for part in chunks(batch, info.max_batch_size)]
 
     def outgrown(self, info: ModelInfo, result: InferResult) -> bool:

@@ -152,7 +152,7 @@ class LifeloopClient(_Base):
         check_top_k(top_k)
         info = self.model_info(model)
         answers: list[Classification] = []
-        for request in self._session.batches(inputs, info):
+        for request in self._session.batches(inputs, info, version):
             result = self._send(request, version)
             if self._session.outgrown(info, result):
                 info = self.model_info(info.name, refresh=True)

@@ -23,6 +23,7 @@ from typing import Any
 from lifeloop.contract import (
     CLASSIFIER_PARAM,
     INPUT_KIND_PARAM,
+    INPUT_KINDS_PARAM,
     LABELS_PARAM,
     PREPROCESSING_PARAM,
 )
@@ -119,7 +120,7 @@ def publish(
         what = f"publishing {config.name} v{number}"
         check_free_space(model_dir, needed, what)
         current = read_config(model_dir)
-        updated = _merge_config(current or config, draft, model_dir)
+        updated = _merge_config(current or config, draft, model_dir, number)
         try:  # each replaced whole or not at all
             write_label_files(model_dir, updated)
             if updated != current:
@@ -256,7 +257,9 @@ def refresh_fronting_models(repository: Path, classifier: cfg.ModelConfig) -> li
     return changed
 
 
-def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path) -> cfg.ModelConfig:
+def _merge_config(
+    config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path, version: int
+) -> cfg.ModelConfig:
     """Check the version fits the model's config and carry its labels and preprocessing into
     the config's parameters, where any remote client can read them. Class indices are stable
     across versions: a new version may only append classes."""
@@ -285,12 +288,15 @@ def _merge_config(config: cfg.ModelConfig, draft: VersionDraft, model_dir: Path)
             for o in config.outputs
         ),
     )
+    # normalized for a recipe written before the two kinds existed
+    kind = draft.preprocessing.get("input_kind", "normalized")
+    kinds = {**config.json_parameter(INPUT_KINDS_PARAM, {}), str(version): kind}
     return config.with_parameters(
         **{
             LABELS_PARAM: _json(list(merged)),
             PREPROCESSING_PARAM: _json(draft.preprocessing),
-            # normalized for a recipe written before the two kinds existed
-            INPUT_KIND_PARAM: draft.preprocessing.get("input_kind", "normalized"),
+            INPUT_KIND_PARAM: kind,
+            INPUT_KINDS_PARAM: _json(dict(sorted(kinds.items(), key=lambda kv: int(kv[0])))),
         }
     )
 
