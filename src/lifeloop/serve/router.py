@@ -33,6 +33,7 @@ from lifeloop.contract import (
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
     LABELS_PARAM,
+    PREPROCESSING_PARAM,
     REQUEST_ID_OUTPUT,
     SAMPLE_RATE_PARAM,
     SPOOL_DIR_PARAM,
@@ -49,7 +50,6 @@ from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import CONFIG_NAME, read_config
 from lifeloop.rollout.policy import PolicyWatcher
-from lifeloop.serve.preprocess import NewestPreprocessing
 from lifeloop.serve.responses import error_for, log, unavailable
 from lifeloop.serve.routing import answer_routes, log_batch, plan_routes, shadow_top1
 from lifeloop.store.blobs import cipher, new_path, write_batch
@@ -100,13 +100,16 @@ class RouterSettings:
 
 class Labels:
     """The classifier's labels from its config.pbtxt, re-read when the file changes (a
-    version with new classes appends to them), and whether it has Triton's response cache."""
+    version with new classes appends to them); with them, whether it has Triton's response
+    cache, and the recipe clients send by (the newest version's, which they read there too;
+    None for a model published by other tools, whose batches go on as they came)."""
 
     def __init__(self, model_dir: Path) -> None:
         self.path = model_dir / CONFIG_NAME
         self._stamp = 0
         self._labels: tuple[str, ...] = ()
         self._cached = False
+        self._sent: Preprocessing | None = None
 
     def current(self) -> tuple[str, ...]:
         stamp = self.path.stat().st_mtime_ns
@@ -115,6 +118,7 @@ class Labels:
             if config is not None:
                 self._labels = tuple(config.json_parameter(LABELS_PARAM, []))
                 self._cached = config.response_cache
+                self._sent = _recipe(config.parameters.get(PREPROCESSING_PARAM))
             self._stamp = stamp
         return self._labels
 
@@ -122,6 +126,20 @@ class Labels:
     def cached(self) -> bool:
         """As of the last `current()`."""
         return self._cached
+
+    @property
+    def sent(self) -> Preprocessing | None:
+        """As of the last `current()`."""
+        return self._sent
+
+
+def _recipe(text: str | None) -> Preprocessing | None:
+    """A config's preprocessing parameter; None when absent or unreadable (the batch then goes
+    on as it came, as before lifeloop had two kinds of input)."""
+    try:
+        return Preprocessing.from_dict(json.loads(text)) if text else None
+    except (LifeloopError, ValueError, TypeError):
+        return None
 
 
 class VersionPreprocessing:
@@ -151,10 +169,9 @@ class Router:
         self.settings = settings
         self.policies = PolicyWatcher(router_dir)
         classifier_dir = router_dir.parent / settings.classifier
-        self.labels = Labels(classifier_dir)
         # Clients send what the newest version takes (its recipe is in the config they
-        # read); a version of the other kind gets the batch converted.
-        self.sent = NewestPreprocessing(classifier_dir)
+        # read, which Labels watches); a version of the other kind gets the batch converted.
+        self.labels = Labels(classifier_dir)
         self.takes = VersionPreprocessing(classifier_dir)
         self.random = random.Random()
         # BLS calls in flight together, one per request of a batch at most: to a cached
@@ -190,7 +207,8 @@ class Router:
         pb, settings = self.pb, self.settings
         policy = self.policies.current()
         arrays = [pb.get_input_tensor_by_name(r, settings.input_name).as_numpy() for r in requests]
-        sent = self._sent()
+        labels = self.labels.current()
+        sent = self.labels.sent
 
         def infer(version: int, batch: np.ndarray) -> np.ndarray:
             takes = self.takes.of(version) if sent is not None else None
@@ -201,7 +219,6 @@ class Router:
         def infer_each(version: int, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
             return list(self.calls.map(lambda batch: _or_error(infer, version, batch), batches))
 
-        labels = self.labels.current()
         routes = plan_routes(policy, len(arrays), self.random)
         answers = answer_routes(
             arrays,
@@ -269,14 +286,6 @@ class Router:
             ]
             responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses
-
-    def _sent(self) -> Preprocessing | None:
-        """The recipe of what clients send, or None when no manifest says (a model published
-        by other tools): the batch then goes on as it came."""
-        try:
-            return self.sent.current()
-        except LifeloopError:
-            return None
 
     def _infer(self, version: int, batch: np.ndarray) -> np.ndarray:
         pb, settings = self.pb, self.settings
