@@ -41,6 +41,7 @@ FORMATS_PARAM = "lifeloop.image_formats"
 IMAGE_INPUT = "IMAGE"  # the image ensemble's encoded bytes
 VERSION_OUTPUT = "model_version"  # router: the version that answered each row
 REQUEST_ID_OUTPUT = "request_id"  # router: the id feedback refers to
+ANSWERED_BY_OUTPUT = "answered_by"  # router: the model that answered each row
 REQUEST_ID_INPUT = "request_id"  # feedback
 LABEL_INPUT = "label"  # feedback
 ACCEPTED_OUTPUT = "accepted"  # feedback

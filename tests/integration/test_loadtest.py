@@ -312,6 +312,7 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "cache_cost_unique",
         "pruned_over_dense_resnet18",
         "pruned_int8_over_dense_fp32",
+        "cascade_over_heavy",
     ):
         assert bench["ratios"][name] > 0
     cache = bench["cache"]["resnet18"]
@@ -321,6 +322,11 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
     pruning = bench["pruning"]["resnet18"]
     assert pruning["macs"][1] < pruning["macs"][0] / 2 and pruning["macs_cut"] > 2
     assert pruning["accuracy"]["held_out"] >= 300 and pruning["accuracy"]["format"] == "pruned"
+    cascade = bench["cascade"]["resnet18"]
+    chosen = cascade["calibration"]["chosen"]
+    assert cascade["held_out"] >= 300 and 0 < chosen["light_fraction"] <= 1
+    assert chosen["accuracy"] >= cascade["calibration"]["heavy_accuracy"] - 0.005 - 1e-9
+    assert cascade["on"]["failures"] == 0
     accuracy = bench["precision"]["accuracy"]
     for fmt in ("onnx-int8", "onnx-fp16"):
         assert accuracy[fmt]["held_out"] >= 300 and 0 < accuracy[fmt]["accuracy"] <= 1

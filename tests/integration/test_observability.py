@@ -204,17 +204,18 @@ def scraped(
     tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, held_out, served_held_out
 ) -> Iterator[set[str]]:
     """Metric names of a live tritonserver whose router shadows a candidate under traffic,
-    with the response cache on for the classifier."""
+    with the response cache on for the classifier and a light model cascaded before it."""
     x, _ = served_held_out
     repo = tmp_path_factory.mktemp("observed") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0], response_cache=True)
     publish_trained(trained.checkpoint, repo, "digits")
+    publish_trained(trained.checkpoint, repo, "digits_light")
     install_router(repo, "digits", champion=1)
     config = ServerConfig.on_free_ports(repo, log_file=repo.parent / "tritonserver.log", cache_mb=8)
     with TritonServer(config) as server, Store.for_repository(repo) as store:
-        Rollout(repo, store, server_url=server.http_url).start_candidate(
-            2, canary_weight=0.3, shadow=True, reason="observability test"
-        )
+        rollout = Rollout(repo, store, server_url=server.http_url)
+        rollout.start_candidate(2, canary_weight=0.3, shadow=True, reason="observability test")
+        rollout.cascade("digits_light", 0.9, reason="observability test")
         with LifeloopClient(server.grpc_url, model="router") as client:
             client.wait_until_ready(120, model="router")
             for i in range(20):
@@ -240,7 +241,8 @@ def test_every_dashboard_query_names_an_exported_metric(scraped: set[str]) -> No
             assert names and names <= scraped, (panel["title"], names - scraped)
             used |= names
     # What the dashboard is for: throughput, p50/p99, queue time, requests per model and
-    # version, failures by reason, the canary split, the shadow's agreement and the cache.
+    # version, failures by reason, the canary split, the shadow's agreement, the cache and
+    # the cascade's escalations.
     assert {
         "nv_inference_count",
         "nv_inference_request_summary_us",
@@ -252,6 +254,7 @@ def test_every_dashboard_query_names_an_exported_metric(scraped: set[str]) -> No
         "lifeloop_shadow_compared_total",
         "nv_cache_num_hits_per_model",
         "nv_cache_num_misses_per_model",
+        "lifeloop_cascade_images_total",
     } <= used
     assert metric_names("rate(nv_not_a_metric[1m])") - scraped == {"nv_not_a_metric"}
 

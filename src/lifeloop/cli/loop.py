@@ -1,5 +1,5 @@
 """The learning loop's commands: `router init`, `feedback`, `candidate`, `canary`, `shadow`,
-`promote`, `rollback`, `history`, `retrain`, `store purge`, `store new-key`."""
+`promote`, `rollback`, `cascade`, `history`, `retrain`, `store purge`, `store new-key`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ app = typer.Typer()
 
 router_app = typer.Typer(help="Set up the router and feedback models.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
+cascade_app = typer.Typer(
+    help="A light model before the champion: it answers what it is sure of, the rest escalates.",
+    no_args_is_help=True,
+)
+app.add_typer(cascade_app, name="cascade")
 
 
 def _rollout(repository: Path, store: str | None, router: str, url: str | None):  # type: ignore[no-untyped-def]
@@ -42,7 +47,8 @@ def _show(policy) -> None:  # type: ignore[no-untyped-def]
     console.print(
         f"{policy.model}: champion v{policy.champion}, candidate {candidate}, canary weight "
         f"{policy.canary_weight:g}, shadow {'on' if policy.shadow else 'off'}, previous "
-        f"{'v' + str(policy.previous) if policy.previous else 'none'}"
+        f"{'v' + str(policy.previous) if policy.previous else 'none'}, cascade "
+        f"{policy.cascade.describe() if policy.cascade else 'off'}"
     )
 
 
@@ -228,6 +234,125 @@ def rollback(
     rollout = _rollout(repository, store, router, url)
     _show(rollout.rollback(reason=reason))
     print_replicas(rollout.replicas)
+
+
+LightModel = Annotated[str, typer.Option("--light", help="The light model (a served classifier).")]
+LightVersion = Annotated[
+    int | None, typer.Option(help="The light model's version (default: its newest).")
+]
+
+
+@cascade_app.command("on")
+@_errors
+def cascade_on(
+    light: LightModel,
+    threshold: Annotated[
+        float, typer.Option(help="Images the light model scores below this (top-1) escalate.")
+    ],
+    light_version: LightVersion = None,
+    repository: Repository = Path("model_repository"),
+    router: RouterName = "router",
+    store: StoreUrl = None,
+    url: ServerUrl = None,
+    reason: Reason = "",
+) -> None:
+    """Turn the cascade on at a threshold you choose (`calibrate` chooses one for you)."""
+    rollout = _rollout(repository, store, router, url)
+    _show(rollout.cascade(light, threshold, version=light_version, reason=reason))
+    print_replicas(rollout.replicas)
+
+
+@cascade_app.command("calibrate")
+@_errors
+def cascade_calibrate(
+    light: LightModel,
+    eval_dir: Annotated[Path, typer.Option(help="Labelled held-out images, one folder per class.")],
+    max_drop: Annotated[
+        float, typer.Option(help="Accuracy the cascade may lose against the heavy model, points.")
+    ] = 0.5,
+    light_version: LightVersion = None,
+    repository: Repository = Path("model_repository"),
+    router: RouterName = "router",
+    store: StoreUrl = None,
+    url: ServerUrl = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the figures; leave the policy as it is.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
+    reason: Reason = "",
+) -> None:
+    """Pick the lowest threshold whose held-out accuracy stays within --max-drop points of the
+    champion alone, print the trade-off, and turn the cascade on at it."""
+    import dataclasses
+    import json
+
+    from lifeloop.client import LifeloopClient
+    from lifeloop.errors import RolloutError
+    from lifeloop.rollout import server_urls
+    from lifeloop.rollout.cascade import calibrate, measure, table_rows
+
+    servers = server_urls(url)
+    if not servers:
+        raise RolloutError("calibrate asks a running server; pass --url http://HOST:8000")
+    rollout = _rollout(repository, store, router, url)
+    policy = rollout.policy
+    version = rollout.prepare_light(light, light_version)
+    # The first server answers for all: they serve the same repository. Like --url
+    # everywhere else, a URL without a scheme is HTTP.
+    with LifeloopClient(servers[0], None if "://" in servers[0] else "http") as client:
+        outcomes = measure(
+            client,
+            eval_dir,
+            heavy=(policy.model, policy.champion),
+            light=(light, version),
+        )
+    result = calibrate(outcomes, max_drop)
+    table = Table(
+        title=f"cascade {light} v{version} before {policy.model} v{policy.champion}: "
+        f"heavy alone {result.heavy_accuracy:.4f}, light alone {result.light_accuracy:.4f}, "
+        f"{len(outcomes.confidence)} images"
+    )
+    for column in ("threshold", "accuracy", "change (points)", "light answers"):
+        table.add_column(column)
+    for row in table_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    if result.chosen is None:
+        raise RolloutError(
+            f"no threshold keeps the cascade within {max_drop:g} points of {policy.model} "
+            f"alone; the policy is unchanged (raise --max-drop, or train a better light model)"
+        )
+    if dry_run:
+        return
+    chosen = result.chosen
+    _show(
+        rollout.cascade(
+            light,
+            chosen.threshold,
+            version=version,
+            reason=reason
+            or f"calibrated: {light} v{version} below {chosen.threshold:.4g} escalates; "
+            f"{100 * (chosen.accuracy - result.heavy_accuracy):+.2f} points, "
+            f"{chosen.light_fraction:.0%} light",
+        )
+    )
+    print_replicas(rollout.replicas)
+
+
+@cascade_app.command("off")
+@_errors
+def cascade_off(
+    repository: Repository = Path("model_repository"),
+    router: RouterName = "router",
+    store: StoreUrl = None,
+    url: ServerUrl = None,
+    reason: Reason = "",
+) -> None:
+    """Every image goes to the champion (or canary) again, from the router's next batch."""
+    _show(_rollout(repository, store, router, url).cascade_off(reason=reason))
 
 
 @app.command()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lifeloop.client._transport import InferRequest
 from lifeloop.contract import (
+    ANSWERED_BY_OUTPUT,
     CLASSIFIER_PARAM,
     INPUT_KINDS_PARAM,
     LABELS_PARAM,
@@ -46,6 +47,8 @@ class ModelInfo:
     routes_to: str | None = None
     # What each published version takes ("pixels" or "normalized"), when the config says.
     input_kinds: dict[int, str] = field(default_factory=dict)
+    # The router names the model that answered each image (a cascade's light one, say).
+    answers_by: bool = False
 
     def preprocessing_for(self, version: int | None) -> Preprocessing | None:
         """The recipe of what `version` takes (its kind; the newest's recipe otherwise), or
@@ -60,6 +63,8 @@ class ModelInfo:
     @property
     def outputs(self) -> list[str]:
         extra = [VERSION_OUTPUT, REQUEST_ID_OUTPUT] if self.routes_to else []
+        if self.answers_by:
+            extra.append(ANSWERED_BY_OUTPUT)
         return [self.output_name, *extra]
 
     def request(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> InferRequest:
@@ -109,12 +114,15 @@ class ModelInfo:
             input_kinds={
                 int(v): kind for v, kind in described.json_parameter(INPUT_KINDS_PARAM, {}).items()
             },
+            answers_by=classifier is not None
+            and any(o.name == ANSWERED_BY_OUTPUT for o in config.outputs),
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Classification:
-    """Top-k answer for one input, and which model version gave it."""
+    """Top-k answer for one input, and which model version gave it (through a router with a
+    cascade, the light model's name and version where it answered)."""
 
     model: str
     version: int
@@ -221,19 +229,22 @@ def decode(
     version: int | Sequence[int],
     top_k: int,
     request_ids: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
 ) -> list[Classification]:
     """Logits [n, classes] -> softmax top-k per row, labelled with the model's labels.
-    `version` is one version for all rows, or one per row (a router answers per image)."""
+    `version` is one version for all rows, or one per row (a router answers per image), and
+    `models` the answering model per row, where the router says."""
     if logits.ndim != 2:
         raise ClientError(f"model {info.name!r} returned logits of shape {logits.shape}")
     order, top_scores = softmax_top_k(logits, top_k)
     versions = [version] * len(logits) if isinstance(version, int) else list(version)
     ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(logits)
+    by = models if models is not None else [info.routes_to or info.name] * len(logits)
     answers = []
-    for row, idx, answered, rid in zip(top_scores, order, versions, ids, strict=True):
+    for row, idx, answered, rid, model in zip(top_scores, order, versions, ids, by, strict=True):
         answers.append(
             Classification(
-                model=info.routes_to or info.name,
+                model=model,
                 version=int(answered),
                 labels=tuple(label_of(info.labels, int(i)) for i in idx),
                 indices=tuple(int(i) for i in idx),
@@ -244,19 +255,29 @@ def decode(
     return answers
 
 
-def routed_answers(
-    outputs: dict[str, np.ndarray], answered: int
-) -> tuple[int | list[int], list[str] | None]:
-    """(version per image, request id per image) from a router's outputs; for a plain
-    classifier, (the version that answered, None)."""
+@dataclass(frozen=True)
+class Routed:
+    """Per image, what a router says about its answer; for a plain classifier, the version
+    that answered and nothing else."""
+
+    versions: int | list[int]
+    request_ids: list[str] | None = None
+    models: list[str] | None = None  # the answering model, where the router names it
+
+
+def routed_answers(outputs: dict[str, np.ndarray], answered: int) -> Routed:
     if VERSION_OUTPUT not in outputs:
-        return answered, None
+        return Routed(answered)
     versions = [int(v) for v in outputs[VERSION_OUTPUT].reshape(-1)]
-    ids = outputs.get(REQUEST_ID_OUTPUT)
-    request_ids = None
-    if ids is not None:
-        request_ids = [v.decode() if isinstance(v, bytes) else str(v) for v in ids.reshape(-1)]
-    return versions, request_ids
+    return Routed(
+        versions, _texts(outputs.get(REQUEST_ID_OUTPUT)), _texts(outputs.get(ANSWERED_BY_OUTPUT))
+    )
+
+
+def _texts(column: np.ndarray | None) -> list[str] | None:
+    if column is None:
+        return None
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in column.reshape(-1)]
 
 
 def label_of(labels: Sequence[str], index: int) -> str:

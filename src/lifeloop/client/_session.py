@@ -55,14 +55,20 @@ class Session:
 
     def answers(self, info: ModelInfo, result: InferResult, top_k: int) -> list[Classification]:
         """One classify request's result -> top-k answers, one per image."""
-        versions, ids = routed_answers(result.outputs, result.version)
-        logits = result.outputs[info.output_name]
-        return decode(logits, info=info, version=versions, top_k=top_k, request_ids=ids)
+        routed = routed_answers(result.outputs, result.version)
+        return decode(
+            result.outputs[info.output_name],
+            info=info,
+            version=routed.versions,
+            top_k=top_k,
+            request_ids=routed.request_ids,
+            models=routed.models,
+        )
 
     def logits(self, result: InferResult, output: str) -> tuple[Any, int]:
         """A raw request's result -> (logits, the version that answered; through a router, the
         version that answered its first image)."""
-        versions, _ = routed_answers(result.outputs, result.version)
+        versions = routed_answers(result.outputs, result.version).versions
         first = versions[0] if isinstance(versions, list) and versions else result.version
         return result.outputs[output], int(first)
 

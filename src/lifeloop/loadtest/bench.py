@@ -13,7 +13,11 @@
   and on one where every input is new, with the hit rate from Triton's statistics;
 - pruning: ResNet-18 with half its channels removed (Torch-Pruning), served as fp32 and as
   INT8, against the dense fp32 model, next to the MACs cut and the top-1 change the same cut
-  costs a ResNet-18 trained on the digits (32x32) and fine-tuned after it.
+  costs a ResNet-18 trained on the digits (32x32) and fine-tuned after it;
+- cascade: the router in front of that trained ResNet-18 with the small CNN trained on the
+  digits as its light model, at the threshold `lifeloop cascade calibrate` picks (held-out
+  top-1 within 0.5 points), against the router with the cascade off, both on a stream of the
+  held-out digits, next to the accuracy change and the share the light model answered.
 
 Every figure is taken under perf_analyzer's stability rule; ratios, not absolute times, are
 what carry across machines. Beside the batching and harness figures, the CPU each request
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 
 from lifeloop.client import ServerControl
+from lifeloop.errors import LoadTestError
 from lifeloop.export import Checkpoint, build, export_checkpoint
 from lifeloop.export.formats import FP16, INT8, ONNX, format_model
 from lifeloop.export.pipeline import publish_format, tool_versions
@@ -56,7 +61,13 @@ from lifeloop.loadtest.bench_result import (
     Row,
 )
 from lifeloop.loadtest.cpu import CpuMeter, CpuSplit
-from lifeloop.loadtest.lean import Repeats, measure_lean, measure_raw, raw_cpu_ms_per_sample
+from lifeloop.loadtest.lean import (
+    Cycle,
+    Repeats,
+    measure_lean,
+    measure_raw,
+    raw_cpu_ms_per_sample,
+)
 from lifeloop.loadtest.stats import Measurement
 from lifeloop.preprocessing import PIXELS, Preprocessing
 from lifeloop.repository import read_config, write_config
@@ -75,6 +86,7 @@ TARGETS = {
     "cache_gain_resnet18": 1.8,
     "cache_cost_unique": 0.95,
     "pruned_over_dense_resnet18": 1.6,
+    "cascade_over_heavy": 2.0,
 }
 # The names bench.json has always used where they differ from `<kind>_<model or protocol>`.
 KEPT_NAMES = {
@@ -113,6 +125,8 @@ CACHE_STREAMS = {
     "cache_cost": Repeats(share=0.0, seed=1),  # none of the first stream's inputs either
 }
 CACHE_MB = 256
+# The cascade's budget: held-out top-1 within this many points of the heavy model alone.
+CASCADE_MAX_DROP = 0.5
 
 
 def run_bench(
@@ -344,6 +358,12 @@ def run_bench(
                 model, measured, cut, repository, concurrency=c
             )
             pruning_ratios += found
+    cascade_ratios: list[Ratio] = []
+    if precision_runs and pruning_runs:  # the two trained models the cascade pairs
+        say("the cascade: the small CNN before ResNet-18, both trained on the digits")
+        details["cascade"]["resnet18"], cascaded = _cascade(out, run)
+        cascade_ratios.append(cascaded)
+        say(f"  cascade_over_heavy: {cascaded.value:.2f} ({cascaded.row.figures})")
     result = BenchResult(
         run=run,
         ratios=(
@@ -354,6 +374,7 @@ def run_bench(
             *precision_ratios,
             *cache_ratios,
             *pruning_ratios,
+            *cascade_ratios,
         ),
         cpu=tuple(cpu_rows),
         raw_cpu=tuple(raw_cpu),
@@ -670,6 +691,106 @@ def _pruning(
         for name, label in (("pruned", "pruned fp32"), ("pruned_int8", "pruned INT8"))
     ]
     return figures, ratios
+
+
+def _cascade(out: Path, run: BenchRun) -> tuple[dict[str, Any], Ratio]:
+    """The router in front of the ResNet-18 the pruning section trained, with the cascade off,
+    on at the calibrated threshold, and off again, on a stream of the held-out digits; the
+    light model is the small CNN the precision section trained. Both take pixels at 32x32."""
+    from lifeloop.client import LifeloopClient
+    from lifeloop.datasets import load_arrays
+    from lifeloop.export.checkpoint import load as load_checkpoint
+    from lifeloop.retrain import scan
+    from lifeloop.rollout import Rollout
+    from lifeloop.rollout.cascade import calibrate, measure
+    from lifeloop.store import Store
+
+    work = out / "cascade"
+    shutil.rmtree(work, ignore_errors=True)
+    repository = work / "model_repository"
+    heavy = load_checkpoint(out / "pruning" / "resnet18.pt")
+    light = load_checkpoint(out / "precision" / "small_cnn.pt")
+    export_checkpoint(heavy, repository, "heavy")
+    export_checkpoint(light, repository, "light")
+    install_router(
+        repository,
+        "heavy",
+        router="heavy_router",
+        feedback="heavy_feedback",
+        sample_rate=ROUTER_SAMPLE_RATE,
+        top_k=ROUTER_TOP_K,
+    )
+    _, held = scan(out / "pruning" / "digits").split()
+    held_dir = work / "held_out"
+    for sample in held:
+        target = held_dir / heavy.labels[sample.label]
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.path, target / sample.path.name)
+    pre = heavy.preprocessing.with_kind(PIXELS)
+    images, _ = load_arrays(held, pre)
+    stream = Cycle(images)
+    config = ServerConfig.on_free_ports(repository, log_file=work / "tritonserver.log")
+    with TritonServer(config) as server, Store.for_repository(repository) as store:
+
+        def routed() -> Measurement:
+            try:
+                return measure_lean(
+                    server.grpc_url,
+                    "heavy_router",
+                    pre.input_shape,
+                    concurrency=run.concurrency,
+                    window_s=run.window_s,
+                    max_s=run.max_s,
+                    repeats=stream,
+                )
+            finally:
+                shutil.rmtree(default_blob_dir(repository), ignore_errors=True)
+
+        with LifeloopClient(server.http_url, "http") as client:
+            outcomes = measure(client, held_dir, heavy=("heavy", 1), light=("light", 1))
+        found = calibrate(outcomes, CASCADE_MAX_DROP)
+        if found.chosen is None:
+            raise LoadTestError(
+                f"no cascade threshold keeps the digits within {CASCADE_MAX_DROP} points"
+            )
+        rollout = Rollout(repository, store, router="heavy_router", server_url=server.http_url)
+        off_before = routed()
+        rollout.cascade("light", found.chosen.threshold, reason="bench")
+        on = routed()
+        rollout.cascade_off(reason="bench")
+        off_after = routed()
+    off = (off_before.throughput + off_after.throughput) / 2
+    chosen = found.chosen
+    change = 100 * (chosen.accuracy - found.heavy_accuracy)
+    figures = {
+        "concurrency": run.concurrency,
+        "max_drop": CASCADE_MAX_DROP,
+        "calibration": dataclasses.asdict(found),
+        "held_out": len(held),
+        "on": on.to_dict(),
+        "off": {"throughput": off, "before": off_before.to_dict(), "after": off_after.to_dict()},
+    }
+    ratio = _ratio(
+        "cascade_over_heavy",
+        on.throughput,
+        off,
+        Row(
+            model="resnet18",
+            numerator=Figure(label="cascade", value=on.throughput),
+            denominator=Figure(label="heavy only", value=off),
+            unit="requests/s",
+            notes=(
+                f"threshold {chosen.threshold:.4g}: {chosen.light_fraction:.0%} answered by the "
+                f"small CNN; top-1 {found.heavy_accuracy:.4f} -> {chosen.accuracy:.4f} "
+                f"({change:+.2f} points) on {len(held)} held-out digits",
+                "heavy only is the mean of the runs before and after",
+            ),
+        ),
+        f"requests/s through the router to ResNet-18 (32x32, trained on the digits) with the "
+        f"small CNN cascaded before it at the calibrated threshold ÷ without, one held-out "
+        f"digit per request, {run.concurrency} in flight",
+    )
+    return figures, ratio
 
 
 @dataclasses.dataclass(frozen=True)

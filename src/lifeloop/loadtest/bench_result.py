@@ -17,7 +17,17 @@ from lifeloop.errors import LoadTestError
 from lifeloop.loadtest.cpu import CpuSplit
 
 # bench.json's sections of full measurements, in the order the file has always had them.
-SECTIONS = ("raw", "served", "batching", "harness", "routing", "precision", "cache", "pruning")
+SECTIONS = (
+    "raw",
+    "served",
+    "batching",
+    "harness",
+    "routing",
+    "precision",
+    "cache",
+    "pruning",
+    "cascade",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

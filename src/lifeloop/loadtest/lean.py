@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,6 +51,28 @@ class Repeats:
             return work.tobytes()
 
         return payload
+
+
+@dataclass(frozen=True, eq=False)
+class Cycle:
+    """A stream that sends these images one per request, in turn, over and over: what a
+    model whose cost depends on the input (a cascade) must be measured on."""
+
+    images: np.ndarray  # [n, *input shape], as the model takes them
+
+    def payloads(self, batch: np.ndarray) -> Payload:
+        if len(self.images) == 0 or self.images.shape[1:] != batch.shape[1:]:
+            raise LoadTestError(
+                f"cycle images are shaped {self.images.shape[1:]}, the model takes "
+                f"{batch.shape[1:]}; pass images of the model's input shape"
+            )
+        encoded = [np.ascontiguousarray(i[None], dtype=np.float32).tobytes() for i in self.images]
+        turn = itertools.cycle(encoded)
+        return lambda: next(turn)
+
+
+class Stream(Protocol):
+    def payloads(self, batch: np.ndarray) -> Payload: ...
 
 
 def _fixed(batch: np.ndarray) -> Payload:
@@ -215,7 +237,7 @@ def measure_lean(
     input_name: str = "input",
     output_name: str = "logits",
     seed: int = 0,
-    repeats: Repeats | None = None,
+    repeats: Stream | None = None,
 ) -> Measurement:
     """Closed-loop throughput (requests/s) and latency of a served model at `concurrency`,
     over gRPC (grpc.aio) or HTTP (aiohttp): the same input every time, or the stream of

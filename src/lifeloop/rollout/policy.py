@@ -20,6 +20,25 @@ POLICY_NAME = "policy.json"
 
 
 @dataclass(frozen=True, kw_only=True)
+class Cascade:
+    """A light classifier answers first; rows whose top-1 softmax is below `threshold` go on
+    to the heavy arm (the champion, or the candidate by the canary weight)."""
+
+    light: str  # the light model's name in the repository
+    version: int  # its version that answers
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise RolloutError(f"cascade threshold must be in 0..1, got {self.threshold}")
+        if self.version < 1:
+            raise RolloutError(f"cascade light version must be >= 1, got {self.version}")
+
+    def describe(self) -> str:
+        return f"{self.light} v{self.version} below {self.threshold:g} escalates"
+
+
+@dataclass(frozen=True, kw_only=True)
 class RoutingPolicy:
     model: str  # the classifier the router fronts
     champion: int
@@ -32,8 +51,16 @@ class RoutingPolicy:
     # champion's by more than `rollback_margin`, once it has `rollback_min_labelled` labels.
     rollback_margin: float = 0.10
     rollback_min_labelled: int = 50
+    cascade: Cascade | None = None  # a light model before the arms, None: off
 
     def __post_init__(self) -> None:
+        if isinstance(self.cascade, dict):  # from JSON
+            object.__setattr__(self, "cascade", Cascade(**self.cascade))
+        if self.cascade is not None and self.cascade.light == self.model:
+            raise RolloutError(
+                f"the cascade's light model must be another model than {self.model!r}; export "
+                "a light one (say `lifeloop export --format int8 --model classifier_int8`)"
+            )
         if not 0.0 <= self.canary_weight <= 1.0:
             raise RolloutError(f"canary weight must be in 0..1, got {self.canary_weight}")
         for name in ("champion", "candidate", "previous"):
@@ -147,4 +174,6 @@ def loaded_in(repository: Path) -> dict[str, set[int]]:
         if policy_path(model_dir).is_file():
             policy = read_policy(model_dir)
             loaded.setdefault(policy.model, set()).update(policy.loaded_versions)
+            if policy.cascade is not None:
+                loaded.setdefault(policy.cascade.light, set()).add(policy.cascade.version)
     return loaded

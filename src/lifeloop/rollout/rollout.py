@@ -17,12 +17,14 @@ from lifeloop.errors import RolloutError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import (
     fronting_models,
+    loaded_by_policy,
     model_lock,
     read_config,
     version_numbers,
     write_config,
 )
-from lifeloop.rollout.policy import RoutingPolicy, read_policy, write_policy
+from lifeloop.rollout.cascade import check_light
+from lifeloop.rollout.policy import Cascade, RoutingPolicy, read_policy, write_policy
 from lifeloop.rollout.replicas import ReplicaResult, ServerUrls, load_everywhere
 from lifeloop.store.database import Event, Store, now
 
@@ -109,6 +111,41 @@ class Rollout:
             return p.without_candidate()
 
         return self._change(action, reason, change)
+
+    def prepare_light(self, light: str, version: int | None = None) -> int:
+        """Check that `light` can stand before the classifier and have its version (default:
+        the newest) in its version policy and loaded on the servers; returns the version."""
+        version = check_light(self.repository, self.policy.model, light, version)
+        config = read_config(self.repository / light)
+        kept = (
+            set()
+            if config is None
+            else loaded_by_policy(config.version_policy, self.repository / light)
+        )
+        if version not in kept:  # grow its version policy, and have the servers load it
+            self._keep_loaded(light, {*kept, version})
+        elif self.server_url:  # in EXPLICIT mode it may be on disk but not loaded
+            self.replicas = load_everywhere(
+                self.server_url, [light], ready={light: {version}}, what=f"load {light}"
+            )
+        return version
+
+    def cascade(
+        self, light: str, threshold: float, *, version: int | None = None, reason: str = ""
+    ) -> RoutingPolicy:
+        """Put `light` (its newest version, or `version`) before the arms: images it answers
+        with a top-1 softmax below `threshold` escalate. Its version is loaded first."""
+        version = self.prepare_light(light, version)
+        cascade = Cascade(light=light, version=version, threshold=threshold)
+        return self._change(
+            "cascade", reason or cascade.describe(), lambda p: p.evolve(cascade=cascade)
+        )
+
+    def cascade_off(self, *, reason: str = "") -> RoutingPolicy:
+        """Every image goes to its arm again, from the next batch."""
+        return self._change(
+            "cascade-off", reason or "cascade off", lambda p: p.evolve(cascade=None)
+        )
 
     # --- the one path every change takes ------------------------------------------------
 

@@ -129,6 +129,9 @@ def install_router(
                     cfg.TensorSpec(name="logits", data_type=cfg.DataType.FP32, dims=(-1,)),
                     cfg.TensorSpec(name="model_version", data_type=cfg.DataType.INT64, dims=(1,)),
                     cfg.TensorSpec(name="request_id", data_type=cfg.DataType.STRING, dims=(1,)),
+                    cfg.TensorSpec(
+                        name=contract.ANSWERED_BY_OUTPUT, data_type=cfg.DataType.STRING, dims=(1,)
+                    ),
                 ),
                 dynamic_batching=cfg.DynamicBatching(max_queue_delay_us=500),
                 version_policy=cfg.VersionPolicy(latest=1),

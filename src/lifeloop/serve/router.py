@@ -3,14 +3,17 @@
 Per batch it reads the routing policy (one stat; re-read on change), sends each request to the
 champion or, with the canary weight's probability, to the candidate, one BLS call per version
 for the whole batch, and in shadow mode also runs the candidate on every input and records
-whether it agrees. Every image gets a request id. Its prediction (version, top-k labels and
-scores, content hash, and the input itself at the sample rate) is committed to the store, one
-transaction per batch, or when the store does not answer within a short bound, to a local
-fsynced journal that is drained into the store later (lifeloop.store.prediction_log), before
-the batch's responses leave: an id a caller holds is never lost, even if tritonserver is
-killed right after. A store outage never fails or stalls inference.
+whether it agrees. With a cascade in the policy, a light model answers first and only the
+images it is not confident about go on to those versions. Every image gets a request id.
+Its prediction (version, top-k labels and scores, content hash, and the input itself at the
+sample rate) is committed to the store, one transaction per batch, or when the store does not
+answer within a short bound, to a local fsynced journal that is drained into the store later
+(lifeloop.store.prediction_log), before the batch's responses leave: an id a caller holds is
+never lost, even if tritonserver is killed right after. A store outage never fails or stalls
+inference.
 
-Outputs per image: `logits` (the answering version's), `model_version` and `request_id`.
+Outputs per image: `logits` (the answering version's), `model_version`, `request_id`, and
+`answered_by` (the answering model) where the router's config declares it.
 This module is the Triton glue; which request goes where and what is logged is planned by
 `lifeloop.serve.routing`, which runs without Triton."""
 
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lifeloop.contract import (
+    ANSWERED_BY_OUTPUT,
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
     LABELS_PARAM,
@@ -49,9 +53,18 @@ from lifeloop.errors import LifeloopError, LogUnavailable, RequestError
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import CONFIG_NAME, read_config
-from lifeloop.rollout.policy import PolicyWatcher
+from lifeloop.rollout.policy import Cascade, PolicyWatcher
 from lifeloop.serve.responses import error_for, log, unavailable
-from lifeloop.serve.routing import answer_routes, log_batch, plan_routes, shadow_top1
+from lifeloop.serve.routing import (
+    LIGHT_ROUTE,
+    LightPass,
+    Route,
+    answer_routes,
+    first_pass,
+    log_batch,
+    plan_routes,
+    shadow_top1,
+)
 from lifeloop.store.blobs import cipher, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
 from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
@@ -76,6 +89,7 @@ class RouterSettings:
     input_name: str
     output_name: str
     spool: SpoolSettings
+    answers_by: bool = False  # the config declares the answered_by output (routers since 0.x)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], repository: Path) -> RouterSettings:
@@ -89,6 +103,7 @@ class RouterSettings:
             top_k=int(params.get(TOP_K_PARAM, "5")),
             input_name=config["input"][0]["name"],
             output_name="logits",
+            answers_by=any(o["name"] == ANSWERED_BY_OUTPUT for o in config.get("output", [])),
             spool=SpoolSettings(
                 folder=Path(spool_dir),
                 timeout_s=float(params.get(STORE_TIMEOUT_PARAM, "250")) / 1000,
@@ -110,6 +125,7 @@ class Labels:
         self._labels: tuple[str, ...] = ()
         self._cached = False
         self._sent: Preprocessing | None = None
+        self.input_name: str | None = None
 
     def current(self) -> tuple[str, ...]:
         stamp = self.path.stat().st_mtime_ns
@@ -119,6 +135,7 @@ class Labels:
                 self._labels = tuple(config.json_parameter(LABELS_PARAM, []))
                 self._cached = config.response_cache
                 self._sent = _recipe(config.parameters.get(PREPROCESSING_PARAM))
+                self.input_name = config.inputs[0].name if config.inputs else None
             self._stamp = stamp
         return self._labels
 
@@ -142,23 +159,45 @@ def _recipe(text: str | None) -> Preprocessing | None:
         return None
 
 
-class VersionPreprocessing:
-    """What each version takes, from its manifest, read once: a version never changes. None
-    for a version without a readable manifest (published by other tools): it gets the batch
-    as it came."""
+class Versions:
+    """What each version of a model takes and knows, from its manifest, read once: a version
+    never changes. None for a version without a readable manifest (published by other
+    tools): it gets the batch as it came, and a cascade does not trust its labels."""
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
-        self._known: dict[int, Preprocessing | None] = {}
+        self._known: dict[int, Manifest | None] = {}
 
-    def of(self, version: int) -> Preprocessing | None:
+    def _manifest(self, version: int) -> Manifest | None:
         if version not in self._known:
             try:
-                manifest = Manifest.read(self.model_dir / str(version))
-                self._known[version] = Preprocessing.from_dict(manifest.preprocessing)
+                self._known[version] = Manifest.read(self.model_dir / str(version))
             except LifeloopError:
                 self._known[version] = None
         return self._known[version]
+
+    def takes(self, version: int) -> Preprocessing | None:
+        manifest = self._manifest(version)
+        if manifest is None:
+            return None
+        try:
+            return Preprocessing.from_dict(manifest.preprocessing)
+        except LifeloopError:
+            return None
+
+    def labels(self, version: int) -> tuple[str, ...] | None:
+        manifest = self._manifest(version)
+        return None if manifest is None else tuple(manifest.labels)
+
+
+class Light:
+    """A cascade's light model as the router sees it: its config (input name, labels) and
+    its versions, and the last error of a call to it."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.config = Labels(model_dir)
+        self.versions = Versions(model_dir)
+        self.last_error: str | None = None
 
 
 class Router:
@@ -172,7 +211,9 @@ class Router:
         # Clients send what the newest version takes (its recipe is in the config they
         # read, which Labels watches); a version of the other kind gets the batch converted.
         self.labels = Labels(classifier_dir)
-        self.takes = VersionPreprocessing(classifier_dir)
+        self.versions = Versions(classifier_dir)
+        self.repository = router_dir.parent
+        self.lights: dict[str, Light] = {}  # by model name: the cascade's light models
         self.random = random.Random()
         # BLS calls in flight together, one per request of a batch at most: to a cached
         # classifier each request is its own call (see `execute`).
@@ -211,15 +252,20 @@ class Router:
         sent = self.labels.sent
 
         def infer(version: int, batch: np.ndarray) -> np.ndarray:
-            takes = self.takes.of(version) if sent is not None else None
+            takes = self.versions.takes(version) if sent is not None else None
             if sent is not None and takes is not None:
                 batch = sent.convert(batch, takes)
-            return self._infer(version, batch)
+            return self._infer(settings.classifier, version, batch, settings.input_name)
 
         def infer_each(version: int, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
             return list(self.calls.map(lambda batch: _or_error(infer, version, batch), batches))
 
         routes = plan_routes(policy, len(arrays), self.random)
+        light = (
+            None
+            if policy.cascade is None
+            else self._first_pass(policy.cascade, routes, arrays, sent)
+        )
         answers = answer_routes(
             arrays,
             routes,
@@ -228,6 +274,7 @@ class Router:
             # A cached classifier is asked once per request, the calls in flight together so
             # that its batcher still batches the misses.
             infer_each=infer_each if self.labels.cached and len(arrays) > 1 else None,
+            light=light,
         )
         shadow = shadow_top1(policy, arrays, infer)
         blob_path = new_path(
@@ -264,7 +311,7 @@ class Router:
             error = unavailable(pb, str(exc))
             return [pb.InferenceResponse(error=error) for _ in requests]
         if self.metrics is not None:
-            self.metrics.record(records)
+            self.metrics.record(records, None if light is None else light.model)
 
         responses = []
         for answer, answer_ids in zip(answers, batch.request_ids, strict=True):
@@ -273,32 +320,76 @@ class Router:
                 failure = answer if isinstance(answer, Exception) else RuntimeError("no ids")
                 responses.append(pb.InferenceResponse(error=error_for(pb, failure)))
                 continue
-            n = len(answer.logits)
             tensors = [
                 pb.Tensor(
                     settings.output_name, np.ascontiguousarray(answer.logits, dtype=np.float32)
                 ),
-                pb.Tensor(VERSION_OUTPUT, np.full((n, 1), answer.version, dtype=np.int64)),
+                pb.Tensor(VERSION_OUTPUT, answer.versions()),
                 pb.Tensor(
                     REQUEST_ID_OUTPUT,
                     np.array([[r.encode()] for r in answer_ids], dtype=np.object_),
                 ),
             ]
+            if settings.answers_by:
+                by = [
+                    [(answer.answered_by(j)[0] or settings.classifier).encode()]
+                    for j in range(len(answer_ids))
+                ]
+                tensors.append(pb.Tensor(ANSWERED_BY_OUTPUT, np.array(by, dtype=np.object_)))
             responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses
 
-    def _infer(self, version: int, batch: np.ndarray) -> np.ndarray:
+    def _first_pass(
+        self, cascade: Cascade, routes: list[Route], arrays: list[np.ndarray], sent: Any
+    ) -> LightPass | None:
+        """The light model over the whole batch; None (every image goes to its arm) when it
+        cannot answer: a failing light model costs speed, never answers."""
+        light = self.lights.get(cascade.light)
+        if light is None:
+            light = self.lights[cascade.light] = Light(self.repository / cascade.light)
+        batch = np.concatenate(arrays)
+        try:
+            light.config.current()
+            takes = light.versions.takes(cascade.version)
+            if sent is not None and takes is not None:
+                batch = sent.convert(batch, takes)
+            input_name = light.config.input_name or self.settings.input_name
+            logits = self._infer(cascade.light, cascade.version, batch, input_name)
+        except Exception as exc:  # the light model's failure is not the caller's
+            if self.metrics is not None:
+                self.metrics.light_failed(cascade.light, len(batch))
+            if str(exc) != light.last_error:  # once per distinct error, not per batch
+                log(self.pb, "warn", f"lifeloop: cascade light model failed, escalating: {exc}")
+            light.last_error = str(exc)
+            return None
+        light.last_error = None
+        labels = light.versions.labels(cascade.version)
+        trusted = frozenset(
+            version
+            for version in {version for _, version in routes}
+            if labels is not None and self.versions.labels(version) == labels
+        )
+        return first_pass(
+            cascade.light,
+            cascade.version,
+            logits,
+            threshold=cascade.threshold,
+            top_k=self.settings.top_k,
+            trusted=trusted,
+        )
+
+    def _infer(self, model: str, version: int, batch: np.ndarray, input_name: str) -> np.ndarray:
         pb, settings = self.pb, self.settings
         request = pb.InferenceRequest(
-            model_name=settings.classifier,
+            model_name=model,
             model_version=int(version),
             requested_output_names=[settings.output_name],
-            inputs=[pb.Tensor(settings.input_name, batch)],
+            inputs=[pb.Tensor(input_name, batch)],
         )
         response = request.exec()
         if response.has_error():
             error = response.error()
-            message = f"{settings.classifier} v{version}: {error.message()}"
+            message = f"{model} v{version}: {error.message()}"
             code = getattr(error, "code", None)  # python backends before 23.04 know no codes
             if code is not None and code() == getattr(pb.TritonError, "INVALID_ARG", None):
                 raise RequestError(message)  # the caller's tensor, refused by the classifier
@@ -356,6 +447,11 @@ class RouterMetrics:
             "lifeloop_kept_input_failures_total",
             "Inputs the router could not keep for retraining (disk full or failing)",
         )
+        self.cascade = family(
+            "lifeloop_cascade_images_total",
+            "Images under a cascade, by outcome: answered by the light model, escalated to the "
+            "heavy arm, or escalated because the light model failed",
+        )
         self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
         self._published = Counters()
         self._published_at = 0.0
@@ -396,10 +492,19 @@ class RouterMetrics:
     def kept_input_failed(self, n: int) -> None:
         self._metric(self.kept_failed).increment(n)
 
-    def record(self, records: list[Prediction]) -> None:
+    def light_failed(self, light: str, n: int) -> None:
+        self._metric(self.cascade, light=light, outcome="light_failed").increment(n)
+
+    def record(self, records: list[Prediction], light: str | None = None) -> None:
+        """Count acknowledged records; `light` is the cascade's light model, if one ran."""
         routed = Counter((r.version, r.route) for r in records)
         for (version, route), n in routed.items():
             self._metric(self.routed, version=str(version), route=route).increment(n)
+        if light is not None:
+            by_light = sum(n for (_, route), n in routed.items() if route == LIGHT_ROUTE)
+            for outcome, n in (("light", by_light), ("escalated", len(records) - by_light)):
+                if n:
+                    self._metric(self.cascade, light=light, outcome=outcome).increment(n)
         shadowed = [r for r in records if r.shadow_version is not None]
         for candidate in {r.shadow_version for r in shadowed}:
             mine = [r for r in shadowed if r.shadow_version == candidate]

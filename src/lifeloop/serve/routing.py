@@ -1,6 +1,7 @@
 """The router's batch planner, kept free of Triton: which version answers each request, how
-one version's logits split back into per-request answers, and what the batch logs (records,
-request ids, kept inputs). `lifeloop.serve.router` is the Triton glue around it.
+one version's logits split back into per-request answers, what a cascade's light model
+answers itself and what it escalates, and what the batch logs (records, request ids, kept
+inputs). `lifeloop.serve.router` is the Triton glue around it.
 
 Random draws come from an injected source, in a fixed order (one per request when a canary
 takes traffic, then one per answered image when the sample rate is below 1), so a seeded
@@ -23,11 +24,14 @@ from lifeloop.store.blobs import content_hash
 from lifeloop.store.database import Prediction
 
 __all__ = [
+    "LIGHT_ROUTE",
     "Answer",
     "BatchLog",
+    "LightPass",
     "RandomSource",
     "Route",
     "answer_routes",
+    "first_pass",
     "group_routes",
     "label_name",
     "log_batch",
@@ -37,6 +41,7 @@ __all__ = [
 ]
 
 Route = tuple[str, int]  # ("champion" | "canary", version)
+LIGHT_ROUTE = "light"  # the route logged for an image a cascade's light model answered
 Infer = Callable[[int, np.ndarray], np.ndarray]  # (version, batch) -> logits
 # (version, one batch per request) -> per request: its logits, or the error of its call
 InferEach = Callable[[int, list[np.ndarray]], list[np.ndarray | Exception]]
@@ -47,14 +52,67 @@ class RandomSource(Protocol):
 
 
 @dataclass(frozen=True)
+class LightPass:
+    """A cascade's light model over the whole batch: its top-k per image, and which images it
+    answers itself (top-1 softmax at or above the threshold). `trusted` are the heavy
+    versions whose labels the light version's equal: for any other arm the light model's
+    answer cannot be trusted (it does not know every class), so every image escalates."""
+
+    model: str
+    version: int
+    logits: np.ndarray
+    top: list[list[int]]
+    scores: list[list[float]]
+    confident: np.ndarray  # bool per image of the batch
+    trusted: frozenset[int]
+
+
+def first_pass(
+    model: str,
+    version: int,
+    logits: np.ndarray,
+    *,
+    threshold: float,
+    top_k: int,
+    trusted: frozenset[int],
+) -> LightPass:
+    indices, probabilities = softmax_top_k(logits, top_k)
+    return LightPass(
+        model=model,
+        version=version,
+        logits=logits,
+        top=indices.tolist(),
+        scores=probabilities.tolist(),
+        confident=probabilities[:, 0] >= threshold,
+        trusted=trusted,
+    )
+
+
+@dataclass(frozen=True)
 class Answer:
-    """One request's answer: its rows of the version's logits and their top-k."""
+    """One request's answer: its rows of logits and their top-k, from the route's version;
+    with a cascade, `by_light` says per image whether `light`'s model answered it instead."""
 
     logits: np.ndarray
     version: int
     route: str
     top: list[list[int]]  # per image: class indices, best first
     scores: list[list[float]]  # per image: their softmax scores
+    light: LightPass | None = None
+    by_light: tuple[bool, ...] = ()
+
+    def answered_by(self, image: int) -> tuple[str | None, int, str]:
+        """(the light model's name or None for the route's classifier, version, route)."""
+        if self.light is not None and self.by_light[image]:
+            return self.light.model, self.light.version, LIGHT_ROUTE
+        return None, self.version, self.route
+
+    def versions(self) -> np.ndarray:
+        """The answering version per image, as a [n, 1] INT64 column."""
+        versions = np.full((len(self.logits), 1), self.version, dtype=np.int64)
+        if self.light is not None:
+            versions[np.asarray(self.by_light, dtype=bool)] = self.light.version
+        return versions
 
 
 @dataclass(frozen=True)
@@ -114,10 +172,79 @@ def answer_routes(
     top_k: int,
     *,
     infer_each: InferEach | None = None,
+    light: LightPass | None = None,
 ) -> list[Answer | Exception]:
     """Per request: its Answer, or the error of its version's call (which fails only that
     version's requests). With `infer_each`, each request is its own call, so that a
-    classifier's response cache sees one request's images as its key, not a batch's mix."""
+    classifier's response cache sees one request's images as its key, not a batch's mix.
+
+    With `light`, the light model's confident images (under an arm it is trusted for) are
+    answered from it, and only the others go to their arm, one sub-batch per version; a
+    request all of whose images the light model answers makes no arm call."""
+    if light is None:
+        return _answer_arms(arrays, routes, infer, top_k, infer_each)
+    offsets = np.cumsum([0, *(len(a) for a in arrays)])
+    keeps = []
+    for i, (_, version) in enumerate(routes):
+        confident = light.confident[offsets[i] : offsets[i + 1]]
+        keeps.append(confident if version in light.trusted else np.zeros_like(confident))
+    escalated = [i for i, keep in enumerate(keeps) if not keep.all()]
+    arm_answers = _answer_arms(
+        [arrays[i][~keeps[i]] for i in escalated],
+        [routes[i] for i in escalated],
+        infer,
+        top_k,
+        infer_each,
+    )
+    answers: list[Answer | Exception] = []
+    heavy = dict(zip(escalated, arm_answers, strict=True))
+    for i, keep in enumerate(keeps):
+        route, version = routes[i]
+        arm = heavy.get(i)
+        if isinstance(arm, Exception):
+            answers.append(arm)
+            continue
+        answers.append(_merge(light, offsets[i], keep, arm, route, version))
+    return answers
+
+
+def _merge(
+    light: LightPass, offset: int, keep: np.ndarray, arm: Answer | None, route: str, version: int
+) -> Answer:
+    """One request's answer from the light model's kept images and its arm's answer for the
+    rest, back in the request's order."""
+    n = len(keep)
+    rows = range(offset, offset + n)
+    if arm is not None and not keep.any():  # every image escalated
+        return arm
+    if arm is None:  # the light model answered every image
+        logits = light.logits[offset : offset + n]
+        top = [light.top[r] for r in rows]
+        scores = [light.scores[r] for r in rows]
+        return Answer(logits, version, route, top, scores, light, (True,) * n)
+    logits = np.empty((n, arm.logits.shape[1]), dtype=arm.logits.dtype)
+    logits[keep] = light.logits[offset : offset + n][keep]
+    logits[~keep] = arm.logits
+    escalated = iter(range(len(arm.top)))
+    top, scores = [], []
+    for j, r in enumerate(rows):
+        if keep[j]:
+            top.append(light.top[r])
+            scores.append(light.scores[r])
+        else:
+            k = next(escalated)
+            top.append(arm.top[k])
+            scores.append(arm.scores[k])
+    return Answer(logits, version, route, top, scores, light, tuple(bool(k) for k in keep))
+
+
+def _answer_arms(
+    arrays: Sequence[np.ndarray],
+    routes: Sequence[Route],
+    infer: Infer,
+    top_k: int,
+    infer_each: InferEach | None,
+) -> list[Answer | Exception]:
     answers: list[Answer | Exception] = [RuntimeError("not routed") for _ in arrays]
     for (route, version), members in group_routes(routes).items():
         if infer_each is not None:
@@ -188,10 +315,12 @@ def log_batch(
             ids.append(None)
             offset += n
             continue
-        # Shadow compares the candidate with the champion: only champion answers count.
-        shadowed = shadow is not None and answer.route == "champion"
         request_ids = []
         for j in range(n):
+            answered_by, version, route = answer.answered_by(j)
+            # Shadow compares the candidate with whatever answered in its place: the
+            # champion, or a cascade's light model, never the candidate itself.
+            shadowed = shadow is not None and route != "canary"
             sample = arrays[i][j]
             row = None
             if sample_rate >= 1.0 or rng.random() < sample_rate:
@@ -203,8 +332,9 @@ def log_batch(
                 Prediction(
                     request_id=rid,
                     model=model,
-                    version=answer.version,
-                    route=answer.route,
+                    version=version,
+                    route=route,
+                    answered_by=answered_by,
                     labels=[label_name(labels, k) for k in answer.top[j]],
                     scores=answer.scores[j],
                     content_hash=content_hash(sample),

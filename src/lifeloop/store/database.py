@@ -28,8 +28,10 @@ predictions = sa.Table(
     sa.Column("request_id", sa.String(64), primary_key=True),
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
-    # champion or canary: which arm of the rollout answered
+    # champion or canary: which arm of the rollout answered; light: a cascade's light model
     sa.Column("route", sa.String(16), nullable=False),
+    # the light model that answered (then `version` is its version); None: `model` did
+    sa.Column("answered_by", sa.String(128)),
     sa.Column("label", sa.String(256), nullable=False),  # top-1
     sa.Column("labels", sa.Text, nullable=False),  # top-k, JSON
     sa.Column("scores", sa.Text, nullable=False),  # top-k, JSON
@@ -87,6 +89,26 @@ trainings = sa.Table(
 )
 
 
+def _add_missing_columns(connection: sa.Connection, table: sa.Table) -> None:
+    """Add the nullable columns a store made by an older lifeloop lacks (SQLite and
+    PostgreSQL both add one without rewriting the table). Two processes may race here:
+    PostgreSQL is told IF NOT EXISTS; on SQLite the loser's transaction fails once (the
+    router spools that batch) and its next one finds the column."""
+    have = {c["name"] for c in sa.inspect(connection).get_columns(table.name)}
+    preparer = connection.dialect.identifier_preparer
+    guard = "IF NOT EXISTS " if connection.dialect.name == "postgresql" else ""
+    for column in table.columns:
+        if column.name in have or not column.nullable:
+            continue
+        kind = column.type.compile(dialect=connection.dialect)
+        connection.execute(
+            sa.text(
+                f"ALTER TABLE {preparer.quote(table.name)} "
+                f"ADD COLUMN {guard}{preparer.quote(column.name)} {kind}"
+            )
+        )
+
+
 def default_store_url(repository: Path) -> str:
     """SQLite in a file beside the repository: `<parent>/<repository name>.lifeloop.db`."""
     repository = Path(repository).resolve()
@@ -110,6 +132,7 @@ class Prediction:
     blob_row: int | None = None
     shadow_version: int | None = None
     shadow_label: str | None = None
+    answered_by: str | None = None  # a cascade's light model, when it answered
     created_at: datetime = field(default_factory=now)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,6 +152,7 @@ class Prediction:
             "model": self.model,
             "version": self.version,
             "route": self.route,
+            "answered_by": self.answered_by,
             "label": self.labels[0],
             "labels": json.dumps(list(self.labels)),
             "scores": json.dumps([round(float(s), 6) for s in self.scores]),
@@ -207,6 +231,7 @@ class Store:
         if self._create:
             with self.engine.begin() as connection:
                 metadata.create_all(connection)
+                _add_missing_columns(connection, predictions)  # stores made before
                 for index in predictions.indexes:  # stores made before an index was added
                     index.create(connection, checkfirst=True)
             self._create = False
