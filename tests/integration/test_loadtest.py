@@ -322,7 +322,7 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
     pruning = bench["pruning"]["resnet18"]
     assert pruning["macs"][1] < pruning["macs"][0] / 2 and pruning["macs_cut"] > 2
     assert pruning["accuracy"]["held_out"] >= 300 and pruning["accuracy"]["format"] == "pruned"
-    cascade = bench["cascade"]["resnet18"]
+    cascade = bench["cascade"]["wide_resnet50_2"]
     chosen = cascade["calibration"]["chosen"]
     assert cascade["held_out"] >= 300 and 0 < chosen["light_fraction"] <= 1
     assert chosen["accuracy"] >= cascade["calibration"]["heavy_accuracy"] - 0.005 - 1e-9

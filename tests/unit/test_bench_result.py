@@ -83,7 +83,7 @@ DETAILS = {
     "precision": {"resnet18": {"rounds": 2}, "accuracy": {"model": "small_cnn"}},
     "cache": {"resnet18": {"concurrency": 32, "cache_mb": 256}},
     "pruning": {"resnet18": {"concurrency": 32, "ratio": 0.5}},
-    "cascade": {"resnet18": {"concurrency": 32, "max_drop": 0.5}},
+    "cascade": {"wide_resnet50_2": {"concurrency": 32, "max_drop": 0.5}},
 }
 
 
