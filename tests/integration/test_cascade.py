@@ -221,3 +221,31 @@ def test_calibrate_keeps_held_out_accuracy_within_max_drop(
     with Store.for_repository(rollout.repository) as store:
         actions = [(e.action, e.reason) for e in store.history("digits")]
     assert actions[-1][0] == "cascade" and actions[-1][1].startswith("calibrated:")
+
+
+def test_the_router_answers_what_a_request_asks_for_and_logs_every_image(
+    cascade_repo: Path, cascade_server: TritonServer, served_held_out
+) -> None:
+    """A request that names no output gets all four; one that names only `logits` gets only
+    it (the router makes no tensor nobody reads), and both are logged."""
+    import tritonclient.http as http
+
+    x = np.ascontiguousarray(served_held_out[0][:3])
+    with Store.for_repository(cascade_repo) as store:
+        before = store.count_predictions("digits")
+    client = http.InferenceServerClient(cascade_server.http_url)
+    tensor = http.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    everything = client.infer("router", [tensor])
+    assert {o["name"] for o in everything.get_response()["outputs"]} == {
+        "logits",
+        "model_version",
+        "request_id",
+        "answered_by",
+    }
+    only = client.infer("router", [tensor], outputs=[http.InferRequestedOutput("logits")])
+    assert [o["name"] for o in only.get_response()["outputs"]] == ["logits"]
+    np.testing.assert_allclose(only.as_numpy("logits"), everything.as_numpy("logits"))
+    client.close()
+    with Store.for_repository(cascade_repo) as store:
+        assert store.count_predictions("digits") == before + 2 * len(x)

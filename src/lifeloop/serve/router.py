@@ -166,28 +166,27 @@ class Versions:
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
-        self._known: dict[int, Manifest | None] = {}
+        self._known: dict[int, tuple[Preprocessing | None, tuple[str, ...] | None]] = {}
 
-    def _manifest(self, version: int) -> Manifest | None:
+    def _read(self, version: int) -> tuple[Preprocessing | None, tuple[str, ...] | None]:
         if version not in self._known:
             try:
-                self._known[version] = Manifest.read(self.model_dir / str(version))
+                manifest = Manifest.read(self.model_dir / str(version))
             except LifeloopError:
-                self._known[version] = None
+                self._known[version] = (None, None)
+                return self._known[version]
+            try:
+                takes: Preprocessing | None = Preprocessing.from_dict(manifest.preprocessing)
+            except LifeloopError:
+                takes = None
+            self._known[version] = (takes, tuple(manifest.labels))
         return self._known[version]
 
     def takes(self, version: int) -> Preprocessing | None:
-        manifest = self._manifest(version)
-        if manifest is None:
-            return None
-        try:
-            return Preprocessing.from_dict(manifest.preprocessing)
-        except LifeloopError:
-            return None
+        return self._read(version)[0]
 
     def labels(self, version: int) -> tuple[str, ...] | None:
-        manifest = self._manifest(version)
-        return None if manifest is None else tuple(manifest.labels)
+        return self._read(version)[1]
 
 
 class Light:
@@ -314,23 +313,25 @@ class Router:
             self.metrics.record(records, None if light is None else light.model)
 
         responses = []
-        for answer, answer_ids in zip(answers, batch.request_ids, strict=True):
+        for request, answer, answer_ids in zip(requests, answers, batch.request_ids, strict=True):
             if isinstance(answer, Exception) or answer_ids is None:
                 # The classifier's INVALID_ARG stays the caller's; anything else is INTERNAL.
                 failure = answer if isinstance(answer, Exception) else RuntimeError("no ids")
                 responses.append(pb.InferenceResponse(error=error_for(pb, failure)))
                 continue
-            tensors = [
-                pb.Tensor(
-                    settings.output_name, np.ascontiguousarray(answer.logits, dtype=np.float32)
-                ),
-                pb.Tensor(VERSION_OUTPUT, answer.versions()),
-                pb.Tensor(
-                    REQUEST_ID_OUTPUT,
-                    np.array([[r.encode()] for r in answer_ids], dtype=np.object_),
-                ),
-            ]
-            if settings.answers_by:
+            # Only what the caller asked for (Triton counts every output as asked for when a
+            # request names none): a tensor nobody reads still costs the stub its making.
+            wanted = _wanted(request)
+            tensors = []
+            if wanted is None or settings.output_name in wanted:
+                logits = np.ascontiguousarray(answer.logits, dtype=np.float32)
+                tensors.append(pb.Tensor(settings.output_name, logits))
+            if wanted is None or VERSION_OUTPUT in wanted:
+                tensors.append(pb.Tensor(VERSION_OUTPUT, answer.versions()))
+            if wanted is None or REQUEST_ID_OUTPUT in wanted:
+                ids = np.array([[r.encode()] for r in answer_ids], dtype=np.object_)
+                tensors.append(pb.Tensor(REQUEST_ID_OUTPUT, ids))
+            if settings.answers_by and (wanted is None or ANSWERED_BY_OUTPUT in wanted):
                 by = [
                     [(answer.answered_by(j)[0] or settings.classifier).encode()]
                     for j in range(len(answer_ids))
@@ -395,6 +396,12 @@ class Router:
                 raise RequestError(message)  # the caller's tensor, refused by the classifier
             raise RuntimeError(message)
         return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
+
+
+def _wanted(request: Any) -> set[str] | None:
+    """The outputs a request asked for; None (all) where the python backend cannot say."""
+    names = getattr(request, "requested_output_names", None)
+    return None if names is None else set(names())
 
 
 def _or_error(
