@@ -185,6 +185,12 @@ class Versions:
     def takes(self, version: int) -> Preprocessing | None:
         return self._read(version)[0]
 
+    def as_taken(self, version: int, batch: np.ndarray, sent: Preprocessing | None) -> np.ndarray:
+        """`batch`, sent by the recipe `sent`, as `version` takes it; as it came when either
+        recipe is unknown."""
+        takes = self.takes(version) if sent is not None else None
+        return batch if sent is None or takes is None else sent.convert(batch, takes)
+
     def labels(self, version: int) -> tuple[str, ...] | None:
         return self._read(version)[1]
 
@@ -251,9 +257,7 @@ class Router:
         sent = self.labels.sent
 
         def infer(version: int, batch: np.ndarray) -> np.ndarray:
-            takes = self.versions.takes(version) if sent is not None else None
-            if sent is not None and takes is not None:
-                batch = sent.convert(batch, takes)
+            batch = self.versions.as_taken(version, batch, sent)
             return self._infer(settings.classifier, version, batch, settings.input_name)
 
         def infer_each(version: int, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
@@ -341,7 +345,11 @@ class Router:
         return responses
 
     def _first_pass(
-        self, cascade: Cascade, routes: list[Route], arrays: list[np.ndarray], sent: Any
+        self,
+        cascade: Cascade,
+        routes: list[Route],
+        arrays: list[np.ndarray],
+        sent: Preprocessing | None,
     ) -> LightPass | None:
         """The light model over the whole batch; None (every image goes to its arm) when it
         cannot answer: a failing light model costs speed, never answers."""
@@ -351,9 +359,7 @@ class Router:
         batch = np.concatenate(arrays)
         try:
             light.config.current()
-            takes = light.versions.takes(cascade.version)
-            if sent is not None and takes is not None:
-                batch = sent.convert(batch, takes)
+            batch = light.versions.as_taken(cascade.version, batch, sent)
             input_name = light.config.input_name or self.settings.input_name
             logits = self._infer(cascade.light, cascade.version, batch, input_name)
         except Exception as exc:  # the light model's failure is not the caller's
