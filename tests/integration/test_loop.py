@@ -89,9 +89,6 @@ def test_router_answers_and_logs_every_prediction(
     loop_server, store, served_held_out, trained
 ) -> None:
     x, _ = served_held_out
-    # Kept inputs may be float16 (large batches): each must be within half an 8-bit pixel
-    # level of what was sent (pixels 0..255), so that the same image is recovered.
-    half_level = 0.5
     before = store.count_predictions("digits")
     with client_for(loop_server) as client:
         answers = client.classify(x[:20], top_k=3)
@@ -107,7 +104,9 @@ def test_router_answers_and_logs_every_prediction(
         assert row["label"] == answer.label
         kept = blobs.load(row["blob"], row["blob_row"])
         assert blobs.holds_pixels(row["blob"])  # so retraining normalises it
-        assert kept.dtype == np.float32 and np.abs(kept - sample).max() < half_level
+        # The digits are sent as pixel levels, so they are kept as uint8: exactly what was sent.
+        assert row["kept_as"] == "uint8" and np.array_equal(kept, sample)
+        assert row["content_hash"] == blobs.content_hash(sample.astype(np.uint8))
 
 
 def test_feedback_through_triton_and_bad_feedback(loop_server, store, served_held_out) -> None:

@@ -16,8 +16,9 @@ from lifeloop.datasets import Sample, link_folder, load_arrays, scan
 from lifeloop.errors import RetrainError
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint
+from lifeloop.preprocessing import PIXELS
 from lifeloop.repository.publish import version_numbers
-from lifeloop.retrain import ImageFolder, TrainResult, train
+from lifeloop.retrain import ImageFolder, TrainResult, cycle, train
 from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import predict
 from lifeloop.rollout import read_policy
@@ -28,6 +29,7 @@ from lifeloop.store.database import Prediction
 from tests.conftest import publish_trained
 
 OLD = [str(d) for d in range(8)]
+ROUTER_BATCH = 32  # images a router batch keeps in one file, at most
 
 
 @pytest.fixture(scope="module")
@@ -68,29 +70,45 @@ def send_feedback(
     *,
     shuffle=False,
     fernet=None,
+    pixels_from: int | None = None,
 ) -> list[str]:
     """What the router and the feedback model write for served images: a prediction with its
-    input kept as a blob, then the true (or, with shuffle, a random) label."""
+    input kept as a blob, then the true (or, with shuffle, a random) label. Inputs are kept as
+    routers kept them before they served pixels (normalised float32); with `pixels_from`,
+    those from that index on as a router keeps pixel inputs now (uint8, in a pixels file)."""
     x, y = load_arrays(samples, v1.checkpoint.preprocessing)
     names = [digits.labels[i] for i in y]
     if shuffle:
         names = list(np.random.default_rng(3).permutation(names))
-    path = blobs.new_path(default_blob_dir(repository), encrypted=fernet is not None)
-    kept = blobs.write_batch(path, x, fernet=fernet)
-    records = [
-        Prediction(
-            request_id=f"r{i:05d}",
-            model="digits",
-            version=1,
-            route="champion",
-            labels=["0"],
-            scores=[1.0],
-            content_hash=blobs.content_hash(sample),
-            blob=str(kept),
-            blob_row=i,
-        )
-        for i, sample in enumerate(x)
-    ]
+    cut = len(x) if pixels_from is None else pixels_from
+    files = []
+    for start in range(0, cut, ROUTER_BATCH):
+        path = blobs.new_path(default_blob_dir(repository), encrypted=fernet is not None)
+        batch = x[start : min(start + ROUTER_BATCH, cut)]
+        files.append((blobs.write_batch(path, batch, fernet=fernet), batch))
+    if cut < len(x):
+        pixels, _ = load_arrays(samples[cut:], v1.checkpoint.preprocessing.with_kind(PIXELS))
+        levels = blobs.as_pixels(pixels)
+        assert levels is not None and blobs.kept_as(levels) == "uint8"
+        path = blobs.new_path(default_blob_dir(repository), input_kind=PIXELS)
+        files.append((blobs.write_batch(path, levels), levels))
+    records = []
+    for kept, batch in files:
+        for i, sample in enumerate(batch):
+            records.append(
+                Prediction(
+                    request_id=f"r{len(records):05d}",
+                    model="digits",
+                    version=1,
+                    route="champion",
+                    labels=["0"],
+                    scores=[1.0],
+                    content_hash=blobs.content_hash(sample),
+                    blob=str(kept),
+                    blob_row=i,
+                    kept_as=blobs.kept_as(batch),
+                )
+            )
     with Store.for_repository(repository) as store:
         store.record_predictions(records)
         store.add_feedback([(r.request_id, n) for r, n in zip(records, names, strict=True)])
@@ -116,6 +134,31 @@ def test_retrain_learns_new_classes_and_starts_a_canary(repo, digits, splits, v1
     assert (policy.champion, policy.candidate, policy.canary_weight) == (1, 2, 0.2)
     assert record is not None and sorted(record["request_ids"]) == sorted(ids)
     assert record["counts"]["9"] > 0 and event.action == "candidate"
+
+
+def test_retraining_reads_inputs_kept_in_any_form_alike(tmp_path, digits, splits, v1, eval_dir):
+    """Stores that routers filled before and after they kept pixels as uint8 give retraining
+    the same arrays: the same feedback kept all as normalised float32, or half of it as uint8
+    pixels. (Two trainings on the same arrays differ in the last digit here, so it is the
+    arrays `retrain` trains on that are compared, exactly; then the mixed store retrains.)"""
+    samples = splits[0][::2]
+    read = []
+    for name, pixels_from in (("floats", None), ("mixed", len(samples) // 2)):
+        repository = make_repo(tmp_path / name, v1)
+        send_feedback(repository, digits, samples, v1, pixels_from=pixels_from)
+        with Store.for_repository(repository) as store:
+            forms = {store.prediction(f"r{i:05d}")["kept_as"] for i in (0, len(samples) - 1)}
+            data = cycle._read_dataset(
+                repository, "digits", store, "router", None, eval_dir, RetrainSettings(), False
+            )
+        read.append((forms, data))
+    (floats, a), (mixed, b) = read
+    assert floats == {"float32"} and mixed == {"float32", "uint8"}
+    assert a.request_ids == b.request_ids and len(a.x_train) > len(samples)
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_train, b.y_train)
+    with Store.for_repository(repository) as store:
+        report = retrain(repository, "digits", store, eval_dir=eval_dir, progress=False)
+    assert report.version == 2 and report.candidate_accuracy >= 0.90
 
 
 def test_gate_refuses_a_candidate_trained_on_shuffled_labels(repo, digits, splits, v1, eval_dir):
@@ -186,9 +229,11 @@ def test_encrypted_kept_inputs_round_trip_and_a_wrong_key_fails_in_one_line(
 
     key = Fernet.generate_key().decode()
     send_feedback(repo, digits, splits[0][::2], v1, fernet=blobs.cipher(key))
-    (kept,) = list(default_blob_dir(repo).rglob("*.npy.fernet"))
-    with pytest.raises(ValueError):  # ciphertext at rest, not an array
-        np.load(kept, allow_pickle=False)
+    kept = list(default_blob_dir(repo).rglob("*.npy.fernet"))
+    assert kept and not list(default_blob_dir(repo).rglob("*.npy"))
+    for path in kept:
+        with pytest.raises(ValueError):  # ciphertext at rest, not an array
+            np.load(path, allow_pickle=False)
     runner = CliRunner()
     command = ["retrain", "--repository", str(repo), "--model", "digits"]
     command += ["--eval-dir", str(eval_dir)]

@@ -1,9 +1,11 @@
-"""Kept inputs: large batches are stored as float16 and still give back every 8-bit pixel
-level; small ones are stored as float32, unchanged."""
+"""Kept inputs: pixel levels are stored as uint8 and read back exactly; other large batches
+are stored as float16 and still give back every 8-bit pixel level; small ones as float32,
+unchanged."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.store import blobs
@@ -42,3 +44,31 @@ def test_small_batches_are_kept_as_they_came(tmp_path) -> None:
     assert np.load(path).dtype == np.float32
     assert np.array_equal(blobs.load(str(path), None), x)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_pixel_levels_are_kept_as_uint8_and_read_back_exactly(tmp_path) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (6, 3, 224, 224)).astype(np.float32)
+    levels = blobs.as_pixels(pixels)
+    assert levels is not None and levels.dtype == np.uint8
+    assert blobs.kept_as(levels) == "uint8" and blobs.content_hash(levels[0]) != ""
+    path = blobs.write_batch(blobs.new_path(tmp_path, input_kind="pixels"), levels)
+    assert np.load(path).dtype == np.uint8
+    assert path.stat().st_size < pixels.nbytes / 4 + 1024  # a quarter of float32, and a header
+    for row in range(len(pixels)):
+        assert np.array_equal(blobs.load(str(path), row), pixels[row])
+
+
+@pytest.mark.parametrize("value", [0.5, 255.25, 256.0, -1.0, np.nan, np.inf])
+def test_anything_but_integer_levels_0_to_255_is_not_kept_as_pixels(value) -> None:
+    pixels = np.zeros((2, 3, 4, 4), np.float32)
+    pixels[1, 2, 3, 3] = value
+    assert blobs.as_pixels(pixels) is None
+    assert blobs.kept_as(pixels) == "float32"
+
+
+def test_new_kept_input_names_are_time_ordered_and_spread_over_folders(tmp_path) -> None:
+    paths = [blobs.new_path(tmp_path) for _ in range(200)]
+    names = [p.name for p in paths]
+    assert names[0] < names[-1]
+    assert len({p.parent.name for p in paths}) > 50  # the folder is the id's random end
+    assert all(p.parent.name == p.name[30:32] for p in paths)

@@ -5,7 +5,6 @@ integration tests run the same code inside tritonserver (tests/integration/test_
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from lifeloop.rollout.policy import Cascade, RoutingPolicy
 from lifeloop.serve.routing import (
     LIGHT_ROUTE,
     Answer,
+    Kept,
     answer_routes,
     first_pass,
     log_batch,
@@ -122,9 +122,7 @@ def test_light_answers_are_logged_with_the_light_model_and_shadow_compares_with_
         labels=LABELS,
         policy=policy,
         shadow=shadow,
-        sample_rate=1.0,
-        rng=random.Random(0),
-        blob_path=BLOB,
+        kept=Kept(hashes=["h"] * 4, rows=[0, 1, 2, 3], blob=str(BLOB)),
         new_id=lambda: f"id{next(counter)}",
     )
     got = [

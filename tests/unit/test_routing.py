@@ -13,11 +13,14 @@ import pytest
 from lifeloop.rollout.policy import RoutingPolicy
 from lifeloop.serve.routing import (
     Answer,
+    Kept,
     answer_routes,
+    answered_rows,
     group_routes,
     label_name,
     log_batch,
     plan_routes,
+    sample_rows,
     shadow_top1,
     split_answers,
 )
@@ -50,6 +53,16 @@ def ids() -> Callable[[], str]:
 def images(n: int, start: float) -> np.ndarray:
     """n images of shape (2,), distinct values so that content hashes differ."""
     return np.arange(start, start + 2 * n, dtype=np.float32).reshape(n, 2)
+
+
+def kept_all(arrays: list[np.ndarray]) -> Kept:
+    """Every image kept, in batch order, with its real content hash."""
+    images = np.concatenate(arrays)
+    return Kept(
+        hashes=[content_hash(image) for image in images],
+        rows=list(range(len(images))),
+        blob=str(BLOB),
+    )
 
 
 def answer(version: int, route: str, top: list[list[int]], n: int | None = None) -> Answer:
@@ -160,9 +173,7 @@ def test_records_follow_request_then_image_order_with_their_fields() -> None:
         labels=LABELS,
         policy=CANARY,
         shadow=None,
-        sample_rate=1.0,
-        rng=Draws(),  # a sample rate of 1 keeps every input without a draw
-        blob_path=BLOB,
+        kept=kept_all(arrays),
         new_id=ids(),
     )
     assert batch.request_ids == [["id0", "id1"], ["id2"]]
@@ -183,17 +194,28 @@ def test_records_follow_request_then_image_order_with_their_fields() -> None:
     ]
     assert len({r.content_hash for r in batch.records}) == 3
     assert all(r.shadow_version is None and r.shadow_label is None for r in batch.records)
-    np.testing.assert_array_equal(np.stack(batch.kept), np.concatenate(arrays))
 
 
-def test_half_sample_rate_numbers_kept_rows_and_skips_failed_requests() -> None:
+def test_a_sample_rate_of_one_keeps_every_image_without_a_draw() -> None:
+    assert sample_rows(3, 1.0, Draws()) == [0, 1, 2]
+
+
+def test_half_sample_rate_draws_once_per_image_and_numbers_the_kept_rows() -> None:
+    draws = Draws(0.1, 0.7, 0.5, 0.4999)
+    assert sample_rows(4, 0.5, draws) == [0, None, None, 1]  # 0.5 is not below 0.5
+    assert draws.values == []
+
+
+def test_failed_requests_keep_no_inputs_and_the_rest_are_renumbered() -> None:
     arrays = [images(2, 0), images(3, 10), images(2, 20)]
     answers: list[Answer | Exception] = [
         answer(1, "champion", [[0], [1]]),
         RuntimeError("digits v2: not loaded"),
         answer(1, "champion", [[2], [2]]),
     ]
-    draws = Draws(0.1, 0.7, 0.5, 0.4999)  # one per answered image; the failed one draws none
+    rows = [0, None, 1, 2, None, None, 3]
+    kept_rows = answered_rows(rows, answers, arrays)
+    assert kept_rows == [0, None, None, None, None, None, 1]
     batch = log_batch(
         answers,
         arrays,
@@ -201,20 +223,16 @@ def test_half_sample_rate_numbers_kept_rows_and_skips_failed_requests() -> None:
         labels=LABELS,
         policy=CHAMPION_ONLY,
         shadow=None,
-        sample_rate=0.5,
-        rng=draws,
-        blob_path=BLOB,
+        kept=Kept(hashes=[f"h{i}" for i in range(7)], rows=kept_rows, blob=str(BLOB)),
         new_id=ids(),
     )
-    assert draws.values == []
     assert batch.request_ids == [["id0", "id1"], None, ["id2", "id3"]]
-    assert [(r.blob_row, r.blob) for r in batch.records] == [
-        (0, str(BLOB)),
-        (None, None),
-        (None, None),  # 0.5 is not below 0.5
-        (1, str(BLOB)),
+    assert [(r.content_hash, r.blob_row, r.blob) for r in batch.records] == [
+        ("h0", 0, str(BLOB)),
+        ("h1", None, None),
+        ("h5", None, None),  # the failed request's three images are skipped
+        ("h6", 1, str(BLOB)),
     ]
-    np.testing.assert_array_equal(np.stack(batch.kept), [arrays[0][0], arrays[2][1]])
 
 
 def test_shadow_labels_only_on_champion_answers_at_each_images_batch_offset() -> None:
@@ -235,9 +253,7 @@ def test_shadow_labels_only_on_champion_answers_at_each_images_batch_offset() ->
             model="digits", champion=1, candidate=2, canary_weight=0.5, shadow=True
         ),
         shadow=shadow,
-        sample_rate=1.0,
-        rng=Draws(),
-        blob_path=BLOB,
+        kept=kept_all(arrays),
         new_id=ids(),
     )
     assert [(r.route, r.shadow_version, r.shadow_label) for r in batch.records] == [

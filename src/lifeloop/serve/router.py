@@ -57,15 +57,18 @@ from lifeloop.rollout.policy import Cascade, PolicyWatcher
 from lifeloop.serve.responses import error_for, log, unavailable
 from lifeloop.serve.routing import (
     LIGHT_ROUTE,
+    Kept,
     LightPass,
     Route,
     answer_routes,
+    answered_rows,
     first_pass,
     log_batch,
     plan_routes,
+    sample_rows,
     shadow_top1,
 )
-from lifeloop.store.blobs import cipher, new_path, write_batch
+from lifeloop.store.blobs import as_pixels, cipher, content_hash, kept_as, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
 from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
 
@@ -205,6 +208,16 @@ class Light:
         self.last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Keeping:
+    """A batch's kept-input work: the batch in the form it is kept, every image's content
+    hash, and the write's failure, if it failed."""
+
+    images: np.ndarray
+    hashes: list[str]
+    failure: OSError | None
+
+
 class Router:
     """What the router's model.py delegates to; `pb` is triton_python_backend_utils."""
 
@@ -223,6 +236,8 @@ class Router:
         # BLS calls in flight together, one per request of a batch at most: to a cached
         # classifier each request is its own call (see `execute`).
         self.calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="lifeloop-bls")
+        # Hashes and writes a batch's kept inputs while the classifier answers it.
+        self.keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lifeloop-keep")
         self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
         # On Triton's /metrics beside its own, where the python backend supports it.
         self.metrics = (
@@ -247,6 +262,7 @@ class Router:
 
     def close(self) -> None:
         self.calls.shutdown(wait=True)
+        self.keeper.shutdown(wait=True)
         self.log.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -264,10 +280,21 @@ class Router:
             return list(self.calls.map(lambda batch: _or_error(infer, version, batch), batches))
 
         routes = plan_routes(policy, len(arrays), self.random)
+        images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        rows = sample_rows(len(images), settings.sample_rate, self.random)
+        blob_path = new_path(
+            settings.blob_dir,
+            encrypted=self.fernet is not None,
+            input_kind=sent.input_kind if sent is not None else None,
+        )
+        # None of the kept-input work depends on the answers: it runs while they are made.
+        keeping = self.keeper.submit(
+            self._keep, images, rows, blob_path, pixels=sent is not None and sent.takes_pixels
+        )
         light = (
             None
             if policy.cascade is None
-            else self._first_pass(policy.cascade, routes, arrays, sent)
+            else self._first_pass(policy.cascade, routes, images, sent)
         )
         answers = answer_routes(
             arrays,
@@ -278,13 +305,20 @@ class Router:
             # that its batcher still batches the misses.
             infer_each=infer_each if self.labels.cached and len(arrays) > 1 else None,
             light=light,
+            whole=images,
         )
-        shadow = shadow_top1(policy, arrays, infer)
-        blob_path = new_path(
-            settings.blob_dir,
-            encrypted=self.fernet is not None,
-            input_kind=sent.input_kind if sent is not None else None,
-        )
+        shadow = shadow_top1(policy, [images], infer)
+        kept = keeping.result()
+        kept_rows, unkept = answered_rows(rows, answers, arrays), kept.failure
+        if unkept is None and kept_rows != rows:
+            unkept = self._keep_only(kept.images, kept_rows, blob_path)
+        if unkept is not None:
+            # Kept inputs serve retraining only: a full or failing disk costs this batch's
+            # inputs, never its answers.
+            if self.metrics is not None:
+                self.metrics.kept_input_failed(sum(row is not None for row in kept_rows))
+            log(pb, "warn", f"lifeloop: kept inputs not written to {blob_path}: {unkept}")
+            kept_rows = [None] * len(kept_rows)
         batch = log_batch(
             answers,
             arrays,
@@ -292,21 +326,14 @@ class Router:
             labels=labels,
             policy=policy,
             shadow=shadow,
-            sample_rate=settings.sample_rate,
-            rng=self.random,
-            blob_path=blob_path,
+            kept=Kept(
+                hashes=kept.hashes,
+                rows=kept_rows,
+                blob=str(blob_path),
+                kept_as=kept_as(kept.images),
+            ),
         )
         records = batch.records
-        if batch.kept:
-            try:
-                write_batch(blob_path, np.stack(batch.kept), fernet=self.fernet)
-            except OSError as exc:
-                # Kept inputs serve retraining only: a full or failing disk costs this batch's
-                # inputs, never its answers.
-                records = [replace(r, blob=None, blob_row=None) for r in records]
-                if self.metrics is not None:
-                    self.metrics.kept_input_failed(len(batch.kept))
-                log(pb, "warn", f"lifeloop: kept inputs not written to {blob_path}: {exc}")
         try:
             self.log.record(records)
         except LogUnavailable as exc:
@@ -344,11 +371,35 @@ class Router:
             responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses
 
+    def _keep(
+        self, images: np.ndarray, rows: list[int | None], path: Path, *, pixels: bool
+    ) -> _Keeping:
+        """Every image's content hash; the images `rows` keeps, written to `path`. A batch
+        of `pixels` is kept (and hashed) as uint8 where that loses nothing."""
+        as_uint8 = as_pixels(images) if pixels else None
+        kept = images if as_uint8 is None else as_uint8
+        hashes = [content_hash(image) for image in kept]
+        return _Keeping(kept, hashes, self._keep_only(kept, rows, path))
+
+    def _keep_only(self, kept: np.ndarray, rows: list[int | None], path: Path) -> OSError | None:
+        """Write (or replace) `path` with the images `rows` keeps; none: no file."""
+        chosen = [i for i, row in enumerate(rows) if row is not None]
+        try:
+            if not chosen:
+                path.unlink(missing_ok=True)
+            else:
+                write_batch(
+                    path, kept if len(chosen) == len(kept) else kept[chosen], fernet=self.fernet
+                )
+        except OSError as exc:
+            return exc
+        return None
+
     def _first_pass(
         self,
         cascade: Cascade,
         routes: list[Route],
-        arrays: list[np.ndarray],
+        batch: np.ndarray,
         sent: Preprocessing | None,
     ) -> LightPass | None:
         """The light model over the whole batch; None (every image goes to its arm) when it
@@ -356,7 +407,6 @@ class Router:
         light = self.lights.get(cascade.light)
         if light is None:
             light = self.lights[cascade.light] = Light(self.repository / cascade.light)
-        batch = np.concatenate(arrays)
         try:
             light.config.current()
             batch = light.versions.as_taken(cascade.version, batch, sent)

@@ -4,38 +4,40 @@ answers itself and what it escalates, and what the batch logs (records, request 
 inputs). `lifeloop.serve.router` is the Triton glue around it.
 
 Random draws come from an injected source, in a fixed order (one per request when a canary
-takes traffic, then one per answered image when the sample rate is below 1), so a seeded
-source gives a reproducible batch."""
+takes traffic, then one per image when the sample rate is below 1), so a seeded source gives
+a reproducible batch. Which inputs are kept is drawn before the batch is answered, so that
+the router can hash and write them while the classifier runs."""
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from lifeloop.rollout.policy import RoutingPolicy
 from lifeloop.scoring import softmax_top_k
-from lifeloop.store.blobs import content_hash
 from lifeloop.store.database import Prediction
+from lifeloop.store.ids import new_id
 
 __all__ = [
     "LIGHT_ROUTE",
     "Answer",
     "BatchLog",
+    "Kept",
     "LightPass",
     "RandomSource",
     "Route",
     "answer_routes",
+    "answered_rows",
     "first_pass",
     "group_routes",
     "label_name",
     "log_batch",
     "plan_routes",
+    "sample_rows",
     "shadow_top1",
     "split_answers",
 ]
@@ -117,13 +119,60 @@ class Answer:
 
 @dataclass(frozen=True)
 class BatchLog:
-    """What a batch logs: `records` in request then image order, `request_ids` per request
-    (None for a request whose version failed), and `kept`, the sampled inputs that the
-    records' `blob_row` indexes."""
+    """What a batch logs: `records` in request then image order, and `request_ids` per
+    request (None for a request whose version failed)."""
 
     records: list[Prediction]
     request_ids: list[list[str] | None]
-    kept: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Per image of the batch: its content hash, and its row in `blob` (the batch's
+    kept-input file, whose rows are `kept_as`: see lifeloop.store.blobs), or None where it
+    is not kept."""
+
+    hashes: Sequence[str]
+    rows: Sequence[int | None]
+    blob: str | None
+    kept_as: str | None = None
+
+
+def sample_rows(n_images: int, sample_rate: float, rng: RandomSource) -> list[int | None]:
+    """Per image: its row among the kept inputs, or None. Every image is kept at a rate of 1
+    (no draw); below it, one draw from `rng` per image."""
+    rows: list[int | None] = []
+    kept = 0
+    for _ in range(n_images):
+        if sample_rate >= 1.0 or rng.random() < sample_rate:
+            rows.append(kept)
+            kept += 1
+        else:
+            rows.append(None)
+    return rows
+
+
+def answered_rows(
+    rows: Sequence[int | None],
+    answers: Sequence[Answer | Exception],
+    arrays: Sequence[np.ndarray],
+) -> list[int | None]:
+    """`rows` without the images of failed requests, renumbered: no record points at a failed
+    request's inputs, so they are not kept."""
+    answered = [
+        not isinstance(answer, Exception)
+        for answer, array in zip(answers, arrays, strict=True)
+        for _ in range(len(array))
+    ]
+    out: list[int | None] = []
+    kept = 0
+    for row, ok in zip(rows, answered, strict=True):
+        if row is None or not ok:
+            out.append(None)
+        else:
+            out.append(kept)
+            kept += 1
+    return out
 
 
 def plan_routes(policy: RoutingPolicy, n_requests: int, rng: RandomSource) -> list[Route]:
@@ -173,16 +222,19 @@ def answer_routes(
     *,
     infer_each: InferEach | None = None,
     light: LightPass | None = None,
+    whole: np.ndarray | None = None,
 ) -> list[Answer | Exception]:
     """Per request: its Answer, or the error of its version's call (which fails only that
     version's requests). With `infer_each`, each request is its own call, so that a
     classifier's response cache sees one request's images as its key, not a batch's mix.
+    `whole`, the arrays already concatenated, is sent as it is where one version takes every
+    request (a batch of 224x224 images is 19 MB to copy again).
 
     With `light`, the light model's confident images (under an arm it is trusted for) are
     answered from it, and only the others go to their arm, one sub-batch per version; a
     request all of whose images the light model answers makes no arm call."""
     if light is None:
-        return _answer_arms(arrays, routes, infer, top_k, infer_each)
+        return _answer_arms(arrays, routes, infer, top_k, infer_each, whole)
     offsets = np.cumsum([0, *(len(a) for a in arrays)])
     keeps = []
     for i, (_, version) in enumerate(routes):
@@ -244,6 +296,7 @@ def _answer_arms(
     infer: Infer,
     top_k: int,
     infer_each: InferEach | None,
+    whole: np.ndarray | None = None,
 ) -> list[Answer | Exception]:
     answers: list[Answer | Exception] = [RuntimeError("not routed") for _ in arrays]
     for (route, version), members in group_routes(routes).items():
@@ -259,7 +312,9 @@ def _answer_arms(
                 )
             continue
         try:
-            logits = infer(version, np.concatenate([arrays[i] for i in members]))
+            every = len(members) == len(arrays)  # then `whole` is theirs, in request order
+            batch = whole if every and whole is not None else _stack([arrays[i] for i in members])
+            logits = infer(version, batch)
         except Exception as exc:  # the classifier's error for this version's requests
             for i in members:
                 answers[i] = exc
@@ -279,10 +334,15 @@ def shadow_top1(
     if not policy.shadow or policy.candidate is None:
         return None
     try:
-        logits = infer(policy.candidate, np.concatenate(arrays))
+        logits = infer(policy.candidate, _stack(arrays))
     except Exception:
         return None
     return np.argmax(logits, axis=1)
+
+
+def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One batch of `arrays`, without a copy when there is only one."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def label_name(labels: Sequence[str], index: int) -> str:
@@ -298,17 +358,13 @@ def log_batch(
     labels: Sequence[str],
     policy: RoutingPolicy,
     shadow: np.ndarray | None,
-    sample_rate: float,
-    rng: RandomSource,
-    blob_path: Path,
-    new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    kept: Kept,
+    new_id: Callable[[], str] = new_id,
 ) -> BatchLog:
-    """One Prediction per answered image, and the inputs kept at `sample_rate` (one draw
-    from `rng` per answered image when it is below 1), numbered as rows of `blob_path`."""
+    """One Prediction per answered image, pointing at its kept input (see `Kept`)."""
     records: list[Prediction] = []
     ids: list[list[str] | None] = []
-    kept: list[np.ndarray] = []
-    offset = 0  # the first image of request i in the batch (and in `shadow`)
+    offset = 0  # the first image of request i in the batch (and in `shadow` and `kept`)
     for i, answer in enumerate(answers):
         n = len(arrays[i])
         if isinstance(answer, Exception):
@@ -321,11 +377,7 @@ def log_batch(
             # Shadow compares the candidate with whatever answered in its place: the
             # champion, or a cascade's light model, never the candidate itself.
             shadowed = shadow is not None and route != "canary"
-            sample = arrays[i][j]
-            row = None
-            if sample_rate >= 1.0 or rng.random() < sample_rate:
-                row = len(kept)
-                kept.append(sample)
+            row = kept.rows[offset + j]
             rid = new_id()
             request_ids.append(rid)
             records.append(
@@ -337,9 +389,10 @@ def log_batch(
                     answered_by=answered_by,
                     labels=[label_name(labels, k) for k in answer.top[j]],
                     scores=answer.scores[j],
-                    content_hash=content_hash(sample),
-                    blob=None if row is None else str(blob_path),
+                    content_hash=kept.hashes[offset + j],
+                    blob=None if row is None else kept.blob,
                     blob_row=row,
+                    kept_as=None if row is None else kept.kept_as,
                     shadow_version=policy.candidate if shadowed else None,
                     shadow_label=label_name(labels, shadow[offset + j])
                     if shadow is not None and shadowed
@@ -348,4 +401,4 @@ def log_batch(
             )
         ids.append(request_ids)
         offset += n
-    return BatchLog(records=records, request_ids=ids, kept=kept)
+    return BatchLog(records=records, request_ids=ids)

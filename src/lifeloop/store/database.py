@@ -38,6 +38,7 @@ predictions = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("blob", sa.String(512)),  # the file holding the input, when sampled
     sa.Column("blob_row", sa.Integer),  # its row in that file (None: the whole file)
+    sa.Column("kept_as", sa.String(16)),  # uint8, float16 or float32; None: not kept, or older
     sa.Column("shadow_version", sa.Integer),
     sa.Column("shadow_label", sa.String(256)),
     sa.Column("shadow_agree", sa.Boolean),
@@ -133,6 +134,7 @@ class Prediction:
     shadow_version: int | None = None
     shadow_label: str | None = None
     answered_by: str | None = None  # a cascade's light model, when it answered
+    kept_as: str | None = None  # the dtype the kept input is in (blobs.kept_as)
     created_at: datetime = field(default_factory=now)
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +161,7 @@ class Prediction:
             "content_hash": self.content_hash,
             "blob": self.blob,
             "blob_row": self.blob_row,
+            "kept_as": self.kept_as,
             "shadow_version": self.shadow_version,
             "shadow_label": self.shadow_label,
             "shadow_agree": None
