@@ -27,8 +27,9 @@ Payload = Callable[[], bytes]  # the input tensor's bytes of the next request
 class Repeats:
     """A stream of inputs where a `share` of requests repeat one of `hot` images (drawn
     uniformly) and the rest are each new: what a response cache sees. Every input is the
-    base batch with its first two elements set to the image's number and the stream's seed,
-    so making one costs a copy, and streams of other seeds share no input."""
+    base batch with its first four elements set to the image's number (three base-256
+    digits) and the stream's seed, so making one costs a copy, streams of other seeds share
+    no input, and a batch of pixel levels stays pixel levels."""
 
     share: float
     hot: int = 100
@@ -47,7 +48,8 @@ class Repeats:
 
         def payload() -> bytes:
             number = int(rng.integers(self.hot)) if rng.random() < self.share else next(fresh)
-            work.reshape(-1)[:2] = (number, self.seed)
+            digits = (number % 256, number // 256 % 256, number // 65536 % 256, self.seed % 256)
+            work.reshape(-1)[:4] = digits
             return work.tobytes()
 
         return payload
@@ -238,12 +240,16 @@ def measure_lean(
     output_name: str = "logits",
     seed: int = 0,
     repeats: Stream | None = None,
+    pixels: bool = False,
 ) -> Measurement:
     """Closed-loop throughput (requests/s) and latency of a served model at `concurrency`,
     over gRPC (grpc.aio) or HTTP (aiohttp): the same input every time, or the stream of
-    `repeats`."""
-    batch = (
-        np.random.default_rng(seed).standard_normal((batch_size, *input_shape)).astype(np.float32)
+    `repeats`. The input is noise: standard normal, or with `pixels` (for a model that takes
+    pixels) random integer levels 0..255, as an image's are."""
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, *input_shape)
+    batch = (rng.integers(0, 256, shape) if pixels else rng.standard_normal(shape)).astype(
+        np.float32
     )
     opener = {"grpc": _grpc_sender, "http": _http_sender}[protocol]
     payload = repeats.payloads(batch) if repeats is not None else None
