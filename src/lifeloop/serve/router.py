@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -211,10 +211,11 @@ class Light:
 @dataclass(frozen=True)
 class _Keeping:
     """A batch's kept-input work: the batch in the form it is kept, every image's content
-    hash, and the write's failure, if it failed."""
+    hash, the form of the rows written, and the write's failure, if it failed."""
 
     images: np.ndarray
     hashes: list[str]
+    form: str | None  # what the file holds (blobs.kept_as); None: no file
     failure: OSError | None
 
 
@@ -291,27 +292,31 @@ class Router:
         keeping = self.keeper.submit(
             self._keep, images, rows, blob_path, pixels=sent is not None and sent.takes_pixels
         )
-        light = (
-            None
-            if policy.cascade is None
-            else self._first_pass(policy.cascade, routes, images, sent)
-        )
-        answers = answer_routes(
-            arrays,
-            routes,
-            infer,
-            settings.top_k,
-            # A cached classifier is asked once per request, the calls in flight together so
-            # that its batcher still batches the misses.
-            infer_each=infer_each if self.labels.cached and len(arrays) > 1 else None,
-            light=light,
-            whole=images,
-        )
-        shadow = shadow_top1(policy, [images], infer)
+        try:
+            light = (
+                None
+                if policy.cascade is None
+                else self._first_pass(policy.cascade, routes, images, sent)
+            )
+            answers = answer_routes(
+                arrays,
+                routes,
+                infer,
+                settings.top_k,
+                # A cached classifier is asked once per request, the calls in flight together
+                # so that its batcher still batches the misses.
+                infer_each=infer_each if self.labels.cached and len(arrays) > 1 else None,
+                light=light,
+                whole=images,
+            )
+            shadow = shadow_top1(policy, [images], infer)
+        finally:
+            # The thread reads the requests' tensors, which live only until execute returns.
+            wait([keeping])
         kept = keeping.result()
-        kept_rows, unkept = answered_rows(rows, answers, arrays), kept.failure
+        kept_rows, kept_form, unkept = answered_rows(rows, answers, arrays), kept.form, kept.failure
         if unkept is None and kept_rows != rows:
-            unkept = self._keep_only(kept.images, kept_rows, blob_path)
+            kept_form, unkept = self._keep_only(kept.images, kept_rows, blob_path)
         if unkept is not None:
             # Kept inputs serve retraining only: a full or failing disk costs this batch's
             # inputs, never its answers.
@@ -326,12 +331,7 @@ class Router:
             labels=labels,
             policy=policy,
             shadow=shadow,
-            kept=Kept(
-                hashes=kept.hashes,
-                rows=kept_rows,
-                blob=str(blob_path),
-                kept_as=kept_as(kept.images),
-            ),
+            kept=Kept(hashes=kept.hashes, rows=kept_rows, blob=str(blob_path), kept_as=kept_form),
         )
         records = batch.records
         try:
@@ -379,21 +379,23 @@ class Router:
         as_uint8 = as_pixels(images) if pixels else None
         kept = images if as_uint8 is None else as_uint8
         hashes = [content_hash(image) for image in kept]
-        return _Keeping(kept, hashes, self._keep_only(kept, rows, path))
+        return _Keeping(kept, hashes, *self._keep_only(kept, rows, path))
 
-    def _keep_only(self, kept: np.ndarray, rows: list[int | None], path: Path) -> OSError | None:
-        """Write (or replace) `path` with the images `rows` keeps; none: no file."""
+    def _keep_only(
+        self, kept: np.ndarray, rows: list[int | None], path: Path
+    ) -> tuple[str | None, OSError | None]:
+        """Write (or replace) `path` with the images `rows` keeps, and say in what form
+        (`kept_as`); none kept: no file."""
         chosen = [i for i, row in enumerate(rows) if row is not None]
+        some = kept if len(chosen) == len(kept) else kept[chosen]
         try:
             if not chosen:
                 path.unlink(missing_ok=True)
-            else:
-                write_batch(
-                    path, kept if len(chosen) == len(kept) else kept[chosen], fernet=self.fernet
-                )
+                return None, None
+            write_batch(path, some, fernet=self.fernet)
         except OSError as exc:
-            return exc
-        return None
+            return None, exc
+        return kept_as(some), None
 
     def _first_pass(
         self,
