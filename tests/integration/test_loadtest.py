@@ -306,6 +306,8 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "locust_over_lean_http",
         "routed_over_direct",
         "routed_over_direct_small_cnn",
+        "kept_float32_over_kept_small_cnn",
+        "kept_float32_over_kept_resnet18",
         "int8_over_fp32_resnet18",
         "fp16_over_fp32_resnet18",
         "cache_gain_resnet18",
@@ -315,6 +317,10 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         "cascade_over_heavy",
     ):
         assert bench["ratios"][name] > 0
+    for model in ("small_cnn", "resnet18"):  # sent pixel levels, the router keeps uint8
+        kept = bench["routing"][model]["kept"]
+        assert kept["forms"] == ["uint8"] and kept["images"] > 0
+        assert 3.8 < bench["ratios"][f"kept_float32_over_kept_{model}"] <= 4  # npy headers
     cache = bench["cache"]["resnet18"]
     # Triton's own counters: repeats hit, new inputs never do.
     assert cache["cache_gain"]["hits"] > 0 and cache["cache_gain"]["misses"] > 0

@@ -84,6 +84,8 @@ TARGETS = {
     "locust_over_lean_http": 0.90,
     "routed_over_direct": 0.95,
     "routed_over_direct_small_cnn": 0.75,
+    "kept_float32_over_kept_resnet18": 4.0,
+    "kept_float32_over_kept_small_cnn": 4.0,
     "int8_over_fp32_resnet18": 1.5,
     "cache_gain_resnet18": 1.8,
     "cache_cost_unique": 0.95,
@@ -305,6 +307,7 @@ def run_bench(
                 lean, spec, served, run, default_blob_dir(repository)
             )
             routing_ratios.append(routed)
+            routing_ratios.append(_kept_ratio(spec, details["routing"][spec.name]["kept"]))
             say(
                 f"  {spec.name} through the router at concurrency {c}: "
                 f"{routed.row.numerator.value:.1f}, direct {routed.row.denominator.value:.1f} "
@@ -944,6 +947,7 @@ def _routing(
     router = f"{spec.name}_router"
     try:
         routed = lean(router)
+        kept = _kept_per_image(blob_dir)
     finally:
         # The router kept every input (its default); ResNet-18 at 50 images/s keeps 15 MB a
         # second, and the bench needs none of it.
@@ -955,6 +959,7 @@ def _routing(
         "router": router,
         "settings": run.router_settings,
         "routed": routed.to_dict(),
+        "kept": kept,
         "direct": {
             "throughput": mean_direct,
             "before": direct.to_dict(),
@@ -976,6 +981,48 @@ def _routing(
         f"directly, {run.concurrency} in flight",
     )
     return figures, ratio
+
+
+def _kept_per_image(blob_dir: Path) -> dict[str, Any]:
+    """What the router kept of the inputs it was sent: files, images, bytes on disk (npy
+    headers included), bytes per image, and the forms (dtypes) the files hold."""
+    files = list(blob_dir.rglob("*.npy"))
+    images, data, forms = 0, 0, set()
+    for path in files:
+        stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        images += len(stored)
+        data += stored.nbytes
+        forms.add(str(stored.dtype))
+    size = sum(path.stat().st_size for path in files)
+    return {
+        "files": len(files),
+        "images": images,
+        "bytes": size,
+        "headers": size - data,
+        "per_image": size / images if images else 0.0,
+        "forms": sorted(forms),
+    }
+
+
+def _kept_ratio(spec: BenchModel, kept: dict[str, Any]) -> Ratio:
+    """Bytes per input of the same files as float32 (what routers kept before; headers
+    alike) over the bytes the router kept per input."""
+    images = max(kept["images"], 1)
+    float32 = (4 * int(np.prod(spec.shape)) * kept["images"] + kept["headers"]) / images
+    return _ratio(
+        f"kept_float32_over_kept_{spec.name}",
+        float32,
+        kept["per_image"],
+        Row(
+            model=spec.name,
+            numerator=Figure(label="float32", value=float32),
+            denominator=Figure(label="kept", value=kept["per_image"]),
+            unit="bytes per input",
+            notes=(f"kept as {', '.join(kept['forms'])}; {kept['images']:,} inputs",),
+        ),
+        "bytes per input the router's files would take as float32 ÷ bytes they take as "
+        "kept (headers included), pixel levels sent",
+    )
 
 
 def _harness(
