@@ -320,7 +320,8 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
     for model in ("small_cnn", "resnet18"):  # sent pixel levels, the router keeps uint8
         kept = bench["routing"][model]["kept"]
         assert kept["forms"] == ["uint8"] and kept["images"] > 0
-        assert 3.8 < bench["ratios"][f"kept_float32_over_kept_{model}"] <= 4  # npy headers
+        assert bench["ratios"][f"kept_float32_over_kept_{model}"] == 4
+        assert 0 < kept["headers"] < kept["bytes"] / 20
     cache = bench["cache"]["resnet18"]
     # Triton's own counters: repeats hit, new inputs never do.
     assert cache["cache_gain"]["hits"] > 0 and cache["cache_gain"]["misses"] > 0

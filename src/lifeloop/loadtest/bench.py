@@ -1005,23 +1005,27 @@ def _kept_per_image(blob_dir: Path) -> dict[str, Any]:
 
 
 def _kept_ratio(spec: BenchModel, kept: dict[str, Any]) -> Ratio:
-    """Bytes per input of the same files as float32 (what routers kept before; headers
-    alike) over the bytes the router kept per input."""
+    """Bytes an input takes as float32 (what routers kept before) over the bytes the router
+    kept per input; the npy headers, the same per file in either form, are beside it."""
     images = max(kept["images"], 1)
-    float32 = (4 * int(np.prod(spec.shape)) * kept["images"] + kept["headers"]) / images
+    data = (kept["bytes"] - kept["headers"]) / images
     return _ratio(
         f"kept_float32_over_kept_{spec.name}",
-        float32,
-        kept["per_image"],
+        4 * int(np.prod(spec.shape)),
+        data,
         Row(
             model=spec.name,
-            numerator=Figure(label="float32", value=float32),
-            denominator=Figure(label="kept", value=kept["per_image"]),
+            numerator=Figure(label="float32", value=4 * int(np.prod(spec.shape))),
+            denominator=Figure(label="kept", value=data),
             unit="bytes per input",
-            notes=(f"kept as {', '.join(kept['forms'])}; {kept['images']:,} inputs",),
+            notes=(
+                f"kept as {', '.join(kept['forms'])}; {kept['images']:,} inputs in "
+                f"{kept['files']:,} files, plus {kept['headers'] / images:.1f} bytes of npy "
+                "header per input",
+            ),
         ),
-        "bytes per input the router's files would take as float32 ÷ bytes they take as "
-        "kept (headers included), pixel levels sent",
+        "bytes an input takes as float32 ÷ bytes the router kept per input (npy headers, "
+        "the same in either form, beside it), pixel levels sent",
     )
 
 
