@@ -67,6 +67,7 @@ from lifeloop.serve.routing import (
     plan_routes,
     sample_rows,
     shadow_top1,
+    stack,
 )
 from lifeloop.store.blobs import as_pixels, cipher, content_hash, kept_as, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
@@ -281,7 +282,7 @@ class Router:
             return list(self.calls.map(lambda batch: _or_error(infer, version, batch), batches))
 
         routes = plan_routes(policy, len(arrays), self.random)
-        images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        images = stack(arrays)
         rows = sample_rows(len(images), settings.sample_rate, self.random)
         blob_path = new_path(
             settings.blob_dir,

@@ -11,7 +11,7 @@ the router can hash and write them while the classifier runs."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,7 @@ __all__ = [
     "sample_rows",
     "shadow_top1",
     "split_answers",
+    "stack",
 ]
 
 Route = tuple[str, int]  # ("champion" | "canary", version)
@@ -141,15 +142,7 @@ class Kept:
 def sample_rows(n_images: int, sample_rate: float, rng: RandomSource) -> list[int | None]:
     """Per image: its row among the kept inputs, or None. Every image is kept at a rate of 1
     (no draw); below it, one draw from `rng` per image."""
-    rows: list[int | None] = []
-    kept = 0
-    for _ in range(n_images):
-        if sample_rate >= 1.0 or rng.random() < sample_rate:
-            rows.append(kept)
-            kept += 1
-        else:
-            rows.append(None)
-    return rows
+    return _numbered(sample_rate >= 1.0 or rng.random() < sample_rate for _ in range(n_images))
 
 
 def answered_rows(
@@ -159,20 +152,22 @@ def answered_rows(
 ) -> list[int | None]:
     """`rows` without the images of failed requests, renumbered: no record points at a failed
     request's inputs, so they are not kept."""
-    answered = [
+    answered = (
         not isinstance(answer, Exception)
         for answer, array in zip(answers, arrays, strict=True)
         for _ in range(len(array))
-    ]
-    out: list[int | None] = []
+    )
+    return _numbered(row is not None and ok for row, ok in zip(rows, answered, strict=True))
+
+
+def _numbered(keep: Iterable[bool]) -> list[int | None]:
+    """Per image: its row among those kept (numbered from 0 in order), or None."""
+    rows: list[int | None] = []
     kept = 0
-    for row, ok in zip(rows, answered, strict=True):
-        if row is None or not ok:
-            out.append(None)
-        else:
-            out.append(kept)
-            kept += 1
-    return out
+    for k in keep:
+        rows.append(kept if k else None)
+        kept += k
+    return rows
 
 
 def plan_routes(policy: RoutingPolicy, n_requests: int, rng: RandomSource) -> list[Route]:
@@ -313,7 +308,7 @@ def _answer_arms(
             continue
         try:
             every = len(members) == len(arrays)  # then `whole` is theirs, in request order
-            batch = whole if every and whole is not None else _stack([arrays[i] for i in members])
+            batch = whole if every and whole is not None else stack([arrays[i] for i in members])
             logits = infer(version, batch)
         except Exception as exc:  # the classifier's error for this version's requests
             for i in members:
@@ -334,13 +329,13 @@ def shadow_top1(
     if not policy.shadow or policy.candidate is None:
         return None
     try:
-        logits = infer(policy.candidate, _stack(arrays))
+        logits = infer(policy.candidate, stack(arrays))
     except Exception:
         return None
     return np.argmax(logits, axis=1)
 
 
-def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """One batch of `arrays`, without a copy when there is only one."""
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
