@@ -22,7 +22,16 @@ CLASSIFIER_PARAM = "lifeloop.classifier"
 # The router model.
 STORE_PARAM = "lifeloop.store"  # SQLAlchemy URL of the prediction store
 BLOB_DIR_PARAM = "lifeloop.blob_dir"  # where kept inputs are written
-SAMPLE_RATE_PARAM = "lifeloop.blob_sample_rate"  # share of inputs kept, 0..1
+SAMPLE_RATE_PARAM = "lifeloop.blob_sample_rate"  # share of inputs kept at random, 0..1
+# Kept too: answers whose top-1 softmax is below this (0..1), and ("true") those a
+# shadowing candidate disagrees with. See lifeloop.serve.sampling.
+KEEP_UNCERTAIN_BELOW_PARAM = "lifeloop.keep_uncertain_below"
+KEEP_DISAGREEING_PARAM = "lifeloop.keep_disagreeing"
+# Their defaults for a new router. 0.2% of traffic at random: at 100 requests/s of 224x224
+# pixel inputs (150,528 bytes kept each) that is 17,280 inputs and 2.6 GB a day, leaving room
+# under 10 GB a day for every uncertain answer while they are under 0.57% of traffic.
+DEFAULT_SAMPLE_RATE = 0.002
+DEFAULT_KEEP_UNCERTAIN_BELOW = 0.5
 TOP_K_PARAM = "lifeloop.top_k"  # classes kept per logged prediction
 SPOOL_DIR_PARAM = "lifeloop.spool_dir"  # the journal a store outage spools to
 STORE_TIMEOUT_PARAM = "lifeloop.store_timeout_ms"  # longest wait for the store per batch

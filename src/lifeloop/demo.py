@@ -39,6 +39,7 @@ from lifeloop.rollout import Rollout
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.ensemble import ImageEnsemble, install_image_ensemble
 from lifeloop.serve.install import Installed, install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 
 MODEL = "classifier"
@@ -75,8 +76,13 @@ def publish_classifier(
     put the router and the feedback model in front of it and the image ensemble beside it."""
     first = export_checkpoint(checkpoint, repository, MODEL, samples=samples, evaluation=evaluation)
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
-    installed = install_router(repository, MODEL, store_url=store_url)
-    console.print(f"router and feedback models written; store {installed.store_url}")
+    # Every input kept: the demo labels a share of all its traffic, as a small deployment
+    # may; `router init`'s default keeps a sample and the uncertain answers.
+    installed = install_router(repository, MODEL, store_url=store_url, keep=KeepRule.everything())
+    console.print(
+        f"router and feedback models written; store {installed.store_url}; "
+        f"{installed.keep.describe()} kept"
+    )
     images = install_image_ensemble(repository, MODEL)
     console.print(f"{images.ensemble!r} ensemble written: clients may send encoded images")
     return Published(first, installed, images)

@@ -24,6 +24,7 @@ from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, ServerError, TritonServer
 from lifeloop.serve.ensemble import install_image_ensemble
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.deploy import DOCKERFILE, PROJECT, ROOT
@@ -102,7 +103,7 @@ def served(
 ) -> Iterator[tuple[TritonServer, Path]]:
     repo = tmp_path_factory.mktemp("image-rehearsal") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     install_image_ensemble(repo, "digits")
     config = ServerConfig.on_free_ports(
         repo, log_file=repo.parent / "tritonserver.log", python=serving_python

@@ -23,6 +23,7 @@ from lifeloop.retrain import ImageFolder, TrainResult
 from lifeloop.rollout import Rollout
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
@@ -62,7 +63,7 @@ def cascade_repo(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult,
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])  # v2: candidate
     publish_trained(with_new_class(trained.checkpoint), repo, "digits")  # v3: one more class
     publish_trained(blurred(trained.checkpoint), repo, LIGHT, samples=held_out[0])
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     return repo
 
 

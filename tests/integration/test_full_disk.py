@@ -19,6 +19,7 @@ from lifeloop.repository.publish import version_numbers
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
@@ -100,7 +101,11 @@ def test_a_router_on_a_full_disk_keeps_answering(
     publish_trained(trained.checkpoint, repo, "digits")
     store_url = f"sqlite:///{small_disk / 'store.db'}"
     installed = install_router(
-        repo, "digits", store_url=store_url, blob_dir=small_disk / "blobs"
+        repo,
+        "digits",
+        store_url=store_url,
+        blob_dir=small_disk / "blobs",
+        keep=KeepRule.everything(),
     )  # the spool stays beside the repository, on a disk with room
     with TritonServer(server_config(repo)) as server:
         with LifeloopClient(server.grpc_url, model="router") as client:

@@ -19,6 +19,7 @@ from lifeloop.retrain import ImageFolder, TrainResult
 from lifeloop.rollout import Rollout
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration import triton_image_client
@@ -78,7 +79,7 @@ def mixed(
     repo = tmp_path_factory.mktemp("mixed") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0], input_kind=NORMALIZED)
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     with TritonServer(server_config(repo)) as server:
         yield server, repo
 

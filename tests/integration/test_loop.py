@@ -25,6 +25,7 @@ from lifeloop.retrain import TrainResult
 from lifeloop.rollout import Rollout, read_policy
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store, blobs
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
@@ -46,7 +47,7 @@ def loop_repo(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, he
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])  # v1
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])  # v2
     publish_trained(permuted(trained.checkpoint), repo, "digits")  # v3: wrong on purpose
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     return repo
 
 
@@ -264,7 +265,7 @@ def test_sigkill_loses_no_acknowledged_record(
     x, y = served_held_out
     repo = tmp_path / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits")
-    install_router(repo, "digits")
+    install_router(repo, "digits", keep=KeepRule.everything())
     acknowledged: list[str] = []
     labelled: list[str] = []
     errors: list[str] = []

@@ -19,6 +19,7 @@ from lifeloop.retrain import TrainResult
 from lifeloop.rollout import Rollout
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.debian import require_tool
@@ -210,7 +211,7 @@ def scraped(
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0], response_cache=True)
     publish_trained(trained.checkpoint, repo, "digits")
     publish_trained(trained.checkpoint, repo, "digits_light")
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     config = ServerConfig.on_free_ports(repo, log_file=repo.parent / "tritonserver.log", cache_mb=8)
     with TritonServer(config) as server, Store.for_repository(repo) as store:
         rollout = Rollout(repo, store, server_url=server.http_url)

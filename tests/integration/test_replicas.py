@@ -21,6 +21,7 @@ from lifeloop.rollout import Rollout
 from lifeloop.rollout.replicas import load_everywhere, load_published, server_urls
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 
@@ -113,7 +114,9 @@ def test_rollout_switches_every_replica_and_reports_each(
     repo, a, b = replicas
     x, _ = served_held_out
     publish_trained(trained.checkpoint, repo, "digits")  # v2, on disk only
-    install_router(repo, "digits", champion=1, server_url=[a.http_url, b.http_url])
+    install_router(
+        repo, "digits", champion=1, server_url=[a.http_url, b.http_url], keep=KeepRule.everything()
+    )
     results = load_everywhere([a.http_url, b.http_url], ["router", "feedback"])
     assert [r.ok for r in results] == [True, True]
     with Store.for_repository(repo) as store:

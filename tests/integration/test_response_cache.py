@@ -23,6 +23,7 @@ from lifeloop.rollout import Rollout
 from lifeloop.serve import TritonServer
 from lifeloop.serve.ensemble import install_image_ensemble
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
@@ -44,7 +45,7 @@ def cached(
     repo = tmp_path_factory.mktemp("cache") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0], response_cache=True)
     publish_trained(sharper(trained.checkpoint), repo, "digits", samples=held_out[0])
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     images = install_image_ensemble(repo, "digits")
     ensemble = read_config(repo / images.ensemble)
     assert ensemble is not None

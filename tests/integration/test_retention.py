@@ -19,6 +19,7 @@ from lifeloop.errors import StoreError
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store, blobs
 from lifeloop.store.database import Prediction, now
 from lifeloop.store.retention import parse_age, purge
@@ -122,7 +123,7 @@ def test_the_router_encrypts_kept_inputs_and_purge_runs_beside_it(
     monkeypatch.setenv(blobs.KEY_ENV, key)  # tritonserver inherits it
     repo = tmp_path / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits")
-    install_router(repo, "digits")
+    install_router(repo, "digits", keep=KeepRule.everything())
     with (
         TritonServer(server_config(repo)) as server,
         LifeloopClient(server.grpc_url, model="router") as client,

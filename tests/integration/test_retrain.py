@@ -23,6 +23,7 @@ from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import predict
 from lifeloop.rollout import read_policy
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store, blobs
 from lifeloop.store.blobs import default_blob_dir
 from lifeloop.store.database import Prediction
@@ -53,7 +54,7 @@ def v1(digits: ImageFolder, splits, tmp_path_factory) -> TrainResult:
 def make_repo(root: Path, v1: TrainResult) -> Path:
     repository = root / "model_repository"
     publish_trained(v1.checkpoint, repository, "digits")
-    install_router(repository, "digits")
+    install_router(repository, "digits", keep=KeepRule.everything())
     return repository
 
 

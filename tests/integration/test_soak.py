@@ -13,6 +13,7 @@ from lifeloop.cli import app
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 
@@ -22,7 +23,7 @@ def soak_server(tmp_path_factory, trained: TrainResult, held_out) -> Iterator[Tr
     repo = tmp_path_factory.mktemp("soak") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])
     publish_trained(trained.checkpoint, repo, "digits")
-    install_router(repo, "digits", champion=1)
+    install_router(repo, "digits", champion=1, keep=KeepRule.everything())
     with TritonServer(server_config(repo)) as running:
         yield running
 

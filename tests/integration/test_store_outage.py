@@ -25,6 +25,7 @@ from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
@@ -186,7 +187,7 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
 def routed_repository(tmp_path: Path, trained: TrainResult, held_out, store_url: str | None):
     repo = tmp_path / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])
-    installed = install_router(repo, "digits", store_url=store_url)
+    installed = install_router(repo, "digits", store_url=store_url, keep=KeepRule.everything())
     return repo, installed.store_url
 
 

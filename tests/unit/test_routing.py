@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lifeloop.errors import RolloutError
 from lifeloop.rollout.policy import RoutingPolicy
 from lifeloop.serve.routing import (
     Answer,
     Kept,
     answer_routes,
-    answered_rows,
     group_routes,
+    keep_decisions,
+    kept_rows,
     label_name,
     log_batch,
     plan_routes,
@@ -24,6 +26,7 @@ from lifeloop.serve.routing import (
     shadow_top1,
     split_answers,
 )
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import content_hash
 
 LABELS = ("zero", "one", "two")
@@ -213,9 +216,18 @@ def test_failed_requests_keep_no_inputs_and_the_rest_are_renumbered() -> None:
         RuntimeError("digits v2: not loaded"),
         answer(1, "champion", [[2], [2]]),
     ]
-    rows = [0, None, 1, 2, None, None, 3]
-    kept_rows = answered_rows(rows, answers, arrays)
-    assert kept_rows == [0, None, None, None, None, None, 1]
+    drawn = [0, None, 1, 2, None, None, 3]
+    rule = KeepRule(uniform=0.5, uncertain_below=0.0, disagreeing=False)
+    decisions = keep_decisions(drawn, answers, arrays, rule=rule)
+    assert decisions == [
+        ("uniform", 0.5),
+        (None, 0.5),
+        *[(None, None)] * 3,  # the failed request's images: no record, no chance
+        (None, 0.5),
+        ("uniform", 0.5),
+    ]
+    rows = kept_rows(decisions)
+    assert rows == [0, None, None, None, None, None, 1]
     batch = log_batch(
         answers,
         arrays,
@@ -223,16 +235,67 @@ def test_failed_requests_keep_no_inputs_and_the_rest_are_renumbered() -> None:
         labels=LABELS,
         policy=CHAMPION_ONLY,
         shadow=None,
-        kept=Kept(hashes=[f"h{i}" for i in range(7)], rows=kept_rows, blob=str(BLOB)),
+        kept=Kept(
+            hashes=[f"h{i}" for i in range(7)], rows=rows, blob=str(BLOB), decisions=decisions
+        ),
         new_id=ids(),
     )
     assert batch.request_ids == [["id0", "id1"], None, ["id2", "id3"]]
-    assert [(r.content_hash, r.blob_row, r.blob) for r in batch.records] == [
-        ("h0", 0, str(BLOB)),
-        ("h1", None, None),
-        ("h5", None, None),  # the failed request's three images are skipped
-        ("h6", 1, str(BLOB)),
+    assert [
+        (r.content_hash, r.blob_row, r.blob, r.kept_by, r.keep_rate) for r in batch.records
+    ] == [
+        ("h0", 0, str(BLOB), "uniform", 0.5),
+        ("h1", None, None, None, 0.5),
+        ("h5", None, None, None, 0.5),  # the failed request's three images are skipped
+        ("h6", 1, str(BLOB), "uniform", 0.5),
     ]
+
+
+def scored(version: int, route: str, top1: list[float]) -> Answer:
+    """An answer whose images' top-1 scores are `top1` (class 0 each)."""
+    top = [[0, 1] for _ in top1]
+    scores = [[p, 1 - p] for p in top1]
+    return Answer(np.zeros((len(top1), 3), np.float32), version, route, top, scores)
+
+
+def test_uncertain_answers_are_kept_without_a_draw_and_weigh_one() -> None:
+    arrays = [images(4, 0)]
+    answers: list[Answer | Exception] = [scored(1, "champion", [0.9, 0.3, 0.49, 0.3])]
+    rule = KeepRule(uniform=0.01, uncertain_below=0.5)
+    # the last image was also drawn: it belongs to the uniform sample, at its stratum's rate
+    decisions = keep_decisions([None, None, None, 0], answers, arrays, rule=rule)
+    assert decisions == [(None, 0.01), ("uncertain", 1.0), ("uncertain", 1.0), ("uniform", 1.0)]
+    assert kept_rows(decisions) == [None, 0, 1, 2]
+
+
+def test_a_shadowing_candidate_that_disagrees_keeps_the_input_but_never_a_canary_answer() -> None:
+    arrays = [images(2, 0), images(1, 10)]
+    answers: list[Answer | Exception] = [
+        scored(1, "champion", [0.9, 0.9]),
+        scored(2, "canary", [0.9]),
+    ]
+    shadow = np.array([1, 0, 1])  # disagrees with the first champion answer and the canary's
+    decisions = keep_decisions([None] * 3, answers, arrays, rule=KeepRule(), shadow=shadow)
+    assert decisions == [("disagreed", 1.0), (None, 0.002), (None, 0.002)]
+    off = KeepRule(disagreeing=False)
+    assert keep_decisions([None] * 3, answers, arrays, rule=off, shadow=shadow)[0] == (None, 0.002)
+
+
+def test_the_keep_rule_round_trips_through_a_config_and_an_old_router_keeps_its_sample_only() -> (
+    None
+):
+    rule = KeepRule(uniform=0.05, uncertain_below=0.3, disagreeing=False)
+    assert KeepRule.from_parameters(rule.to_parameters()) == rule
+    old = KeepRule.from_parameters({"lifeloop.blob_sample_rate": "0.5"})
+    assert old == KeepRule(uniform=0.5, uncertain_below=0.0, disagreeing=False)
+    assert KeepRule.from_parameters({}).keeps_everything  # the first routers kept every input
+
+
+def test_a_keep_rule_out_of_range_is_refused_naming_the_setting() -> None:
+    with pytest.raises(RolloutError, match=r"keep_uncertain_below must be in 0..1, got 1.5"):
+        KeepRule(uncertain_below=1.5)
+    with pytest.raises(RolloutError, match=r"sample_rate must be in 0..1, got -0.1"):
+        KeepRule(uniform=-0.1)
 
 
 def test_shadow_labels_only_on_champion_answers_at_each_images_batch_offset() -> None:

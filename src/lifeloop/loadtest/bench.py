@@ -74,6 +74,7 @@ from lifeloop.preprocessing import PIXELS, Preprocessing
 from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
 from lifeloop.serve.install import install_router
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import default_blob_dir
 from lifeloop.store.database import default_store_url
 
@@ -120,8 +121,8 @@ MODELS = (
 HARNESS_MODEL = MODELS[1]  # the cheapest request: the client's cost weighs most
 PRECISION_ROUNDS = 2
 ACCURACY_EPOCHS = 3
-# The router as `lifeloop router init` sets it up: every input kept, top-5.
-ROUTER_SAMPLE_RATE = 1.0
+# The router at its heaviest: every input kept (`router init --sample-rate 1`), top-5.
+ROUTER_KEEP = KeepRule.everything()
 ROUTER_TOP_K = 5
 # The cache's streams: half the requests repeat one of 100 images, or none repeats.
 CACHE_STREAMS = {
@@ -181,7 +182,7 @@ def run_bench(
                 model,
                 router=f"{model}_router",
                 feedback=f"{model}_feedback",
-                sample_rate=ROUTER_SAMPLE_RATE,
+                keep=ROUTER_KEEP,
                 top_k=ROUTER_TOP_K,
             )
 
@@ -492,12 +493,7 @@ def _ratio(name: str, numerator: float, denominator: float, row: Row, measured_a
 
 def _router_settings(store_url: str) -> str:
     store = "SQLite" if store_url.startswith("sqlite") else store_url.split(":", 1)[0]
-    kept = (
-        "every input kept"
-        if ROUTER_SAMPLE_RATE == 1
-        else f"{ROUTER_SAMPLE_RATE:.0%} of inputs kept"
-    )
-    return f"prediction log on {store}, {kept}, top-{ROUTER_TOP_K}"
+    return f"prediction log on {store}, {ROUTER_KEEP.describe()} kept, top-{ROUTER_TOP_K}"
 
 
 def _versions() -> dict[str, str]:
@@ -738,7 +734,7 @@ def _cascade(out: Path, run: BenchRun) -> tuple[dict[str, Any], Ratio]:
         "heavy",
         router="heavy_router",
         feedback="heavy_feedback",
-        sample_rate=ROUTER_SAMPLE_RATE,
+        keep=ROUTER_KEEP,
         top_k=ROUTER_TOP_K,
     )
     _, held = digits.split()  # the split the small CNN was held out on too

@@ -23,6 +23,7 @@ from lifeloop.rollout.policy import RoutingPolicy, policy_path, read_policy, wri
 from lifeloop.rollout.replicas import ServerUrls
 from lifeloop.rollout.rollout import sync_version_policy
 from lifeloop.serve.router import default_spool_dir
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import default_blob_dir
 from lifeloop.store.database import Event, Store, default_store_url, now
 from lifeloop.store.prediction_log import SpoolSettings, WhenFull
@@ -38,6 +39,7 @@ class Installed:
     store_url: str
     blob_dir: Path
     spool: SpoolSettings
+    keep: KeepRule
 
 
 def install_router(
@@ -48,7 +50,7 @@ def install_router(
     feedback: str = "feedback",
     store_url: str | None = None,
     blob_dir: Path | None = None,
-    sample_rate: float = 1.0,
+    keep: KeepRule | None = None,
     top_k: int = 5,
     champion: int | None = None,
     server_url: ServerUrls = None,
@@ -67,8 +69,6 @@ def install_router(
             "`lifeloop export` or `lifeloop train` first",
             model=classifier,
         )
-    if not 0.0 <= sample_rate <= 1.0:
-        raise RolloutError(f"sample_rate must be in 0..1, got {sample_rate}", setting="sample_rate")
     if top_k < 1:
         raise RolloutError(f"top_k must be >= 1, got {top_k}", setting="top_k")
     if champion is not None and champion not in versions:
@@ -139,7 +139,7 @@ def install_router(
                     contract.CLASSIFIER_PARAM: classifier,
                     contract.STORE_PARAM: store_url,
                     contract.BLOB_DIR_PARAM: str(blob_dir),
-                    contract.SAMPLE_RATE_PARAM: f"{sample_rate:g}",
+                    **(keep or KeepRule()).to_parameters(),
                     contract.TOP_K_PARAM: str(top_k),
                     contract.SPOOL_DIR_PARAM: str(spool.folder),
                     contract.STORE_TIMEOUT_PARAM: str(store_timeout_ms),
@@ -170,4 +170,4 @@ def install_router(
             ),
             MODELS_DIR / "feedback.py",
         )
-    return Installed(router, feedback, policy, store_url, blob_dir, spool)
+    return Installed(router, feedback, policy, store_url, blob_dir, spool, keep or KeepRule())

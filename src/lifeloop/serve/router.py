@@ -5,11 +5,12 @@ champion or, with the canary weight's probability, to the candidate, one BLS cal
 for the whole batch, and in shadow mode also runs the candidate on every input and records
 whether it agrees. With a cascade in the policy, a light model answers first and only the
 images it is not confident about go on to those versions. Every image gets a request id.
-Its prediction (version, top-k labels and scores, content hash, and the input itself at the
-sample rate) is committed to the store, one transaction per batch, or when the store does not
-answer within a short bound, to a local fsynced journal that is drained into the store later
-(lifeloop.store.prediction_log), before the batch's responses leave: an id a caller holds is
-never lost, even if tritonserver is killed right after. A store outage never fails or stalls
+Its prediction (version, top-k labels and scores, content hash, and the input itself when the
+keep rule of lifeloop.serve.sampling keeps it) is committed to the store, one transaction per
+batch, or when the store does not answer within a short bound, to a local fsynced journal
+that is drained into the store later (lifeloop.store.prediction_log), before the batch's
+responses leave: an id a caller holds is never lost, even if tritonserver is killed right
+after. A store outage never fails or stalls
 inference.
 
 Outputs per image: `logits` (the answering version's), `model_version`, `request_id`, and
@@ -39,7 +40,6 @@ from lifeloop.contract import (
     LABELS_PARAM,
     PREPROCESSING_PARAM,
     REQUEST_ID_OUTPUT,
-    SAMPLE_RATE_PARAM,
     SPOOL_DIR_PARAM,
     SPOOL_MAX_BYTES_PARAM,
     SPOOL_WHEN_FULL_PARAM,
@@ -61,14 +61,16 @@ from lifeloop.serve.routing import (
     LightPass,
     Route,
     answer_routes,
-    answered_rows,
     first_pass,
+    keep_decisions,
+    kept_rows,
     log_batch,
     plan_routes,
     sample_rows,
     shadow_top1,
     stack,
 )
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import as_pixels, cipher, content_hash, kept_as, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
 from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
@@ -88,7 +90,7 @@ class RouterSettings:
     classifier: str
     store_url: str
     blob_dir: Path
-    sample_rate: float
+    keep: KeepRule
     top_k: int
     input_name: str
     output_name: str
@@ -103,7 +105,7 @@ class RouterSettings:
             classifier=params[CLASSIFIER_PARAM],
             store_url=params[STORE_PARAM],
             blob_dir=Path(params[BLOB_DIR_PARAM]),
-            sample_rate=float(params.get(SAMPLE_RATE_PARAM, "1.0")),
+            keep=KeepRule.from_parameters(params),
             top_k=int(params.get(TOP_K_PARAM, "5")),
             input_name=config["input"][0]["name"],
             output_name="logits",
@@ -283,7 +285,7 @@ class Router:
 
         routes = plan_routes(policy, len(arrays), self.random)
         images = stack(arrays)
-        rows = sample_rows(len(images), settings.sample_rate, self.random)
+        rows = sample_rows(len(images), settings.keep.uniform, self.random)
         blob_path = new_path(
             settings.blob_dir,
             encrypted=self.fernet is not None,
@@ -315,16 +317,18 @@ class Router:
             # The thread reads the requests' tensors, which live only until execute returns.
             wait([keeping])
         kept = keeping.result()
-        kept_rows, kept_form, unkept = answered_rows(rows, answers, arrays), kept.form, kept.failure
-        if unkept is None and kept_rows != rows:
-            kept_form, unkept = self._keep_only(kept.images, kept_rows, blob_path)
+        decisions = keep_decisions(rows, answers, arrays, rule=settings.keep, shadow=shadow)
+        final_rows, kept_form, unkept = kept_rows(decisions), kept.form, kept.failure
+        if unkept is None and final_rows != rows:
+            # Failed requests' inputs out, uncertain answers' in: the file is rewritten.
+            kept_form, unkept = self._keep_only(kept.images, final_rows, blob_path)
         if unkept is not None:
             # Kept inputs serve retraining only: a full or failing disk costs this batch's
             # inputs, never its answers.
             if self.metrics is not None:
-                self.metrics.kept_input_failed(sum(row is not None for row in kept_rows))
+                self.metrics.kept_input_failed(sum(row is not None for row in final_rows))
             log(pb, "warn", f"lifeloop: kept inputs not written to {blob_path}: {unkept}")
-            kept_rows = [None] * len(kept_rows)
+            final_rows = [None] * len(final_rows)
         batch = log_batch(
             answers,
             arrays,
@@ -332,7 +336,13 @@ class Router:
             labels=labels,
             policy=policy,
             shadow=shadow,
-            kept=Kept(hashes=kept.hashes, rows=kept_rows, blob=str(blob_path), kept_as=kept_form),
+            kept=Kept(
+                hashes=kept.hashes,
+                rows=final_rows,
+                blob=str(blob_path),
+                kept_as=kept_form,
+                decisions=decisions,
+            ),
         )
         records = batch.records
         try:

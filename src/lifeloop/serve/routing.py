@@ -4,9 +4,10 @@ answers itself and what it escalates, and what the batch logs (records, request 
 inputs). `lifeloop.serve.router` is the Triton glue around it.
 
 Random draws come from an injected source, in a fixed order (one per request when a canary
-takes traffic, then one per image when the sample rate is below 1), so a seeded source gives
-a reproducible batch. Which inputs are kept is drawn before the batch is answered, so that
-the router can hash and write them while the classifier runs."""
+takes traffic, then one per image when the uniform sample rate is below 1), so a seeded source
+gives a reproducible batch. The uniform draw is made before the batch is answered, so that the
+router can hash and write those inputs while the classifier runs; the uncertain answers the
+keep rule adds (lifeloop.serve.sampling) are known only after."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from lifeloop.rollout.policy import RoutingPolicy
 from lifeloop.scoring import softmax_top_k
+from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.database import Prediction
 from lifeloop.store.ids import new_id
 
@@ -31,9 +33,10 @@ __all__ = [
     "RandomSource",
     "Route",
     "answer_routes",
-    "answered_rows",
     "first_pass",
     "group_routes",
+    "keep_decisions",
+    "kept_rows",
     "label_name",
     "log_batch",
     "plan_routes",
@@ -48,6 +51,9 @@ LIGHT_ROUTE = "light"  # the route logged for an image a cascade's light model a
 Infer = Callable[[int, np.ndarray], np.ndarray]  # (version, batch) -> logits
 # (version, one batch per request) -> per request: its logits, or the error of its call
 InferEach = Callable[[int, list[np.ndarray]], list[np.ndarray | Exception]]
+# Per image: why it is kept (lifeloop.serve.sampling; None: not kept), and the chance an
+# image answered as it was had of being kept (None: its request failed)
+Decision = tuple[str | None, float | None]
 
 
 class RandomSource(Protocol):
@@ -129,14 +135,15 @@ class BatchLog:
 
 @dataclass(frozen=True)
 class Kept:
-    """Per image of the batch: its content hash, and its row in `blob` (the batch's
-    kept-input file, whose rows are `kept_as`: see lifeloop.store.blobs), or None where it
-    is not kept."""
+    """Per image of the batch: its content hash, its row in `blob` (the batch's kept-input
+    file, whose rows are `kept_as`: see lifeloop.store.blobs) or None where it is not kept,
+    and the keep rule's decision (`keep_decisions`)."""
 
     hashes: Sequence[str]
     rows: Sequence[int | None]
     blob: str | None
     kept_as: str | None = None
+    decisions: Sequence[Decision] | None = None  # None: no rule recorded
 
 
 def sample_rows(n_images: int, sample_rate: float, rng: RandomSource) -> list[int | None]:
@@ -145,19 +152,41 @@ def sample_rows(n_images: int, sample_rate: float, rng: RandomSource) -> list[in
     return _numbered(sample_rate >= 1.0 or rng.random() < sample_rate for _ in range(n_images))
 
 
-def answered_rows(
-    rows: Sequence[int | None],
+def keep_decisions(
+    drawn: Sequence[int | None],
     answers: Sequence[Answer | Exception],
     arrays: Sequence[np.ndarray],
-) -> list[int | None]:
-    """`rows` without the images of failed requests, renumbered: no record points at a failed
-    request's inputs, so they are not kept."""
-    answered = (
-        not isinstance(answer, Exception)
-        for answer, array in zip(answers, arrays, strict=True)
-        for _ in range(len(array))
-    )
-    return _numbered(row is not None and ok for row, ok in zip(rows, answered, strict=True))
+    *,
+    rule: KeepRule,
+    shadow: np.ndarray | None = None,
+) -> list[Decision]:
+    """Per image: why `rule` keeps it (None: not kept) and the chance it had, from its uniform
+    draw (`drawn`, from `sample_rows`) and its answer. A failed request's images are not
+    kept and have no chance: no record points at them. `shadow` is the candidate's top-1 per
+    image when shadowing; it is compared only with answers the candidate did not give."""
+    decisions: list[Decision] = []
+    offset = 0
+    for answer, array in zip(answers, arrays, strict=True):
+        n = len(array)
+        if isinstance(answer, Exception):
+            decisions.extend([(None, None)] * n)
+            offset += n
+            continue
+        for j in range(n):
+            _, _, route = answer.answered_by(j)
+            disagrees = (
+                shadow is not None and route != "canary" and shadow[offset + j] != answer.top[j][0]
+            )
+            decisions.append(
+                rule.decide(drawn[offset + j] is not None, answer.scores[j][0], bool(disagrees))
+            )
+        offset += n
+    return decisions
+
+
+def kept_rows(decisions: Sequence[Decision]) -> list[int | None]:
+    """Per image: its row among the kept inputs, or None."""
+    return _numbered(reason is not None for reason, _ in decisions)
 
 
 def _numbered(keep: Iterable[bool]) -> list[int | None]:
@@ -373,6 +402,9 @@ def log_batch(
             # champion, or a cascade's light model, never the candidate itself.
             shadowed = shadow is not None and route != "canary"
             row = kept.rows[offset + j]
+            kept_by, keep_rate = (
+                (None, None) if kept.decisions is None else kept.decisions[offset + j]
+            )
             rid = new_id()
             request_ids.append(rid)
             records.append(
@@ -388,6 +420,8 @@ def log_batch(
                     blob=None if row is None else kept.blob,
                     blob_row=row,
                     kept_as=None if row is None else kept.kept_as,
+                    kept_by=None if row is None else kept_by,
+                    keep_rate=keep_rate,
                     shadow_version=policy.candidate if shadowed else None,
                     shadow_label=label_name(labels, shadow[offset + j])
                     if shadow is not None and shadowed

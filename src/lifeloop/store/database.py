@@ -39,6 +39,10 @@ predictions = sa.Table(
     sa.Column("blob", sa.String(512)),  # the file holding the input, when sampled
     sa.Column("blob_row", sa.Integer),  # its row in that file (None: the whole file)
     sa.Column("kept_as", sa.String(16)),  # uint8, float16 or float32; None: not kept, or older
+    # why the input was kept (uniform, uncertain, disagreed; None: not kept), and the chance
+    # an input answered like it had of being kept (lifeloop.serve.sampling); None: older
+    sa.Column("kept_by", sa.String(16)),
+    sa.Column("keep_rate", sa.Float),
     sa.Column("shadow_version", sa.Integer),
     sa.Column("shadow_label", sa.String(256)),
     sa.Column("shadow_agree", sa.Boolean),
@@ -135,6 +139,8 @@ class Prediction:
     shadow_label: str | None = None
     answered_by: str | None = None  # a cascade's light model, when it answered
     kept_as: str | None = None  # the dtype the kept input is in (blobs.kept_as)
+    kept_by: str | None = None  # why it was kept (lifeloop.serve.sampling); None: not kept
+    keep_rate: float | None = None  # the chance it had of being kept: weigh by 1 / keep_rate
     created_at: datetime = field(default_factory=now)
 
     def to_json(self) -> dict[str, Any]:
@@ -162,6 +168,8 @@ class Prediction:
             "blob": self.blob,
             "blob_row": self.blob_row,
             "kept_as": self.kept_as,
+            "kept_by": self.kept_by,
+            "keep_rate": self.keep_rate,
             "shadow_version": self.shadow_version,
             "shadow_label": self.shadow_label,
             "shadow_agree": None
@@ -196,6 +204,8 @@ class Labelled:
     blob: str | None
     blob_row: int | None
     created_at: datetime
+    kept_by: str | None = None  # see Prediction
+    keep_rate: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,6 +363,8 @@ class Store:
                 predictions.c.blob,
                 predictions.c.blob_row,
                 feedback.c.created_at,
+                predictions.c.kept_by,
+                predictions.c.keep_rate,
             )
             .join(feedback, feedback.c.request_id == predictions.c.request_id)
             .where(predictions.c.model == model)
