@@ -32,6 +32,12 @@ KEEP_DISAGREEING_PARAM = "lifeloop.keep_disagreeing"
 # under 10 GB a day for every uncertain answer while they are under 0.57% of traffic.
 DEFAULT_SAMPLE_RATE = 0.002
 DEFAULT_KEEP_UNCERTAIN_BELOW = 0.5
+# The bytes the router's kept inputs may take before the oldest unlabelled go (0: no limit),
+# and how often it checks, in seconds. See lifeloop.store.retention.
+KEEP_BUDGET_PARAM = "lifeloop.keep_budget_bytes"
+KEEP_BUDGET_EVERY_PARAM = "lifeloop.keep_budget_every_s"
+DEFAULT_KEEP_BUDGET = "10GB"
+DEFAULT_KEEP_BUDGET_EVERY_S = 60.0
 TOP_K_PARAM = "lifeloop.top_k"  # classes kept per logged prediction
 SPOOL_DIR_PARAM = "lifeloop.spool_dir"  # the journal a store outage spools to
 STORE_TIMEOUT_PARAM = "lifeloop.store_timeout_ms"  # longest wait for the store per batch

@@ -197,7 +197,9 @@ def test_retention_runs_nightly_on_the_shared_volume(rendered) -> None:
     assert container["args"][:2] == ["store", "purge"]
     assert "--older-than=$(LIFELOOP_RETENTION)" in container["args"]
     assert "--repository=/var/lib/lifeloop/model_repository" in container["args"]
-    assert find(docs, "ConfigMap", "lifeloop")["data"]["LIFELOOP_RETENTION"] == "30d"
+    assert "--max-kept-bytes=$(LIFELOOP_KEEP_BUDGET)" in container["args"]
+    data = find(docs, "ConfigMap", "lifeloop")["data"]
+    assert (data["LIFELOOP_RETENTION"], data["LIFELOOP_KEEP_BUDGET"]) == ("30d", "10GB")
     assert purge["spec"]["concurrencyPolicy"] == "Forbid"
 
 

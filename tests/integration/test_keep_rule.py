@@ -1,10 +1,16 @@
-"""The keep rule inside the real tritonserver: a router keeps the inputs whose answers were
-uncertain and those a shadowing candidate disagrees with, records why and with what chance
-in each prediction, and keeps nothing else when its uniform share is 0."""
+"""What a router keeps, inside the real tritonserver: the inputs whose answers were uncertain
+and those a shadowing candidate disagrees with, each prediction saying why and with what
+chance, and nothing else when its uniform share is 0; and a router with a disk budget
+evicts its oldest unlabelled inputs past it, never a labelled one, and says so on Triton's
+metrics endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from tests.integration.conftest import server_config
 from tests.integration.test_loop import permuted
 
 N = 60
+BUDGET = 16_000  # bytes: ten of the single-image files 40 requests write
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,17 @@ def keep_repo(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, th
     publish_trained(permuted(trained.checkpoint), repo, "digits")  # v2: disagrees on every input
     rule = KeepRule(uniform=0.0, uncertain_below=threshold, disagreeing=True)
     install_router(repo, "digits", champion=1, keep=rule)
+    install_router(  # a second router, every input kept, in its own folder, under a budget
+        repo,
+        "digits",
+        router="budgeted",
+        feedback="budgeted_feedback",
+        champion=1,
+        keep=KeepRule.everything(),
+        blob_dir=repo.parent / "budgeted_blobs",
+        keep_budget=BUDGET,
+        keep_budget_every_s=0.5,
+    )
     return repo
 
 
@@ -100,3 +118,65 @@ def test_a_disagreeing_shadow_keeps_what_the_champion_was_sure_of(
     ]
     assert len(reasons) == N and reasons == expected
     assert "disagreed" in reasons
+
+
+def on_disk(folder: Path) -> int:
+    """Bytes of the kept-input files in `folder`, while the router may be evicting them."""
+    total = 0
+    for path in folder.rglob("*.npy"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+def budget_series(server: TritonServer) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("router") == "budgeted" and "kept_input" in s.name
+    }
+
+
+def test_a_router_over_its_budget_evicts_the_oldest_unlabelled_inputs(
+    keep_server, keep_repo, served_held_out
+) -> None:
+    x = served_held_out[0][:40]
+    folder = keep_repo.parent / "budgeted_blobs"
+    with LifeloopClient(keep_server.grpc_url, model="budgeted") as client:
+        client.wait_until_ready(120, model="budgeted")
+        client.wait_until_ready(120, model="budgeted_feedback")
+        ids = [client.classify(x[i : i + 1])[0].request_id for i in range(len(x))]
+        labelled = [ids[0], ids[1], ids[20]]  # two of the oldest
+        assert client.feedback(labelled, ["0", "1", "2"], model="budgeted_feedback") == 3
+    files = sorted(
+        (p for p in folder.rglob("*.npy")), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+    assert on_disk(folder) > BUDGET  # the traffic passed the budget
+    # Files under a minute old are never evicted (their batch may not be committed yet): the
+    # test makes them two minutes older, keeping their order.
+    for p in files:
+        at = p.stat().st_mtime - 120
+        os.utime(p, (at, at))
+    deadline = time.monotonic() + 60
+    while on_disk(folder) > BUDGET:
+        assert time.monotonic() < deadline, "the router's budget pass never evicted"
+        time.sleep(0.5)
+    with Store.for_repository(keep_repo) as store:
+        kept = [store.prediction(rid)["blob"] is not None for rid in ids]  # type: ignore[index]
+    assert all(kept[ids.index(rid)] for rid in labelled)  # never a labelled input
+    evicted = [i for i, k in enumerate(kept) if not k]
+    unlabelled_kept = [i for i, k in enumerate(kept) if k and ids[i] not in labelled]
+    assert evicted and unlabelled_kept and max(evicted) < min(unlabelled_kept)  # oldest first
+    deadline = time.monotonic() + 30
+    while budget_series(keep_server).get("lifeloop_kept_inputs_evicted_total", 0) < len(evicted):
+        assert time.monotonic() < deadline, budget_series(keep_server)
+        time.sleep(0.5)
+    series = budget_series(keep_server)
+    assert series["lifeloop_kept_input_budget_bytes"] == BUDGET
+    assert series["lifeloop_kept_input_bytes"] <= BUDGET
+    assert series["lifeloop_kept_input_evicted_bytes_total"] > 0

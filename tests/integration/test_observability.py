@@ -92,7 +92,7 @@ def test_the_autoscalers_adapter_query_passes_promtool(tmp_path: Path) -> None:
 def test_prometheus_rules_pass_promtool() -> None:
     rules = check("rules", str(PROMETHEUS / "rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 12 rules found" in rules.stdout
+    assert "SUCCESS: 15 rules found" in rules.stdout
 
 
 def test_the_spool_alerts_fire_while_predictions_wait_and_when_they_are_dropped(
@@ -177,6 +177,84 @@ def test_the_spool_alerts_fire_while_predictions_wait_and_when_they_are_dropped(
     path.write_text(yaml.safe_dump(tests))
     done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
     assert done.returncode != 0
+
+
+def test_the_budget_alerts_fire_when_kept_inputs_fill_it_and_when_they_cannot_go(
+    tmp_path: Path,
+) -> None:
+    """promtool's rule unit tests: kept inputs that reach 95% of the budget fire
+    LifeloopKeepBudgetNearlyFull after 10 minutes; ones that stay over it (labelled, so not
+    evictable) fire LifeloopKeepBudgetExceeded after 15."""
+    where = {"model": "digits", "router": "router", "instance": "a"}
+    labels = ",".join(f'{k}="{v}"' for k, v in where.items())
+    tests = {
+        "rule_files": [str(PROMETHEUS / "rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f"lifeloop_kept_input_budget_bytes{{{labels}}}",
+                        "values": "1000x40",
+                    },
+                    {
+                        "series": f"lifeloop_kept_input_bytes{{{labels}}}",
+                        "values": "500x5 950x15 1200x20",
+                    },
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "10m",
+                        "alertname": "LifeloopKeepBudgetNearlyFull",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "17m",
+                        "alertname": "LifeloopKeepBudgetNearlyFull",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "info",
+                                    **where,
+                                },
+                                "exp_annotations": {
+                                    "summary": "router on a keeps 95% of its disk budget: from "
+                                    "here on its oldest unlabelled inputs are evicted"
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "LifeloopKeepBudgetExceeded",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "37m",
+                        "alertname": "LifeloopKeepBudgetExceeded",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    **where,
+                                },
+                                "exp_annotations": {
+                                    "summary": "router on a keeps 120% of its disk budget and "
+                                    "cannot evict: what is left is labelled; raise "
+                                    "--keep-budget or purge by age"
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "budget-alerts.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_a_broken_rule_file_fails_promtool(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from lifeloop.serve.install import install_router
 from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store, blobs
 from lifeloop.store.database import Prediction, now
-from lifeloop.store.retention import parse_age, purge
+from lifeloop.store.retention import evict_to_budget, parse_age, parse_size, purge
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 
@@ -103,6 +103,73 @@ def test_keep_labelled_keeps_old_predictions_with_feedback(store: Store, tmp_pat
     assert store.request_ids("digits") == {labelled[0].request_id}
     assert result.protected_labelled == 1 and result.predictions == 3
     assert Path(labelled[0].blob).exists() and not Path(unlabelled[0].blob).exists()
+
+
+def test_the_size_trigger_evicts_the_oldest_unlabelled_first_and_never_a_labelled_input(
+    store: Store, tmp_path: Path
+) -> None:
+    blob_dir = tmp_path / "blobs"
+    # Oldest first: each file holds 4 inputs of 1x8x8 float32 (256 bytes of data each).
+    oldest = served(store, blob_dir, 4, age_days=5)
+    labelled = served(store, blob_dir, 4, age_days=4)  # one labelled input keeps the file
+    trained = served(store, blob_dir, 4, age_days=3)  # labelled, and v2 was trained on it
+    older = served(store, blob_dir, 4, age_days=2)
+    newest = served(store, blob_dir, 4, age_days=1)
+    store.add_feedback([(labelled[2].request_id, "1"), (trained[0].request_id, "1")])
+    store.record_training("digits", 2, [trained[0].request_id], {"1": 1}, {})
+    size = Path(oldest[0].blob).stat().st_size
+    # Room for three files: the two oldest unlabelled ones go, the labelled ones stay.
+    result = evict_to_budget(store, [blob_dir], 3 * size, batch_size=1)
+    assert (result.evicted_files, result.evicted_bytes, result.evicted_inputs) == (2, 2 * size, 8)
+    assert result.kept_bytes == 3 * size and not result.over
+    assert result.protected_bytes == 2 * size
+    exists = [Path(batch[0].blob).exists() for batch in (oldest, labelled, trained, older, newest)]
+    assert exists == [False, True, True, False, True]
+    for p in oldest + older:  # the predictions stay, pointing at no input, saying why kept
+        row = store.prediction(p.request_id)
+        assert row is not None and (row["blob"], row["blob_row"], row["kept_as"]) == (None,) * 3
+    row = store.prediction(labelled[0].request_id)  # unlabelled, in a labelled input's file
+    assert row is not None and row["blob"] == labelled[0].blob
+    # Retraining still reads every labelled input.
+    assert {
+        r.request_id for r in store.labelled("digits") if r.blob and Path(r.blob).is_file()
+    } == {
+        labelled[2].request_id,
+        trained[0].request_id,
+    }
+    # Under a budget only labelled inputs could meet, it stops and says so.
+    again = evict_to_budget(store, [blob_dir], size, batch_size=1)
+    assert again.evicted_files == 1 and again.over and again.kept_bytes == 2 * size
+    assert Path(labelled[0].blob).exists() and Path(trained[0].blob).exists()
+
+
+def test_the_size_trigger_leaves_files_a_router_may_not_have_committed_yet(
+    store: Store, tmp_path: Path
+) -> None:
+    blob_dir = tmp_path / "blobs"
+    young = served(store, blob_dir, 2, age_days=0)  # written just now
+    result = evict_to_budget(store, [blob_dir], 1)
+    assert result.evicted_files == 0 and result.over and Path(young[0].blob).exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10GB", 10**10), ("500MB", 5 * 10**8), ("1.5GiB", 3 * 2**29), ("2048", 2048), ("0", 0)],
+)
+def test_sizes_read_as_people_write_them(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["ten", "-1GB", "10 parsecs", ""])
+def test_a_bad_size_is_a_one_line_error(bad: str) -> None:
+    with pytest.raises(StoreError, match="max_kept_bytes takes a size like 10GB"):
+        parse_size(bad)
+
+
+def test_purge_asks_for_a_trigger(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["store", "purge", "--repository", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "say what to purge: --older-than 30d (by age), --max-kept-bytes 10GB" in result.output
 
 
 @pytest.mark.parametrize("bad", ["30", "thirty days", "-1d", "0h"])

@@ -21,7 +21,7 @@ from lifeloop.cli._common import (
     console,
     print_replicas,
 )
-from lifeloop.contract import DEFAULT_KEEP_UNCERTAIN_BELOW, DEFAULT_SAMPLE_RATE
+from lifeloop.contract import DEFAULT_KEEP_BUDGET, DEFAULT_KEEP_UNCERTAIN_BELOW, DEFAULT_SAMPLE_RATE
 
 app = typer.Typer()
 
@@ -82,6 +82,13 @@ def router_init(
         bool,
         typer.Option(help="Also keep every input a shadowing candidate answers differently."),
     ] = True,
+    keep_budget: Annotated[
+        str,
+        typer.Option(
+            help="Disk the kept inputs may take (10GB, 500MB, 1.5GiB; 0: no limit); past it "
+            "the oldest unlabelled go, checked every minute."
+        ),
+    ] = DEFAULT_KEEP_BUDGET,
     top_k: Annotated[int, typer.Option(help="Labels and scores logged per prediction.")] = 5,
     champion: Annotated[
         int | None, typer.Option(help="Champion version (default: the newest).")
@@ -124,6 +131,7 @@ def router_init(
             uncertain_below=keep_uncertain_below,
             disagreeing=keep_disagreeing,
         ),
+        keep_budget=keep_budget,
         top_k=top_k,
         champion=champion,
         server_url=url,
@@ -134,7 +142,8 @@ def router_init(
     )
     console.print(f"router {done.router!r} and feedback model {done.feedback!r} written")
     console.print(f"store: {done.store_url}; inputs kept in {done.blob_dir}")
-    console.print(f"kept: {done.keep.describe()}")
+    budget = f"up to {done.keep_budget:,} bytes" if done.keep_budget else "no size limit"
+    console.print(f"kept: {done.keep.describe()}; {budget}")
     console.print(
         f"spool: {done.spool.folder} (after {store_timeout_ms} ms, up to "
         f"{done.spool.max_bytes} bytes, then {done.spool.when_full.value})"
@@ -530,8 +539,15 @@ app.add_typer(store_app, name="store")
 @_errors
 def store_purge(
     older_than: Annotated[
-        str, typer.Option(help="Age past which things go: 30d, 12h, 90m or 3600s.")
-    ],
+        str | None,
+        typer.Option(help="Age past which things go: 30d, 12h, 90m or 3600s."),
+    ] = None,
+    max_kept_bytes: Annotated[
+        str | None,
+        typer.Option(
+            help="Size past which the oldest unlabelled kept inputs go: 10GB, 500MB, 1.5GiB."
+        ),
+    ] = None,
     repository: Repository = Path("model_repository"),
     store: StoreUrl = None,
     keep_labelled: Annotated[
@@ -543,36 +559,62 @@ def store_purge(
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Rows per transaction.")] = 500,
 ) -> None:
-    """Delete predictions, their feedback and kept inputs older than the window, and the
-    archived checkpoints of versions nothing loads; in short transactions, beside traffic."""
+    """Retention, by age and by size, in short transactions beside traffic. By age: delete
+    predictions, their feedback and kept inputs older than the window, and the archived
+    checkpoints of versions nothing loads. By size: while the kept inputs take more than the
+    limit, delete the oldest that hold no labelled input (their predictions stay)."""
+    from lifeloop.errors import StoreError
     from lifeloop.export.pipeline import archive_dir
     from lifeloop.rollout.policy import loaded_in
     from lifeloop.store import Store
-    from lifeloop.store.retention import blob_dirs, parse_age, purge
+    from lifeloop.store.retention import blob_dirs, evict_to_budget, parse_age, parse_size, purge
 
-    age = parse_age(older_than)
-    repository = Path(repository)
-    with Store.for_repository(repository, store) as opened:
-        result = purge(
-            opened,
-            older_than=age,
-            blob_dirs=blob_dirs(repository),
-            checkpoint_dir=archive_dir(repository),
-            loaded=loaded_in(repository),
-            keep_labelled=keep_labelled,
-            include_trained=include_trained,
-            batch_size=batch_size,
+    if older_than is None and max_kept_bytes is None:
+        raise StoreError(
+            "say what to purge: --older-than 30d (by age), --max-kept-bytes 10GB (by size), or both"
         )
-    console.print(f"purged what was older than {result.before.isoformat(timespec='seconds')}:")
-    console.print(f"  {result.predictions} predictions and {result.feedback} labels")
-    console.print(
-        f"  {result.kept_inputs} kept-input files ({result.kept_input_bytes / 2**20:.1f} MiB)"
-    )
-    console.print(f"  {len(result.checkpoints)} archived checkpoints")
-    console.print(
-        f"kept: {result.protected_trained} old predictions a version was trained on, "
-        f"{result.protected_labelled} labelled ones"
-    )
+    age = None if older_than is None else parse_age(older_than)
+    size = None if max_kept_bytes is None else parse_size(max_kept_bytes)
+    repository = Path(repository)
+    folders = blob_dirs(repository)
+    with Store.for_repository(repository, store) as opened:
+        if age is not None:
+            result = purge(
+                opened,
+                older_than=age,
+                blob_dirs=folders,
+                checkpoint_dir=archive_dir(repository),
+                loaded=loaded_in(repository),
+                keep_labelled=keep_labelled,
+                include_trained=include_trained,
+                batch_size=batch_size,
+            )
+            console.print(
+                f"purged what was older than {result.before.isoformat(timespec='seconds')}:"
+            )
+            console.print(f"  {result.predictions} predictions and {result.feedback} labels")
+            console.print(
+                f"  {result.kept_inputs} kept-input files "
+                f"({result.kept_input_bytes / 2**20:.1f} MiB)"
+            )
+            console.print(f"  {len(result.checkpoints)} archived checkpoints")
+            console.print(
+                f"kept: {result.protected_trained} old predictions a version was trained on, "
+                f"{result.protected_labelled} labelled ones"
+            )
+        if size is not None:
+            evicted = evict_to_budget(opened, folders, size, batch_size=batch_size)
+            console.print(
+                f"kept inputs over {size:,} bytes: evicted {evicted.evicted_inputs} inputs in "
+                f"{evicted.evicted_files} files ({evicted.evicted_bytes / 2**20:.1f} MiB); "
+                f"{evicted.kept_bytes / 2**20:.1f} MiB kept, "
+                f"{evicted.protected_bytes / 2**20:.1f} MiB of it labelled"
+            )
+            if evicted.over:
+                console.print(
+                    "still over: what is left is labelled or under a minute old; raise the "
+                    "limit or purge by age"
+                )
 
 
 @store_app.command("new-key")

@@ -27,6 +27,7 @@ from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import default_blob_dir
 from lifeloop.store.database import Event, Store, default_store_url, now
 from lifeloop.store.prediction_log import SpoolSettings, WhenFull
+from lifeloop.store.retention import parse_size
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -40,6 +41,7 @@ class Installed:
     blob_dir: Path
     spool: SpoolSettings
     keep: KeepRule
+    keep_budget: int  # bytes; 0: no limit
 
 
 def install_router(
@@ -51,6 +53,8 @@ def install_router(
     store_url: str | None = None,
     blob_dir: Path | None = None,
     keep: KeepRule | None = None,
+    keep_budget: int | str = contract.DEFAULT_KEEP_BUDGET,
+    keep_budget_every_s: float = contract.DEFAULT_KEEP_BUDGET_EVERY_S,
     top_k: int = 5,
     champion: int | None = None,
     server_url: ServerUrls = None,
@@ -68,6 +72,12 @@ def install_router(
             f"model {classifier!r} has no published version in {repository}; export one with "
             "`lifeloop export` or `lifeloop train` first",
             model=classifier,
+        )
+    budget = parse_size(keep_budget, setting="keep_budget")
+    if keep_budget_every_s <= 0:
+        raise RolloutError(
+            f"keep_budget_every_s must be positive, got {keep_budget_every_s}",
+            setting="keep_budget_every_s",
         )
     if top_k < 1:
         raise RolloutError(f"top_k must be >= 1, got {top_k}", setting="top_k")
@@ -140,6 +150,8 @@ def install_router(
                     contract.STORE_PARAM: store_url,
                     contract.BLOB_DIR_PARAM: str(blob_dir),
                     **(keep or KeepRule()).to_parameters(),
+                    contract.KEEP_BUDGET_PARAM: str(budget),
+                    contract.KEEP_BUDGET_EVERY_PARAM: f"{keep_budget_every_s:g}",
                     contract.TOP_K_PARAM: str(top_k),
                     contract.SPOOL_DIR_PARAM: str(spool.folder),
                     contract.STORE_TIMEOUT_PARAM: str(store_timeout_ms),
@@ -170,4 +182,6 @@ def install_router(
             ),
             MODELS_DIR / "feedback.py",
         )
-    return Installed(router, feedback, policy, store_url, blob_dir, spool, keep or KeepRule())
+    return Installed(
+        router, feedback, policy, store_url, blob_dir, spool, keep or KeepRule(), budget
+    )

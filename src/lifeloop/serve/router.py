@@ -37,6 +37,9 @@ from lifeloop.contract import (
     ANSWERED_BY_OUTPUT,
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
+    DEFAULT_KEEP_BUDGET_EVERY_S,
+    KEEP_BUDGET_EVERY_PARAM,
+    KEEP_BUDGET_PARAM,
     LABELS_PARAM,
     PREPROCESSING_PARAM,
     REQUEST_ID_OUTPUT,
@@ -74,6 +77,7 @@ from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import as_pixels, cipher, content_hash, kept_as, new_path, write_batch
 from lifeloop.store.database import Prediction, Store
 from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
+from lifeloop.store.retention import BudgetKeeper, Eviction
 
 __all__ = ["CLASSIFIER_PARAM", "Router", "RouterSettings"]
 
@@ -95,6 +99,8 @@ class RouterSettings:
     input_name: str
     output_name: str
     spool: SpoolSettings
+    keep_budget: int = 0  # bytes the kept inputs may take (0: no limit)
+    keep_budget_every_s: float = DEFAULT_KEEP_BUDGET_EVERY_S
     answers_by: bool = False  # the config declares the answered_by output (routers since 0.x)
 
     @classmethod
@@ -106,6 +112,10 @@ class RouterSettings:
             store_url=params[STORE_PARAM],
             blob_dir=Path(params[BLOB_DIR_PARAM]),
             keep=KeepRule.from_parameters(params),
+            keep_budget=int(params.get(KEEP_BUDGET_PARAM) or 0),
+            keep_budget_every_s=float(
+                params.get(KEEP_BUDGET_EVERY_PARAM) or DEFAULT_KEEP_BUDGET_EVERY_S
+            ),
             top_k=int(params.get(TOP_K_PARAM, "5")),
             input_name=config["input"][0]["name"],
             output_name="logits",
@@ -245,8 +255,21 @@ class Router:
         self.fernet = cipher()  # kept inputs encrypted at rest when the key is set
         # On Triton's /metrics beside its own, where the python backend supports it.
         self.metrics = (
-            RouterMetrics(pb, router_dir.name, settings.classifier)
+            RouterMetrics(pb, router_dir.name, settings.classifier, settings.keep_budget)
             if hasattr(pb, "MetricFamily")
+            else None
+        )
+        # The size trigger of retention: the oldest unlabelled kept inputs go past the budget.
+        self.budget = (
+            BudgetKeeper(
+                Store(settings.store_url, connect=False),
+                settings.blob_dir,
+                settings.keep_budget,
+                every_s=settings.keep_budget_every_s,
+                on_pass=None if self.metrics is None else self.metrics.budget_pass,
+                log=lambda line: log(pb, "warn", line),
+            )
+            if settings.keep_budget > 0
             else None
         )
         # A bad URL fails the router's load; a store that is down does not: the router
@@ -267,6 +290,8 @@ class Router:
     def close(self) -> None:
         self.calls.shutdown(wait=True)
         self.keeper.shutdown(wait=True)
+        if self.budget is not None:
+            self.budget.close()
         self.log.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -489,7 +514,7 @@ class RouterMetrics:
 
     flush_s = 0.5
 
-    def __init__(self, pb: Any, router: str, model: str) -> None:
+    def __init__(self, pb: Any, router: str, model: str, keep_budget: int = 0) -> None:
         def family(name: str, description: str, kind: Any = pb.MetricFamily.COUNTER) -> Any:
             return pb.MetricFamily(name=name, description=description, kind=kind)
 
@@ -539,6 +564,29 @@ class RouterMetrics:
         self._metric(self.drained)
         self._metric(self.spooled_now).set(0)
         self._metric(self.kept_failed)
+        if keep_budget > 0:  # the budget's series, only where a budget is kept
+            self.kept_bytes = family(
+                "lifeloop_kept_input_bytes",
+                "Bytes the router's kept inputs take on disk, as of its last budget pass",
+                pb.MetricFamily.GAUGE,
+            )
+            self.budget_bytes = family(
+                "lifeloop_kept_input_budget_bytes",
+                "The bytes the router's kept inputs may take before the oldest unlabelled go",
+                pb.MetricFamily.GAUGE,
+            )
+            self.evicted = family(
+                "lifeloop_kept_inputs_evicted_total",
+                "Kept inputs the router's budget evicted (oldest unlabelled first)",
+            )
+            self.evicted_bytes = family(
+                "lifeloop_kept_input_evicted_bytes_total",
+                "Bytes of kept-input files the router's budget evicted",
+            )
+            self._metric(self.budget_bytes).set(keep_budget)
+            self._metric(self.kept_bytes).set(0)
+            self._metric(self.evicted)
+            self._metric(self.evicted_bytes)
 
     def log_counters(self, counters: Counters) -> None:
         """Publish what the prediction log counted since the last call. Each metric call is
@@ -564,6 +612,15 @@ class RouterMetrics:
             if now.pending != last.pending:
                 self._metric(self.spooled_now).set(now.pending)
             self._published, self._published_at = now, at
+
+    def budget_pass(self, result: Eviction) -> None:
+        """A pass of the budget (from its own thread)."""
+        with self._lock:
+            self._metric(self.kept_bytes).set(result.kept_bytes)
+            if result.evicted_inputs:
+                self._metric(self.evicted).increment(result.evicted_inputs)
+            if result.evicted_bytes:
+                self._metric(self.evicted_bytes).increment(result.evicted_bytes)
 
     def kept_input_failed(self, n: int) -> None:
         self._metric(self.kept_failed).increment(n)

@@ -1,17 +1,30 @@
-"""`lifeloop store purge`: retention for what the loop keeps. Predictions older than a window
-go, with their feedback and the kept-input files no remaining prediction points at, and so do
-archived checkpoints of versions that nothing serves. In short transactions of `batch_size`
-rows, so the router's writes never wait long behind it.
+"""Retention for what the loop keeps: one mechanism, two triggers.
 
-Protected: the inputs a published version was trained on (its training record keeps their
-request ids), unless `include_trained`; labelled predictions when `keep_labelled`; and the
-checkpoint of any version a routing policy or the version policy keeps loaded."""
+- **Age** (`purge`, `lifeloop store purge --older-than`): predictions older than a window go,
+  with their feedback and the kept-input files no remaining prediction points at, and so do
+  archived checkpoints of versions that nothing serves.
+- **Size** (`evict_to_budget`, `lifeloop store purge --max-kept-bytes`, and every router
+  with `--keep-budget`): while the kept-input files take more than the budget, the oldest
+  files that hold no labelled input go; their predictions stay, without an input (`blob`
+  empty, `kept_by` still saying why it had been kept).
+
+Both work in short transactions of `batch_size` rows, so the router's writes never wait long
+behind them.
+
+Protected from the age trigger: the inputs a published version was trained on (its training
+record keeps their request ids), unless `include_trained`; labelled predictions when
+`keep_labelled`; and the checkpoint of any version a routing policy or the version policy
+keeps loaded. Protected from the size trigger: every labelled input (which includes every
+input a version was trained on: retraining takes labelled ones only)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +36,10 @@ from lifeloop.store import blobs
 from lifeloop.store.database import Store, feedback, now, predictions, trainings
 
 BLOB_SUFFIXES = (".npy", ".npy.fernet")
+# A kept-input file younger than this is never evicted: its batch may not be committed yet.
+EVICT_MIN_AGE_S = 60.0
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
 @dataclass
@@ -52,6 +69,189 @@ def parse_age(text: str) -> timedelta:
     if amount <= 0:
         raise StoreError(f"older_than must be positive, got {text!r}", setting="older_than")
     return timedelta(**{unit: amount})
+
+
+def parse_size(text: str | int, *, setting: str = "max_kept_bytes") -> int:
+    """'10GB', '500MB', '1.5GiB', '2048' or 2048 (bytes) -> bytes; GB is 10**9, GiB 2**30;
+    0 is allowed (callers read it as no limit)."""
+    if isinstance(text, int) and text >= 0:
+        return text
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise StoreError(
+            f"{setting} takes a size like 10GB, 500MB, 1.5GiB or a number of bytes; got {text!r}",
+            setting=setting,
+        )
+    amount, unit = float(match.group(1)), (match.group(2) or "").lower()
+    factor = 2 ** (10 * " kmgt".index(unit[0])) if unit.endswith(("ib", "i")) else _UNITS[unit[:1]]
+    return int(amount * factor)
+
+
+@dataclass
+class Eviction:
+    """What one pass of the size trigger did over some kept-input folders."""
+
+    budget: int
+    kept_bytes: int = 0  # in the folders, after the pass
+    evicted_files: int = 0
+    evicted_bytes: int = 0
+    evicted_inputs: int = 0  # predictions whose input went
+    protected_bytes: int = 0  # in files that hold a labelled input
+    young_bytes: int = 0  # in files too young to evict (EVICT_MIN_AGE_S)
+
+    @property
+    def over(self) -> bool:
+        """Still over the budget: what is left is labelled, or too young to go."""
+        return self.kept_bytes > self.budget
+
+
+@dataclass(frozen=True, order=True)
+class _File:
+    mtime: float
+    path: str
+    size: int
+
+
+def evict_to_budget(
+    store: Store,
+    blob_dirs: list[Path],
+    max_bytes: int,
+    *,
+    min_age_s: float = EVICT_MIN_AGE_S,
+    batch_size: int = 500,
+) -> Eviction:
+    """While the kept-input files in `blob_dirs` take more than `max_bytes`, delete the oldest
+    that hold no labelled input, and point their predictions at nothing. Inputs a published
+    version was trained on are labelled ones, so they stay too. A file one of whose inputs
+    gets a label during the pass is checked again inside the transaction that evicts it."""
+    files = sorted(f for d in blob_dirs for f in _sized(Path(d)))
+    total = sum(f.size for f in files)
+    result = Eviction(budget=max_bytes, kept_bytes=total)
+    if total <= max_bytes:
+        return result
+    protected = _labelled_blobs(store)
+    result.protected_bytes = sum(f.size for f in files if f.path in protected)
+    cutoff = time.time() - min_age_s
+    result.young_bytes = sum(f.size for f in files if f.path not in protected and f.mtime >= cutoff)
+    candidates = iter([f for f in files if f.path not in protected and f.mtime < cutoff])
+    while total > max_bytes:
+        chunk: list[_File] = []
+        need = total - max_bytes
+        for f in candidates:
+            chunk.append(f)
+            need -= f.size
+            if need <= 0 or len(chunk) >= batch_size:
+                break
+        if not chunk:
+            break
+        names = [f.path for f in chunk]
+        with store.engine.begin() as c:  # one short transaction per chunk
+            labelled_now = _labelled_blobs(store, c, names)
+            doomed = [f for f in chunk if f.path not in labelled_now]
+            if doomed:
+                result.evicted_inputs += c.execute(
+                    predictions.update()
+                    .where(predictions.c.blob.in_([f.path for f in doomed]))
+                    .values(blob=None, blob_row=None, kept_as=None)
+                ).rowcount
+        for f in doomed:  # after the commit: no prediction points at them any more
+            Path(f.path).unlink(missing_ok=True)
+            total -= f.size
+            result.evicted_files += 1
+            result.evicted_bytes += f.size
+        result.protected_bytes += sum(f.size for f in chunk if f.path in labelled_now)
+    result.kept_bytes = total
+    return result
+
+
+def _sized(blob_dir: Path) -> Iterator[_File]:
+    for path in _blob_files(blob_dir):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # evicted or purged meanwhile
+            continue
+        yield _File(stat.st_mtime, str(path), stat.st_size)
+
+
+def _labelled_blobs(
+    store: Store, connection: sa.Connection | None = None, among: list[str] | None = None
+) -> set[str]:
+    """The kept-input files that hold a labelled input (of `among`, when given)."""
+    query = (
+        sa.select(predictions.c.blob)
+        .join(feedback, feedback.c.request_id == predictions.c.request_id)
+        .where(predictions.c.blob.is_not(None))
+        .distinct()
+    )
+    if among is not None:
+        query = query.where(predictions.c.blob.in_(among))
+    if connection is not None:
+        return {r[0] for r in connection.execute(query)}
+    with store.engine.connect() as c:
+        return {r[0] for r in c.execute(query)}
+
+
+class BudgetKeeper:
+    """A router's size trigger: every `every_s` seconds, in its own thread, `evict_to_budget`
+    over the router's kept-input folder. A store that is down skips the pass (logged once per
+    distinct error); inference never waits on it."""
+
+    def __init__(
+        self,
+        store: Store,
+        blob_dir: Path,
+        max_bytes: int,
+        *,
+        every_s: float,
+        on_pass: Callable[[Eviction], None] | None = None,
+        log: Callable[[str], None] = lambda line: None,
+        min_age_s: float = EVICT_MIN_AGE_S,
+    ) -> None:
+        self.store = store
+        self.blob_dir = blob_dir
+        self.max_bytes = max_bytes
+        self.every_s = every_s
+        self.on_pass = on_pass
+        self.log = log
+        self.min_age_s = min_age_s
+        self._stop = threading.Event()
+        self._last_error: str | None = None
+        self._stuck = False
+        self._thread = threading.Thread(target=self._run, name="lifeloop-budget", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> Eviction | None:
+        try:
+            result = evict_to_budget(
+                self.store, [self.blob_dir], self.max_bytes, min_age_s=self.min_age_s
+            )
+        except Exception as exc:  # the store or the disk: the next pass tries again
+            if str(exc) != self._last_error:
+                self.log(f"lifeloop: kept-input budget pass failed, retrying: {exc}")
+            self._last_error = str(exc)
+            return None
+        self._last_error = None
+        stuck = result.over and result.evicted_files == 0
+        if stuck and not self._stuck:  # once, until it gets under again
+            self.log(
+                f"lifeloop: kept inputs take {result.kept_bytes} bytes, over the budget of "
+                f"{result.budget}: {result.protected_bytes} are labelled and "
+                f"{result.young_bytes} under {self.min_age_s:g} s old; raise --keep-budget, or "
+                "purge by age"
+            )
+        self._stuck = stuck
+        if self.on_pass is not None:
+            self.on_pass(result)
+        return result
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.run_once()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 30)
+        self.store.close()
 
 
 def purge(
