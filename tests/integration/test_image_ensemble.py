@@ -1,5 +1,6 @@
-"""Encoded images through Triton: the preprocess model and the `<classifier>_image` ensemble
-on the real tritonserver, called with plain tritonclient as any user would call them."""
+"""Encoded images through Triton: the preprocess model, the `<classifier>_image` ensemble
+and the `<router>_image` one on the real tritonserver, called with plain tritonclient as any
+user would call them."""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from typer.testing import CliRunner
 
 from lifeloop.cli import app
 from lifeloop.client import AsyncLifeloopClient, ClientError, LifeloopClient
+from lifeloop.errors import RepositoryError
 from lifeloop.preprocessing import PIXELS
 from lifeloop.repository import read_config, write_config
 from lifeloop.repository.config import DynamicBatching
 from lifeloop.retrain import ImageFolder, TrainResult
 from lifeloop.serve import TritonServer
 from lifeloop.serve.ensemble import install_image_ensemble
+from lifeloop.serve.install import install_router
 from lifeloop.serve.preprocess import ImageLimits
+from lifeloop.serve.sampling import KeepRule
+from lifeloop.store import Store, blobs
 from tests.conftest import publish_trained
 from tests.integration.conftest import server_config
 
@@ -35,7 +40,9 @@ LIMITS = ImageLimits(max_bytes=60_000, max_pixels=1_000_000)
 def image_repo(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, held_out) -> Path:
     repo = tmp_path_factory.mktemp("images") / "model_repository"
     publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0])
+    install_router(repo, "digits", keep=KeepRule.everything())
     install_image_ensemble(repo, "digits", limits=LIMITS)
+    install_image_ensemble(repo, "digits", limits=LIMITS, router="router")
     # A long queue delay so that requests sent together are decoded in one batch.
     config = read_config(repo / "preprocess")
     assert config is not None
@@ -173,6 +180,60 @@ def test_classifier_answers_class_count_with_its_labels(client, served_held_out,
     assert [label for _, _, label in got] == [labels[int(index)] for _, index, _ in got]
     right = [labels.index(label) == truth for (_, _, label), truth in zip(got, y[:8], strict=True)]
     assert sum(right) >= 6
+
+
+def test_through_a_router_encoded_images_are_logged_and_kept_as_sent(
+    client, image_repo: Path, image_server: TritonServer, digits: ImageFolder
+) -> None:
+    samples = spread(digits, 8)
+    data = [encode(s.path, "PNG") for s in samples[:4]] + [
+        encode(s.path, "JPEG") for s in samples[4:]
+    ]
+    wanted = [grpcclient.InferRequestedOutput(n) for n in ("logits", "request_id", "model_version")]
+    routed = client.infer("router_image", image_request(data), outputs=wanted)
+    direct = client.infer("digits_image", image_request(data)).as_numpy("logits")
+    assert np.array_equal(routed.as_numpy("logits"), direct)
+    assert routed.as_numpy("model_version").ravel().tolist() == [1] * len(data)
+    ids = [row[0].decode() for row in routed.as_numpy("request_id")]
+    tensor_bytes = int(np.prod(read_config(image_repo / "digits").inputs[0].dims)) * 4
+    with Store.for_repository(image_repo) as store:
+        rows = [store.prediction(rid) for rid in ids]
+    files = set()
+    for row, sent in zip(rows, data, strict=True):
+        assert row is not None and (row["kept_as"], row["kept_by"]) == ("encoded", "uniform")
+        assert blobs.load_encoded(row["blob"], row["blob_row"]) == sent  # byte for byte
+        assert row["content_hash"] == blobs.encoded_hash(sent)
+        files.add(row["blob"])
+    kept = sum(Path(f).stat().st_size for f in files)
+    assert kept * 10 < tensor_bytes * len(data)  # what the decoded float32 would have taken
+
+    # The lifeloop client through the routed ensemble: request ids, and feedback on them.
+    with LifeloopClient(image_server.grpc_url, model="router_image") as lifeloop:
+        info = lifeloop.model_info()
+        assert info.takes_encoded_images and info.routes_to == "digits"
+        answers = lifeloop.classify([samples[0].path, samples[1].path])
+        assert all(a.request_id for a in answers)
+        assert lifeloop.feedback([a.request_id for a in answers], ["0", "1"]) == 2
+        # Called directly with tensors, the router keeps the decoded batch, as before.
+        x = [np.asarray(Image.open(samples[0].path).convert("L"))]
+    with LifeloopClient(image_server.grpc_url, model="router") as direct_client:
+        plain = direct_client.classify(x)
+    with Store.for_repository(image_repo) as store:
+        row = store.prediction(plain[0].request_id)
+    assert row is not None and row["kept_as"] == "uint8"
+
+
+def test_an_old_router_is_refused_with_the_fix(tmp_path: Path, trained: TrainResult) -> None:
+    repo = tmp_path / "model_repository"
+    publish_trained(trained.checkpoint, repo, "digits")
+    install_router(repo, "digits")
+    config = read_config(repo / "router")
+    assert config is not None  # as `router init` wrote it before it took IMAGE
+    write_config(repo, replace(config, inputs=config.inputs[:1]))
+    with pytest.raises(RepositoryError, match="router 'router' was set up before it kept"):
+        install_image_ensemble(repo, "digits", router="router")
+    with pytest.raises(RepositoryError, match="'nope' in .* is not a router in front of 'digits'"):
+        install_image_ensemble(repo, "digits", router="nope")
 
 
 def test_image_init_refuses_a_model_without_versions_and_bad_formats(tmp_path: Path) -> None:

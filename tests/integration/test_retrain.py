@@ -72,11 +72,14 @@ def send_feedback(
     shuffle=False,
     fernet=None,
     pixels_from: int | None = None,
+    encoded_from: int | None = None,
 ) -> list[str]:
     """What the router and the feedback model write for served images: a prediction with its
     input kept as a blob, then the true (or, with shuffle, a random) label. Inputs are kept as
     routers kept them before they served pixels (normalised float32); with `pixels_from`,
-    those from that index on as a router keeps pixel inputs now (uint8, in a pixels file)."""
+    those from that index on as a router keeps pixel inputs now (uint8, in a pixels file);
+    with `encoded_from`, those from that index on as a router behind the image ensemble keeps
+    them (the PNG files' bytes, as a client sent them)."""
     x, y = load_arrays(samples, v1.checkpoint.preprocessing)
     names = [digits.labels[i] for i in y]
     if shuffle:
@@ -87,14 +90,20 @@ def send_feedback(
         path = blobs.new_path(default_blob_dir(repository), encrypted=fernet is not None)
         batch = x[start : min(start + ROUTER_BATCH, cut)]
         files.append((blobs.write_batch(path, batch, fernet=fernet), batch))
-    if cut < len(x):
-        pixels, _ = load_arrays(samples[cut:], v1.checkpoint.preprocessing.with_kind(PIXELS))
+    end = len(x) if encoded_from is None else encoded_from
+    if cut < end:
+        pixels, _ = load_arrays(samples[cut:end], v1.checkpoint.preprocessing.with_kind(PIXELS))
         levels = blobs.as_pixels(pixels)
         assert levels is not None and blobs.kept_as(levels) == "uint8"
         path = blobs.new_path(default_blob_dir(repository), input_kind=PIXELS)
         files.append((blobs.write_batch(path, levels), levels))
+    if end < len(x):
+        sent = [sample.path.read_bytes() for sample in samples[end:]]
+        path = blobs.new_path(default_blob_dir(repository), encoded=True)
+        files.append((blobs.write_encoded(path, sent), sent))
     records = []
     for kept, batch in files:
+        encoded = isinstance(batch, list)
         for i, sample in enumerate(batch):
             records.append(
                 Prediction(
@@ -104,10 +113,12 @@ def send_feedback(
                     route="champion",
                     labels=["0"],
                     scores=[1.0],
-                    content_hash=blobs.content_hash(sample),
+                    content_hash=blobs.encoded_hash(sample)
+                    if encoded
+                    else blobs.content_hash(sample),
                     blob=str(kept),
                     blob_row=i,
-                    kept_as=blobs.kept_as(batch),
+                    kept_as=blobs.ENCODED if encoded else blobs.kept_as(batch),
                 )
             )
     with Store.for_repository(repository) as store:
@@ -138,23 +149,27 @@ def test_retrain_learns_new_classes_and_starts_a_canary(repo, digits, splits, v1
 
 
 def test_retraining_reads_inputs_kept_in_any_form_alike(tmp_path, digits, splits, v1, eval_dir):
-    """Stores that routers filled before and after they kept pixels as uint8 give retraining
-    the same arrays: the same feedback kept all as normalised float32, or half of it as uint8
-    pixels. (Two trainings on the same arrays differ in the last digit here, so it is the
-    arrays `retrain` trains on that are compared, exactly; then the mixed store retrains.)"""
+    """Stores that routers filled before and after they kept pixels as uint8, and encoded
+    images, give retraining the same arrays: the same feedback kept all as normalised
+    float32, or a third each as float32, uint8 pixels and the PNG bytes sent. (Two trainings
+    on the same arrays differ in the last digit here, so it is the arrays `retrain` trains on
+    that are compared, exactly; then the mixed store retrains.)"""
     samples = splits[0][::2]
+    third = len(samples) // 3
     read = []
-    for name, pixels_from in (("floats", None), ("mixed", len(samples) // 2)):
+    for name, pixels_from, encoded_from in (("floats", None, None), ("mixed", third, 2 * third)):
         repository = make_repo(tmp_path / name, v1)
-        send_feedback(repository, digits, samples, v1, pixels_from=pixels_from)
+        send_feedback(
+            repository, digits, samples, v1, pixels_from=pixels_from, encoded_from=encoded_from
+        )
         with Store.for_repository(repository) as store:
-            forms = {store.prediction(f"r{i:05d}")["kept_as"] for i in (0, len(samples) - 1)}
+            forms = {store.prediction(f"r{i:05d}")["kept_as"] for i in (0, third, len(samples) - 1)}
             data = cycle._read_dataset(
                 repository, "digits", store, "router", None, eval_dir, RetrainSettings(), False
             )
         read.append((forms, data))
     (floats, a), (mixed, b) = read
-    assert floats == {"float32"} and mixed == {"float32", "uint8"}
+    assert floats == {"float32"} and mixed == {"float32", "uint8", "encoded"}
     assert a.request_ids == b.request_ids and len(a.x_train) > len(samples)
     assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_train, b.y_train)
     with Store.for_repository(repository) as store:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lifeloop.errors import StoreError
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.store import blobs
 
@@ -72,3 +73,22 @@ def test_new_kept_input_names_are_time_ordered_and_spread_over_folders(tmp_path)
     assert names[0] < names[-1]
     assert len({p.parent.name for p in paths}) > 50  # the folder is the id's random end
     assert all(p.parent.name == p.name[30:32] for p in paths)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_encoded_images_are_kept_as_sent_byte_for_byte(tmp_path, encrypted: bool) -> None:
+    from cryptography.fernet import Fernet
+
+    fernet = Fernet(Fernet.generate_key()) if encrypted else None
+    sent = [b"\x89PNG\r\n\x1a\n" + bytes(range(40)), b"", b"\xff\xd8\xff" + b"\x00" * 1000]
+    path = blobs.new_path(tmp_path, encrypted=encrypted, encoded=True)
+    assert blobs.holds_encoded(str(path)) and not blobs.holds_pixels(str(path))
+    assert path.name.endswith(".encoded.npz" + (".fernet" if encrypted else ""))
+    blobs.write_encoded(path, sent, fernet=fernet)
+    assert [blobs.load_encoded(str(path), row, fernet=fernet) for row in range(3)] == sent
+    assert not list(tmp_path.rglob(".*.tmp"))  # renamed into place
+    if not encrypted:
+        assert path.stat().st_size < sum(map(len, sent)) + 1000  # the bytes, and a small index
+    with pytest.raises(StoreError, match="holds encoded images; read it with"):
+        blobs.load(str(path), 0, fernet=fernet)
+    assert blobs.encoded_hash(sent[0]) != blobs.encoded_hash(sent[2])

@@ -219,8 +219,16 @@ def image_init(
             help="Triton HTTP URL, or URL,URL,...: load both models there (EXPLICIT mode).",
         ),
     ] = None,
+    router: Annotated[
+        str | None,
+        typer.Option(
+            help="Route through this router (default ensemble <router>_image): every image "
+            "is logged, gets a request id, and is kept as the bytes the client sent."
+        ),
+    ] = None,
 ) -> None:
-    """Write a preprocess model and an ensemble (preprocess -> classifier) for raw images."""
+    """Write a preprocess model and an ensemble (preprocess -> classifier, or -> router) for
+    raw images."""
     from lifeloop.serve.ensemble import install_image_ensemble
     from lifeloop.serve.preprocess import ImageLimits
 
@@ -232,9 +240,11 @@ def image_init(
         ensemble=ensemble,
         limits=ImageLimits(max_bytes=max_image_bytes, max_pixels=max_image_pixels, formats=kinds),
         server_url=url,
+        router=router,
     )
     console.print(
-        f"ensemble {done.ensemble!r} ({done.preprocess!r} -> {done.classifier!r}) written: send "
+        f"ensemble {done.ensemble!r} ({done.preprocess!r} -> {done.router or done.classifier!r})"
+        " written: send "
         f"{'/'.join(done.limits.formats)} bytes as IMAGE (BYTES, one per request row)"
     )
 

@@ -94,18 +94,21 @@ class ModelInfo:
     ) -> ModelInfo:
         """The client's view of `config`; for a router, `classifier` is the config of the
         model it fronts, which holds the labels and the preprocessing."""
-        if len(config.inputs) != 1 or len(config.outputs) < 1:
+        # A router's optional IMAGE input is the image ensemble's, not a client's.
+        required = [spec for spec in config.inputs if not spec.optional]
+        if len(required) != 1 or len(config.outputs) < 1:
             raise ClientError(
-                f"model {config.name!r} has {len(config.inputs)} inputs; lifeloop's classifier "
-                "client needs exactly one image input"
+                f"model {config.name!r} has {len(required)} required inputs; lifeloop's "
+                "classifier client needs exactly one image input"
             )
+        (tensor,) = required
         described = classifier or config
         pre = described.json_parameter(PREPROCESSING_PARAM)
         return cls(
             name=config.name,
-            input_name=config.inputs[0].name,
-            input_dims=config.inputs[0].dims,
-            input_dtype=config.inputs[0].data_type.triton_name,
+            input_name=tensor.name,
+            input_dims=tensor.dims,
+            input_dtype=tensor.data_type.triton_name,
             output_name=config.outputs[0].name,
             max_batch_size=config.max_batch_size,
             labels=tuple(described.json_parameter(LABELS_PARAM, [])),

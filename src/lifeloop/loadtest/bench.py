@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import shutil
@@ -66,6 +67,7 @@ from lifeloop.loadtest.lean import (
     Cycle,
     Repeats,
     measure_lean,
+    measure_lean_encoded,
     measure_raw,
     raw_cpu_ms_per_sample,
 )
@@ -73,6 +75,7 @@ from lifeloop.loadtest.stats import Measurement
 from lifeloop.preprocessing import PIXELS, Preprocessing
 from lifeloop.repository import read_config, write_config
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.ensemble import install_image_ensemble
 from lifeloop.serve.install import install_router
 from lifeloop.serve.sampling import KeepRule
 from lifeloop.store.blobs import default_blob_dir
@@ -87,6 +90,7 @@ TARGETS = {
     "routed_over_direct_small_cnn": 0.75,
     "kept_float32_over_kept_resnet18": 4.0,
     "kept_float32_over_kept_small_cnn": 4.0,
+    "kept_float32_over_encoded_resnet18": 20.0,
     "int8_over_fp32_resnet18": 1.5,
     "cache_gain_resnet18": 1.8,
     "cache_cost_unique": 0.95,
@@ -109,6 +113,7 @@ MODELS = (
         precision=True,
         cache=True,
         prune=True,
+        encoded=True,
     ),
     BenchModel(
         name="small_cnn",
@@ -120,6 +125,7 @@ MODELS = (
 )
 HARNESS_MODEL = MODELS[1]  # the cheapest request: the client's cost weighs most
 PRECISION_ROUNDS = 2
+ENCODED_PHOTOS = 64  # JPEG crops through the routed image ensemble
 ACCURACY_EPOCHS = 3
 # The router at its heaviest: every input kept (`router init --sample-rate 1`), top-5.
 ROUTER_KEEP = KeepRule.everything()
@@ -185,6 +191,11 @@ def run_bench(
                 keep=ROUTER_KEEP,
                 top_k=ROUTER_TOP_K,
             )
+        if spec.encoded:  # JPEG photos to the classifier, and through its router
+            for router in (None, f"{spec.name}_router"):
+                install_image_ensemble(
+                    repository, spec.name, preprocess=f"{spec.name}_preprocess", router=router
+                )
 
     details: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     served_ratios: list[Ratio] = []
@@ -277,16 +288,11 @@ def run_bench(
                 "off": {**off.to_dict(), "cpu": off_row.to_dict()},
             }
             batching_ratios.append(
-                _ratio(
+                _per_second(
                     f"batching_gain_{spec.name}",
-                    served.throughput,
-                    off.throughput,
-                    Row(
-                        model=spec.name,
-                        numerator=Figure(label="on", value=served.throughput),
-                        denominator=Figure(label="off", value=off.throughput),
-                        unit="requests/s",
-                    ),
+                    spec.name,
+                    Figure(label="on", value=served.throughput),
+                    Figure(label="off", value=off.throughput),
                     f"requests/s with dynamic batching ÷ without, {c} in flight",
                 )
             )
@@ -304,11 +310,18 @@ def run_bench(
                     f"int8 {runs.throughput(INT8):.1f}, fp16 {runs.throughput(FP16):.1f}, "
                     f"fp32 {runs.fp32_throughput:.1f} images/s"
                 )
-            details["routing"][spec.name], routed = _routing(
+            details["routing"][spec.name], routed, by_form = _routing(
                 lean, spec, served, run, default_blob_dir(repository)
             )
-            routing_ratios.append(routed)
+            routing_ratios += [routed, by_form]
             routing_ratios.append(_kept_ratio(spec, details["routing"][spec.name]["kept"]))
+            if spec.encoded:
+                details["routing"][spec.name]["encoded"], encoded = _encoded_keeping(
+                    url, spec, run, default_blob_dir(repository)
+                )
+                routing_ratios += encoded
+                for ratio in encoded:
+                    say(f"  {ratio.name}: {ratio.value:.2f} ({ratio.row.figures})")
             say(
                 f"  {spec.name} through the router at concurrency {c}: "
                 f"{routed.row.numerator.value:.1f}, direct {routed.row.denominator.value:.1f} "
@@ -400,7 +413,7 @@ def _lean_client(url: str, run: BenchRun, shape: tuple[int, ...]) -> Lean:
     the same input every time, or a stream of repeats. The bench's models take pixels, so
     the input is pixel levels: what the router keeps as uint8."""
 
-    def lean(model: str, repeats: Repeats | None = None) -> Measurement:
+    def lean(model: str, repeats: Repeats | None = None, *, pixels: bool = True) -> Measurement:
         return measure_lean(
             url,
             model,
@@ -409,14 +422,16 @@ def _lean_client(url: str, run: BenchRun, shape: tuple[int, ...]) -> Lean:
             window_s=run.window_s,
             max_s=run.max_s,
             repeats=repeats,
-            pixels=True,
+            pixels=pixels,
         )
 
     return lean
 
 
 class Lean(Protocol):
-    def __call__(self, model: str, repeats: Repeats | None = None) -> Measurement: ...
+    def __call__(
+        self, model: str, repeats: Repeats | None = None, *, pixels: bool = True
+    ) -> Measurement: ...
 
 
 def _cache(
@@ -489,6 +504,12 @@ def _ratio(name: str, numerator: float, denominator: float, row: Row, measured_a
         measured_as=measured_as,
         target=TARGETS.get(name),
     )
+
+
+def _per_second(name: str, model: str, numerator: Figure, denominator: Figure, what: str) -> Ratio:
+    """A ratio of two requests/s figures of one model."""
+    row = Row(model=model, numerator=numerator, denominator=denominator, unit="requests/s")
+    return _ratio(name, numerator.value, denominator.value, row, what)
 
 
 def _router_settings(store_url: str) -> str:
@@ -932,21 +953,25 @@ def _precision_accuracy(out: Path) -> tuple[dict[str, QualityReport], str]:
 
 
 def _routing(
-    lean: Callable[[str], Measurement],
+    lean: Lean,
     spec: BenchModel,
     direct: Measurement,
     run: BenchRun,
     blob_dir: Path,
-) -> tuple[dict[str, Any], Ratio]:
+) -> tuple[dict[str, Any], Ratio, Ratio]:
     """Through the router, then directly again; the direct figure is the mean of the one
-    taken before (the served figure) and the one after."""
+    taken before (the served figure) and the one after. Through the router also with inputs
+    that are not pixel levels (noise), which it keeps as floats: its throughput per form."""
     router = f"{spec.name}_router"
     try:
         routed = lean(router)
         kept = _kept_per_image(blob_dir)
+        shutil.rmtree(blob_dir, ignore_errors=True)
+        floats = lean(router, pixels=False)
+        kept_floats = _kept_per_image(blob_dir)
     finally:
-        # The router kept every input (its default); ResNet-18 at 50 images/s keeps 15 MB a
-        # second, and the bench needs none of it.
+        # The router kept every input; ResNet-18 at 50 images/s keeps 7.5 MB a second as
+        # uint8, and the bench needs none of it.
         shutil.rmtree(blob_dir, ignore_errors=True)
     after = lean(spec.name)
     mean_direct = (direct.throughput + after.throughput) / 2
@@ -956,6 +981,8 @@ def _routing(
         "settings": run.router_settings,
         "routed": routed.to_dict(),
         "kept": kept,
+        "routed_floats": floats.to_dict(),
+        "kept_floats": kept_floats,
         "direct": {
             "throughput": mean_direct,
             "before": direct.to_dict(),
@@ -976,7 +1003,15 @@ def _routing(
         f"requests/s through the router ({run.router_settings}) ÷ the model called "
         f"directly, {run.concurrency} in flight",
     )
-    return figures, ratio
+    by_form = _per_second(
+        f"routed_uint8_over_float_{spec.name}",
+        spec.name,
+        Figure(label="uint8", value=routed.throughput),
+        Figure(label="/".join(kept_floats["forms"]), value=floats.throughput),
+        f"requests/s through the router sent pixel levels (kept as uint8) ÷ sent noise (kept "
+        f"as floats), {run.concurrency} in flight",
+    )
+    return figures, ratio, by_form
 
 
 def _kept_per_image(blob_dir: Path) -> dict[str, Any]:
@@ -1000,28 +1035,119 @@ def _kept_per_image(blob_dir: Path) -> dict[str, Any]:
     }
 
 
+def _photo_crops(size: int, n: int, *, seed: int = 0) -> list[bytes]:
+    """n crops of `size` x `size` from the two photographs scikit-learn ships (a temple and a
+    flower, 640x427), at seeded places, as JPEG at quality 90: what a camera or a browser
+    sends, not the bench's smooth synthetic images, which compress far better."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        y = int(rng.integers(0, photo.shape[0] - size + 1))
+        x = int(rng.integers(0, photo.shape[1] - size + 1))
+        buffer = io.BytesIO()
+        Image.fromarray(photo[y : y + size, x : x + size]).save(buffer, "JPEG", quality=90)
+        crops.append(buffer.getvalue())
+    return crops
+
+
+def _encoded_keeping(
+    url: str, spec: BenchModel, run: BenchRun, blob_dir: Path
+) -> tuple[dict[str, Any], list[Ratio]]:
+    """JPEG photos through `<model>_router_image` and through `<model>_image` (no router),
+    in turn one per request: what the router keeps per input (the bytes sent) against the
+    float32 tensor the preprocess model makes of each, and the router's throughput there."""
+    crops = _photo_crops(spec.size, ENCODED_PHOTOS)
+
+    def measure(model: str) -> Measurement:
+        return measure_lean_encoded(
+            url, model, crops, concurrency=run.concurrency, window_s=run.window_s, max_s=run.max_s
+        )
+
+    routed_model, direct_model = f"{spec.name}_router_image", f"{spec.name}_image"
+    shutil.rmtree(blob_dir, ignore_errors=True)  # only this run's files
+    try:
+        routed = measure(routed_model)
+        files = list(blob_dir.rglob("*.encoded.npz"))
+        images, data = 0, 0
+        for path in files:
+            with np.load(path, allow_pickle=False) as stored:
+                images += len(stored["offsets"]) - 1
+                data += int(stored["offsets"][-1])
+        size = sum(path.stat().st_size for path in files)
+    finally:
+        shutil.rmtree(blob_dir, ignore_errors=True)
+    direct = measure(direct_model)
+    per_image = data / max(images, 1)
+    figures = {
+        "photos": len(crops),
+        "sent_per_image": sum(map(len, crops)) / len(crops),
+        "routed": {"model": routed_model, **routed.to_dict()},
+        "direct": {"model": direct_model, **direct.to_dict()},
+        "kept": {
+            "files": len(files),
+            "images": images,
+            "bytes": size,
+            "headers": size - data,
+            "per_image": per_image,
+        },
+    }
+    kept = _float32_over(
+        f"kept_float32_over_encoded_{spec.name}",
+        spec,
+        per_image,
+        f"JPEG crops of scikit-learn's sample photos, quality 90: {images:,} kept as sent in "
+        f"{len(files):,} files, plus {(size - data) / max(images, 1):.1f} bytes of npz index "
+        "per input",
+        "bytes an input takes as float32 ÷ bytes the router kept per input when JPEG photos "
+        "come through its image ensemble (kept as sent; the npz index beside it)",
+    )
+    through = _per_second(
+        f"routed_over_direct_encoded_{spec.name}",
+        spec.name,
+        Figure(label=routed_model, value=routed.throughput),
+        Figure(label=direct_model, value=direct.throughput),
+        f"requests/s of JPEG photos through the router's image ensemble (every input kept as "
+        f"sent) ÷ the classifier's image ensemble, {run.concurrency} in flight",
+    )
+    return figures, [kept, through]
+
+
 def _kept_ratio(spec: BenchModel, kept: dict[str, Any]) -> Ratio:
     """Bytes an input takes as float32 (what routers kept before) over the bytes the router
     kept per input; the npy headers, the same per file in either form, are beside it."""
     images = max(kept["images"], 1)
-    data = (kept["bytes"] - kept["headers"]) / images
-    return _ratio(
+    return _float32_over(
         f"kept_float32_over_kept_{spec.name}",
-        4 * int(np.prod(spec.shape)),
-        data,
-        Row(
-            model=spec.name,
-            numerator=Figure(label="float32", value=4 * int(np.prod(spec.shape))),
-            denominator=Figure(label="kept", value=data),
-            unit="bytes per input",
-            notes=(
-                f"kept as {', '.join(kept['forms'])}; {kept['images']:,} inputs in "
-                f"{kept['files']:,} files, plus {kept['headers'] / images:.1f} bytes of npy "
-                "header per input",
-            ),
-        ),
+        spec,
+        (kept["bytes"] - kept["headers"]) / images,
+        f"kept as {', '.join(kept['forms'])}; {kept['images']:,} inputs in "
+        f"{kept['files']:,} files, plus {kept['headers'] / images:.1f} bytes of npy header "
+        "per input",
         "bytes an input takes as float32 ÷ bytes the router kept per input (npy headers, "
         "the same in either form, beside it), pixel levels sent",
+    )
+
+
+def _float32_over(name: str, spec: BenchModel, kept: float, note: str, description: str) -> Ratio:
+    """The bytes `spec`'s input takes as float32 over `kept` bytes per input."""
+    tensor = 4 * int(np.prod(spec.shape))
+    return _ratio(
+        name,
+        tensor,
+        kept,
+        Row(
+            model=spec.name,
+            numerator=Figure(label="float32", value=tensor),
+            denominator=Figure(label="kept", value=kept),
+            unit="bytes per input",
+            notes=(note,),
+        ),
+        description,
     )
 
 

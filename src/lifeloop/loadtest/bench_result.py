@@ -42,6 +42,7 @@ class BenchModel:
     precision: bool = False  # also served as INT8 and FP16 against fp32
     cache: bool = False  # also through a router to a copy with Triton's response cache
     prune: bool = False  # also structurally pruned at half its channels, fp32 and INT8
+    encoded: bool = False  # also JPEG photos through its router's image ensemble
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -55,7 +56,10 @@ class BenchModel:
         )
         text += "; also INT8 and FP16" if self.precision else ""
         text += "; also with the response cache" if self.cache else ""
-        return text + ("; also pruned at 0.5, fp32 and INT8" if self.prune else "")
+        text += "; also pruned at 0.5, fp32 and INT8" if self.prune else ""
+        return text + (
+            "; also JPEG photos through its router's image ensemble" if self.encoded else ""
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -94,10 +94,11 @@ async def _grpc_sender(
     input_name: str,
     output_name: str,
     payload: Payload | None = None,
+    datatype: str = "FP32",
 ) -> AsyncIterator[Send]:
     """The request is serialised once, through the gRPC stubs tritonclient ships, so the
     client's cost per request is only gRPC's own; with `payload`, each request carries the
-    next input bytes it gives."""
+    next input bytes it gives (for BYTES, already in Triton's length-prefixed form)."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -106,7 +107,7 @@ async def _grpc_sender(
     channel = grpc.aio.insecure_channel(address, options=limit)
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     tensor = service_pb2.ModelInferRequest().InferInputTensor(
-        name=input_name, datatype="FP32", shape=list(batch.shape)
+        name=input_name, datatype=datatype, shape=list(batch.shape)
     )
     request = service_pb2.ModelInferRequest(
         model_name=model,
@@ -254,6 +255,28 @@ def measure_lean(
     opener = {"grpc": _grpc_sender, "http": _http_sender}[protocol]
     payload = repeats.payloads(batch) if repeats is not None else None
     sender = opener(url, model, batch, input_name, output_name, payload)
+    return asyncio.run(_measure(sender, concurrency=concurrency, window_s=window_s, max_s=max_s))
+
+
+def measure_lean_encoded(
+    url: str,
+    model: str,
+    images: list[bytes],
+    *,
+    concurrency: int,
+    window_s: float = 2.0,
+    max_s: float = 20.0,
+    input_name: str = "IMAGE",
+    output_name: str = "logits",
+) -> Measurement:
+    """`measure_lean` for an image ensemble over gRPC: each request carries the next of the
+    encoded `images` in turn, one per request, as BYTES."""
+    framed = [len(image).to_bytes(4, "little") + image for image in images]
+    turn = itertools.cycle(framed)
+    shape = np.zeros((1, 1), dtype=np.uint8)  # the request's shape; the bytes are the payload
+    sender = _grpc_sender(
+        url, model, shape, input_name, output_name, lambda: next(turn), datatype="BYTES"
+    )
     return asyncio.run(_measure(sender, concurrency=concurrency, window_s=window_s, max_s=max_s))
 
 

@@ -67,6 +67,7 @@ class TensorSpec:
     # (`class_count`) answers "score:index:label" from it.
     label_filename: str = ""
     format: TensorFormat = TensorFormat.NONE  # inputs only
+    optional: bool = False  # inputs only: a request may leave it out
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -365,6 +366,8 @@ def _fill_tensor(target: Any, spec: TensorSpec) -> None:
         target.label_filename = spec.label_filename
     if spec.format is not TensorFormat.NONE:
         target.format = pb.ModelInput.Format.Value(spec.format.value)
+    if spec.optional:
+        target.optional = True
 
 
 def _tensor(message: Any) -> TensorSpec:
@@ -374,6 +377,7 @@ def _tensor(message: Any) -> TensorSpec:
         dims=tuple(message.dims),
         label_filename=getattr(message, "label_filename", ""),
         format=TensorFormat(pb.ModelInput.Format.Name(getattr(message, "format", 0))),
+        optional=bool(getattr(message, "optional", False)),
     )
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lifeloop.datasets import ImageFolder, load_arrays, scan
-from lifeloop.errors import RetrainError
+from lifeloop.errors import ImageError, RetrainError
 from lifeloop.export import Checkpoint
 from lifeloop.export.checkpoint import load as load_checkpoint
 from lifeloop.export.pipeline import archived_checkpoint, export_checkpoint
@@ -37,6 +37,7 @@ from lifeloop.retrain.distributed import broadcast, world
 from lifeloop.retrain.training import accuracy_report, fit, predict
 from lifeloop.rollout.policy import read_policy
 from lifeloop.rollout.rollout import Rollout
+from lifeloop.serve.preprocess import ImageLimits, decode
 from lifeloop.store import blobs
 from lifeloop.store.database import Store
 
@@ -323,9 +324,22 @@ def _read_dataset(
     )
 
 
+# The preprocess model's limits let these images in already: retraining takes any size and
+# any common format, so that a raised limit or another format there does not fail it here.
+_KEPT_IMAGES = ImageLimits(
+    max_bytes=1 << 31, max_pixels=1 << 31, formats=("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+)
+
+
 def _kept_input(blob: str, row: int | None, pre: Preprocessing) -> np.ndarray:
     """One kept input as training takes it: a pixel input is normalised by the champion's
-    recipe, as its graph did when it was served."""
+    recipe, as its graph did when it was served; an encoded image is decoded, resized and
+    normalised by it, as the image ensemble's preprocess model did."""
+    if blobs.holds_encoded(blob):
+        try:
+            return decode(blobs.load_encoded(blob, row or 0), pre, _KEPT_IMAGES)
+        except ImageError as exc:
+            raise RetrainError(f"kept input {blob} row {row or 0}: {exc}") from None
     sample = blobs.load(blob, row)
     return pre.normalize(sample[None])[0] if blobs.holds_pixels(blob) else sample
 

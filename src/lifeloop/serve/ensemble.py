@@ -1,7 +1,12 @@
 """`lifeloop image init`: let clients send encoded images. It writes a `preprocess` Python
 model (bytes -> the classifier's input) and an ensemble `<classifier>_image` (preprocess ->
 classifier) whose output carries the classifier's label file, so that Triton's
-classification extension (`class_count`) answers "score:index:label" for raw images."""
+classification extension (`class_count`) answers "score:index:label" for raw images.
+
+With `router`, the ensemble is `<router>_image` (preprocess -> router): every image is
+routed and logged like any other, answers with its `request_id` and `model_version`, and the
+router keeps the encoded bytes the client sent (passed to it beside the decoded batch), not
+the decoded tensor."""
 
 from __future__ import annotations
 
@@ -12,7 +17,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from lifeloop.contract import CLASSIFIER_PARAM, IMAGE_INPUT, LABELS_PARAM
+from lifeloop.contract import (
+    CLASSIFIER_PARAM,
+    IMAGE_INPUT,
+    LABELS_PARAM,
+    REQUEST_ID_OUTPUT,
+    VERSION_OUTPUT,
+)
 from lifeloop.errors import RepositoryError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import (
@@ -38,6 +49,7 @@ class ImageEnsemble:
     ensemble: str
     classifier: str
     limits: ImageLimits
+    router: str | None = None  # the router the ensemble routes through, if any
 
 
 def install_image_ensemble(
@@ -48,9 +60,10 @@ def install_image_ensemble(
     ensemble: str | None = None,
     limits: ImageLimits | None = None,
     server_url: str | list[str] | None = None,
+    router: str | None = None,
 ) -> ImageEnsemble:
     repository = ensure_repository(repository).resolve()
-    ensemble = ensemble or f"{classifier}_image"
+    ensemble = ensemble or f"{router or classifier}_image"
     limits = limits or ImageLimits()
     classifier_config = read_config(repository / classifier)
     if classifier_config is None or not version_numbers(repository / classifier):
@@ -68,6 +81,7 @@ def install_image_ensemble(
             )
     tensor = classifier_config.inputs[0]
     logits = classifier_config.outputs[0]
+    answers = _router_outputs(repository, router, classifier) if router else ()
     batch = classifier_config.max_batch_size
     image = cfg.TensorSpec(name=IMAGE_INPUT, data_type=cfg.DataType.STRING, dims=(1,))
     warm = cfg.WarmupInput(data_type=cfg.DataType.STRING, dims=(1,), source=WARMUP_IMAGE)
@@ -97,7 +111,7 @@ def install_image_ensemble(
         platform="ensemble",
         max_batch_size=batch,
         inputs=(image,),
-        outputs=(replace(logits, label_filename=cfg.LABELS_FILE),),
+        outputs=(replace(logits, label_filename=cfg.LABELS_FILE), *answers),
         dynamic_batching=None,
         instance_groups=(),  # Triton refuses them on an ensemble
         version_policy=cfg.VersionPolicy(latest=1),
@@ -112,9 +126,15 @@ def install_image_ensemble(
                 output_map={tensor.name: step_tensor},
             ),
             cfg.EnsembleStep(
-                model=classifier,
-                input_map={tensor.name: step_tensor},
-                output_map={logits.name: logits.name},
+                model=router or classifier,
+                input_map={
+                    tensor.name: step_tensor,
+                    **({IMAGE_INPUT: IMAGE_INPUT} if router else {}),
+                },
+                output_map={
+                    logits.name: logits.name,
+                    **{spec.name: spec.name for spec in answers},
+                },
             ),
         ),
     )
@@ -127,7 +147,26 @@ def install_image_ensemble(
         from lifeloop.rollout.replicas import load_everywhere
 
         load_everywhere(server_url, [preprocess, ensemble], what=f"load {ensemble}")
-    return ImageEnsemble(preprocess, ensemble, classifier, limits)
+    return ImageEnsemble(preprocess, ensemble, classifier, limits, router)
+
+
+def _router_outputs(repository: Path, router: str, classifier: str) -> tuple[cfg.TensorSpec, ...]:
+    """What the ensemble returns from `router` beside the logits: each image's request id and
+    answering version. A router that predates the encoded-image input is refused, with the
+    fix."""
+    config = read_config(repository / router)
+    if config is None or config.parameters.get(CLASSIFIER_PARAM) != classifier:
+        raise RepositoryError(
+            f"{router!r} in {repository} is not a router in front of {classifier!r}; set one "
+            f"up with `lifeloop router init --model {classifier} --router {router}`"
+        )
+    if IMAGE_INPUT not in {spec.name for spec in config.inputs}:
+        raise RepositoryError(
+            f"router {router!r} was set up before it kept encoded images; run `lifeloop router "
+            f"init --model {classifier} --router {router}` again (it keeps its policy)"
+        )
+    wanted = (VERSION_OUTPUT, REQUEST_ID_OUTPUT)
+    return tuple(spec for spec in config.outputs if spec.name in wanted)
 
 
 def _warmup_image(dims: tuple[int, ...]) -> bytes:

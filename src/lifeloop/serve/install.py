@@ -134,7 +134,17 @@ def install_router(
                 name=router,
                 backend="python",
                 max_batch_size=config.max_batch_size,
-                inputs=config.inputs[:1],
+                inputs=(
+                    config.inputs[0],
+                    # The image ensemble in front of a router passes the encoded images the
+                    # client sent beside the decoded batch, and those are what is kept.
+                    cfg.TensorSpec(
+                        name=contract.IMAGE_INPUT,
+                        data_type=cfg.DataType.STRING,
+                        dims=(1,),
+                        optional=True,
+                    ),
+                ),
                 outputs=(
                     cfg.TensorSpec(name="logits", data_type=cfg.DataType.FP32, dims=(-1,)),
                     cfg.TensorSpec(name="model_version", data_type=cfg.DataType.INT64, dims=(1,)),

@@ -38,6 +38,7 @@ from lifeloop.contract import (
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
     DEFAULT_KEEP_BUDGET_EVERY_S,
+    IMAGE_INPUT,
     KEEP_BUDGET_EVERY_PARAM,
     KEEP_BUDGET_PARAM,
     LABELS_PARAM,
@@ -74,7 +75,17 @@ from lifeloop.serve.routing import (
     stack,
 )
 from lifeloop.serve.sampling import KeepRule
-from lifeloop.store.blobs import as_pixels, cipher, content_hash, kept_as, new_path, write_batch
+from lifeloop.store.blobs import (
+    ENCODED,
+    as_pixels,
+    cipher,
+    content_hash,
+    encoded_hash,
+    kept_as,
+    new_path,
+    write_batch,
+    write_encoded,
+)
 from lifeloop.store.database import Prediction, Store
 from lifeloop.store.prediction_log import Counters, PredictionLog, SpoolSettings, WhenFull
 from lifeloop.store.retention import BudgetKeeper, Eviction
@@ -226,7 +237,7 @@ class _Keeping:
     """A batch's kept-input work: the batch in the form it is kept, every image's content
     hash, the form of the rows written, and the write's failure, if it failed."""
 
-    images: np.ndarray
+    images: np.ndarray | list[bytes]  # list: encoded images, as the client sent them
     hashes: list[str]
     form: str | None  # what the file holds (blobs.kept_as); None: no file
     failure: OSError | None
@@ -311,14 +322,20 @@ class Router:
         routes = plan_routes(policy, len(arrays), self.random)
         images = stack(arrays)
         rows = sample_rows(len(images), settings.keep.uniform, self.random)
+        encoded = _encoded(pb, requests, len(images))
         blob_path = new_path(
             settings.blob_dir,
             encrypted=self.fernet is not None,
             input_kind=sent.input_kind if sent is not None else None,
+            encoded=encoded is not None,
         )
         # None of the kept-input work depends on the answers: it runs while they are made.
-        keeping = self.keeper.submit(
-            self._keep, images, rows, blob_path, pixels=sent is not None and sent.takes_pixels
+        keeping = (
+            self.keeper.submit(self._keep_encoded, encoded, rows, blob_path)
+            if encoded is not None
+            else self.keeper.submit(
+                self._keep, images, rows, blob_path, pixels=sent is not None and sent.takes_pixels
+            )
         )
         try:
             light = (
@@ -417,17 +434,25 @@ class Router:
         hashes = [content_hash(image) for image in kept]
         return _Keeping(kept, hashes, *self._keep_only(kept, rows, path))
 
+    def _keep_encoded(self, images: list[bytes], rows: list[int | None], path: Path) -> _Keeping:
+        """The encoded images as the client sent them, hashed and kept as they are."""
+        hashes = [encoded_hash(image) for image in images]
+        return _Keeping(images, hashes, *self._keep_only(images, rows, path))
+
     def _keep_only(
-        self, kept: np.ndarray, rows: list[int | None], path: Path
+        self, kept: np.ndarray | list[bytes], rows: list[int | None], path: Path
     ) -> tuple[str | None, OSError | None]:
         """Write (or replace) `path` with the images `rows` keeps, and say in what form
         (`kept_as`); none kept: no file."""
         chosen = [i for i, row in enumerate(rows) if row is not None]
-        some = kept if len(chosen) == len(kept) else kept[chosen]
         try:
             if not chosen:
                 path.unlink(missing_ok=True)
                 return None, None
+            if isinstance(kept, list):
+                write_encoded(path, [kept[i] for i in chosen], fernet=self.fernet)
+                return ENCODED, None
+            some = kept if len(chosen) == len(kept) else kept[chosen]
             write_batch(path, some, fernet=self.fernet)
         except OSError as exc:
             return None, exc
@@ -490,6 +515,19 @@ class Router:
                 raise RequestError(message)  # the caller's tensor, refused by the classifier
             raise RuntimeError(message)
         return pb.get_output_tensor_by_name(response, settings.output_name).as_numpy()
+
+
+def _encoded(pb: Any, requests: list[Any], n_images: int) -> list[bytes] | None:
+    """The encoded images the image ensemble passed beside the decoded batch, one per image
+    in batch order; None when a request came without them (called directly), or they do
+    not match the batch: then the batch is kept as decoded."""
+    found: list[bytes] = []
+    for request in requests:
+        tensor = pb.get_input_tensor_by_name(request, IMAGE_INPUT)
+        if tensor is None:
+            return None
+        found.extend(bytes(item) for item in tensor.as_numpy().reshape(-1))
+    return found if len(found) == n_images else None
 
 
 def _wanted(request: Any) -> set[str] | None:

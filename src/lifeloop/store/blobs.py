@@ -1,4 +1,4 @@
-"""Kept inputs: the images of one router batch that the sample rate keeps, stacked in one
+"""Kept inputs: the images of one router batch that the keep rule keeps, stacked in one
 `.npy` file, and each prediction pointing at its row. One file per batch, not per image:
 creating a file costs far more than writing 12 KB more into one (0.2 ms against 0.015 ms per
 32x32 image, measured), and the router writes on the request path.
@@ -17,6 +17,10 @@ so every pixel level stays distinct. Small inputs stay float32: numpy's conversi
 more than the bytes it saves (0.42 ms against 0.20 ms for 8 images of 3x32x32), and the
 router writes on the request path.
 
+Encoded images (JPEG, PNG: what a client sent the image ensemble in front of a router) are
+kept as sent, in one `.npz` per batch (their bytes end to end, and the offsets), smaller still;
+retraining decodes them through the model's preprocessing.
+
 With a key in LIFELOOP_KEPT_INPUT_KEY (a Fernet key: `lifeloop store new-key`), each file is
 encrypted at rest (AES-128-CBC with HMAC-SHA256) and named `.npy.fernet`; reading one needs
 the same key, and a missing or wrong key is a one-line error."""
@@ -26,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -45,22 +50,43 @@ def content_hash(sample: np.ndarray) -> str:
 
 
 PIXELS_MARK = ".pixels"  # in the name of a batch of pixel inputs (0..255)
+ENCODED_MARK = ".encoded"  # in the name of a batch of encoded images (JPEG, PNG) as sent
+ENCODED = "encoded"  # what `kept_as` says of them
+SUFFIXES = (".npy", ".npz", ".npy" + ENCRYPTED_SUFFIX, ".npz" + ENCRYPTED_SUFFIX)
 
 
-def new_path(blob_dir: Path, *, encrypted: bool = False, input_kind: str | None = None) -> Path:
+def new_path(
+    blob_dir: Path,
+    *,
+    encrypted: bool = False,
+    input_kind: str | None = None,
+    encoded: bool = False,
+) -> Path:
     """Where the next batch goes: `<blob_dir>/<2 hex>/<id>.npy` (`.npy.fernet` when
     encrypted), the id time-ordered (lifeloop.store.ids) and the folder its last two, random,
-    hex digits; a batch of pixel inputs is `<id>.pixels.npy`, so that retraining knows which
-    kind of input each kept file holds."""
-    name = new_id() + (PIXELS_MARK if input_kind == "pixels" else "")
-    suffix = ".npy" + (ENCRYPTED_SUFFIX if encrypted else "")
-    return Path(blob_dir) / name[30:32] / f"{name}{suffix}"
+    hex digits; a batch of pixel inputs is `<id>.pixels.npy` and one of encoded images
+    `<id>.encoded.npz`, so that retraining knows which kind of input each kept file holds."""
+    if encoded:
+        name, suffix = new_id() + ENCODED_MARK, ".npz"
+    else:
+        name, suffix = new_id() + (PIXELS_MARK if input_kind == "pixels" else ""), ".npy"
+    return Path(blob_dir) / name[30:32] / f"{name}{suffix}{ENCRYPTED_SUFFIX if encrypted else ''}"
 
 
 def holds_pixels(blob: str) -> bool:
     """Whether a kept file holds pixel inputs (0..255) rather than normalized ones (the only
     kind kept before lifeloop served pixels)."""
     return PIXELS_MARK + ".npy" in Path(blob).name
+
+
+def holds_encoded(blob: str) -> bool:
+    """Whether a kept file holds encoded images (JPEG, PNG: the bytes the client sent)."""
+    return ENCODED_MARK + ".npz" in Path(blob).name
+
+
+def encoded_hash(data: bytes) -> str:
+    """`content_hash` of an encoded image: over the bytes as sent."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 HALF_FROM_BYTES = 1 << 20  # float32 batches this large are kept as float16
@@ -100,16 +126,30 @@ def cipher(key: str | None = None) -> Any:
 def write_batch(path: Path, samples: np.ndarray, *, fernet: Any = None) -> Path:
     """`samples` stacked in one file at `path` (encrypted with `fernet`, when given), in the
     dtype `kept_as` names, renamed into place complete."""
+    dtype = np.dtype(kept_as(samples))
+    array = np.ascontiguousarray(samples, dtype=dtype)
+    return _write(path, lambda handle: np.save(handle, array, allow_pickle=False), fernet)
+
+
+def write_encoded(path: Path, images: Sequence[bytes], *, fernet: Any = None) -> Path:
+    """Encoded images (the bytes clients sent) in one `.npz` at `path`: their bytes end to end
+    (`data`) and where each starts (`offsets`, one more than images); no pickle."""
+    offsets = np.zeros(len(images) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(image) for image in images])
+    data = np.frombuffer(b"".join(images), dtype=np.uint8)
+    return _write(path, lambda handle: np.savez(handle, data=data, offsets=offsets), fernet)
+
+
+def _write(path: Path, save: Callable[[BinaryIO], None], fernet: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    dtype = np.dtype(kept_as(samples))
     try:
         with open(tmp, "wb") as handle:
             if fernet is None:
-                np.save(handle, np.ascontiguousarray(samples, dtype=dtype), allow_pickle=False)
+                save(handle)
             else:
                 buffer = io.BytesIO()
-                np.save(buffer, np.ascontiguousarray(samples, dtype=dtype), allow_pickle=False)
+                save(buffer)
                 handle.write(fernet.encrypt(buffer.getvalue()))
         tmp.rename(path)
     except BaseException:
@@ -121,23 +161,39 @@ def write_batch(path: Path, samples: np.ndarray, *, fernet: Any = None) -> Path:
 def load(blob: str, row: int | None, *, fernet: Any = None) -> np.ndarray:
     """One kept input as float32, whatever it was kept as: row `row` of a batch file, or the
     whole file when `row` is None. An encrypted file is decrypted with `fernet` (default:
-    LIFELOOP_KEPT_INPUT_KEY's)."""
+    LIFELOOP_KEPT_INPUT_KEY's). Encoded images are read with `load_encoded`."""
+    if holds_encoded(blob):
+        raise StoreError(
+            f"kept input {blob} holds encoded images; read it with blobs.load_encoded and "
+            "decode it through the model's preprocessing"
+        )
+    source = _plain(blob, fernet)
+    stored = np.load(source, mmap_mode="r" if isinstance(source, str) else None, allow_pickle=False)
+    return np.array(stored if row is None else stored[row], dtype=np.float32)
+
+
+def load_encoded(blob: str, row: int, *, fernet: Any = None) -> bytes:
+    """The bytes a client sent for one image, kept by `write_encoded`."""
+    with np.load(_plain(blob, fernet), allow_pickle=False) as stored:
+        offsets = stored["offsets"]
+        return stored["data"][offsets[row] : offsets[row + 1]].tobytes()
+
+
+def _plain(blob: str, fernet: Any) -> str | io.BytesIO:
+    """The file to read: its path, or its decrypted bytes."""
     if not blob.endswith(ENCRYPTED_SUFFIX):
-        stored = np.load(blob, mmap_mode="r", allow_pickle=False)
-        return np.array(stored if row is None else stored[row], dtype=np.float32)
+        return blob
     fernet = fernet if fernet is not None else cipher()
     if fernet is None:
         raise StoreError(f"kept input {blob} is encrypted; set {KEY_ENV} to the router's key")
     from cryptography.fernet import InvalidToken
 
     try:
-        plain = fernet.decrypt(Path(blob).read_bytes())
+        return io.BytesIO(fernet.decrypt(Path(blob).read_bytes()))
     except InvalidToken:
         raise StoreError(
             f"kept input {blob} does not decrypt with {KEY_ENV}; set the key the router used"
         ) from None
-    stored = np.load(io.BytesIO(plain), allow_pickle=False)
-    return np.array(stored if row is None else stored[row], dtype=np.float32)
 
 
 def default_blob_dir(repository: Path) -> Path:

@@ -35,7 +35,7 @@ from lifeloop.errors import StoreError
 from lifeloop.store import blobs
 from lifeloop.store.database import Store, feedback, now, predictions, trainings
 
-BLOB_SUFFIXES = (".npy", ".npy.fernet")
+BLOB_SUFFIXES = blobs.SUFFIXES
 # A kept-input file younger than this is never evicted: its batch may not be committed yet.
 EVICT_MIN_AGE_S = 60.0
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
