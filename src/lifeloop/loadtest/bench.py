@@ -970,7 +970,7 @@ def _routing(
         floats = lean(router, pixels=False)
         kept_floats = _kept_per_image(blob_dir)
     finally:
-        # The router kept every input; ResNet-18 at 50 images/s keeps 7.5 MB a second as
+        # The router kept every input; ResNet-18 at 100 images/s keeps 15 MB a second as
         # uint8, and the bench needs none of it.
         shutil.rmtree(blob_dir, ignore_errors=True)
     after = lean(spec.name)
