@@ -10,8 +10,8 @@ keep rule of lifeloop.serve.sampling keeps it) is committed to the store, one tr
 batch, or when the store does not answer within a short bound, to a local fsynced journal
 that is drained into the store later (lifeloop.store.prediction_log), before the batch's
 responses leave: an id a caller holds is never lost, even if tritonserver is killed right
-after. A store outage never fails or stalls
-inference.
+after. A store outage never fails or stalls inference. Past its disk budget, the router
+deletes its oldest unlabelled kept inputs (lifeloop.store.retention).
 
 Outputs per image: `logits` (the answering version's), `model_version`, `request_id`, and
 `answered_by` (the answering model) where the router's config declares it.
