@@ -121,6 +121,10 @@ def test_demo_meets_its_acceptance_figures(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["v2_accuracy"] >= 0.90
     assert summary["v1_accuracy"] <= 0.85  # v1 never saw 8 and 9
+    # On the digits v1 was trained on it knows its job, and v2 keeps it.
+    assert summary["seen_classes"] == list("01234567")
+    assert summary["v1_accuracy_seen"] >= 0.90
+    assert summary["v2_accuracy_seen"] >= summary["v1_accuracy_seen"] - 0.02
     assert summary["per_class"]["v1"]["9"] == 0.0 < summary["per_class"]["v2"]["9"]
     for digit in "01234567":
         assert summary["per_class"]["v1"][digit] - summary["per_class"]["v2"][digit] <= 0.02
