@@ -74,6 +74,23 @@ def adapter_rules() -> list[dict]:
     return rules
 
 
+def promtool_test(
+    tmp_path: Path, input_series: list[dict], alert_rule_test: list[dict]
+) -> subprocess.CompletedProcess:
+    """promtool's rule unit test of deploy/prometheus/rules.yml on synthetic series, one
+    sample a minute."""
+    tests = {
+        "rule_files": [str(PROMETHEUS / "rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {"interval": "1m", "input_series": input_series, "alert_rule_test": alert_rule_test}
+        ],
+    }
+    path = tmp_path / "alerts.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    return subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+
+
 def test_the_prometheus_config_passes_promtool() -> None:
     result = check("config", str(PROMETHEUS / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -101,82 +118,68 @@ def test_the_spool_alerts_fire_while_predictions_wait_and_when_they_are_dropped(
     """promtool's rule unit tests on synthetic series: an outage that spools for 5 minutes
     fires LifeloopPredictionsSpooled after its 2 minutes, and stops once drained; a full
     spool that drops fires LifeloopPredictionsNotLogged at once."""
-    tests = {
-        "rule_files": [str(PROMETHEUS / "rules.yml")],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {
-                        "series": 'lifeloop_spooled_records{model="digits",instance="a"}',
-                        "values": "0 0 120 480 900 1300 1700 0 0 0 0 0",
+    series = [
+        {
+            "series": 'lifeloop_spooled_records{model="digits",instance="a"}',
+            "values": "0 0 120 480 900 1300 1700 0 0 0 0 0",
+        },
+        {
+            "series": 'lifeloop_log_records_total{model="digits",outcome="dropped"}',
+            "values": "0 0 0 0 0 0 50 100 150 200 250 300",
+        },
+    ]
+    alerts = [
+        {
+            "eval_time": "3m",
+            "alertname": "LifeloopPredictionsSpooled",
+            "exp_alerts": [],
+        },
+        {
+            "eval_time": "5m",
+            "alertname": "LifeloopPredictionsSpooled",
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        "severity": "warning",
+                        "model": "digits",
+                        "instance": "a",
                     },
-                    {
-                        "series": 'lifeloop_log_records_total{model="digits",outcome="dropped"}',
-                        "values": "0 0 0 0 0 0 50 100 150 200 250 300",
+                    "exp_annotations": {
+                        "summary": "1300 predictions of digits wait in the "
+                        "router's spool on a: the store is slow or down "
+                        "(inference goes on)"
                     },
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "3m",
-                        "alertname": "LifeloopPredictionsSpooled",
-                        "exp_alerts": [],
+                }
+            ],
+        },
+        {
+            "eval_time": "9m",
+            "alertname": "LifeloopPredictionsSpooled",
+            "exp_alerts": [],
+        },
+        {
+            "eval_time": "9m",
+            "alertname": "LifeloopPredictionsNotLogged",
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        "severity": "critical",
+                        "model": "digits",
+                        "outcome": "dropped",
                     },
-                    {
-                        "eval_time": "5m",
-                        "alertname": "LifeloopPredictionsSpooled",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": "warning",
-                                    "model": "digits",
-                                    "instance": "a",
-                                },
-                                "exp_annotations": {
-                                    "summary": "1300 predictions of digits wait in the "
-                                    "router's spool on a: the store is slow or down "
-                                    "(inference goes on)"
-                                },
-                            }
-                        ],
+                    "exp_annotations": {
+                        "summary": "digits: predictions dropped because the "
+                        "router's spool is full or its disk refuses writes"
                     },
-                    {
-                        "eval_time": "9m",
-                        "alertname": "LifeloopPredictionsSpooled",
-                        "exp_alerts": [],
-                    },
-                    {
-                        "eval_time": "9m",
-                        "alertname": "LifeloopPredictionsNotLogged",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": "critical",
-                                    "model": "digits",
-                                    "outcome": "dropped",
-                                },
-                                "exp_annotations": {
-                                    "summary": "digits: predictions dropped because the "
-                                    "router's spool is full or its disk refuses writes"
-                                },
-                            }
-                        ],
-                    },
-                ],
-            }
-        ],
-    }
-    path = tmp_path / "spool-alerts.test.yml"
-    path.write_text(yaml.safe_dump(tests))
-    done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+                }
+            ],
+        },
+    ]
+    done = promtool_test(tmp_path, series, alerts)
     assert done.returncode == 0, done.stdout + done.stderr
     # And the test itself can fail: the same series with the alert expected too early.
-    tests["tests"][0]["alert_rule_test"][0]["eval_time"] = "5m"
-    tests["tests"][0]["alert_rule_test"][0]["exp_alerts"] = []
-    path.write_text(yaml.safe_dump(tests))
-    done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
-    assert done.returncode != 0
+    alerts[0] = {**alerts[0], "eval_time": "5m", "exp_alerts": []}
+    assert promtool_test(tmp_path, series, alerts).returncode != 0
 
 
 def test_the_budget_alerts_fire_when_kept_inputs_fill_it_and_when_they_cannot_go(
@@ -187,73 +190,62 @@ def test_the_budget_alerts_fire_when_kept_inputs_fill_it_and_when_they_cannot_go
     evictable) fire LifeloopKeepBudgetExceeded after 15."""
     where = {"model": "digits", "router": "router", "instance": "a"}
     labels = ",".join(f'{k}="{v}"' for k, v in where.items())
-    tests = {
-        "rule_files": [str(PROMETHEUS / "rules.yml")],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {
-                        "series": f"lifeloop_kept_input_budget_bytes{{{labels}}}",
-                        "values": "1000x40",
+    series = [
+        {
+            "series": f"lifeloop_kept_input_budget_bytes{{{labels}}}",
+            "values": "1000x40",
+        },
+        {
+            "series": f"lifeloop_kept_input_bytes{{{labels}}}",
+            "values": "500x5 950x15 1200x20",
+        },
+    ]
+    alerts = [
+        {
+            "eval_time": "10m",
+            "alertname": "LifeloopKeepBudgetNearlyFull",
+            "exp_alerts": [],
+        },
+        {
+            "eval_time": "17m",
+            "alertname": "LifeloopKeepBudgetNearlyFull",
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        "severity": "info",
+                        **where,
                     },
-                    {
-                        "series": f"lifeloop_kept_input_bytes{{{labels}}}",
-                        "values": "500x5 950x15 1200x20",
+                    "exp_annotations": {
+                        "summary": "router on a keeps 95% of its disk budget: from "
+                        "here on its oldest unlabelled inputs are evicted"
                     },
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "10m",
-                        "alertname": "LifeloopKeepBudgetNearlyFull",
-                        "exp_alerts": [],
+                }
+            ],
+        },
+        {
+            "eval_time": "30m",
+            "alertname": "LifeloopKeepBudgetExceeded",
+            "exp_alerts": [],
+        },
+        {
+            "eval_time": "37m",
+            "alertname": "LifeloopKeepBudgetExceeded",
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        "severity": "warning",
+                        **where,
                     },
-                    {
-                        "eval_time": "17m",
-                        "alertname": "LifeloopKeepBudgetNearlyFull",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": "info",
-                                    **where,
-                                },
-                                "exp_annotations": {
-                                    "summary": "router on a keeps 95% of its disk budget: from "
-                                    "here on its oldest unlabelled inputs are evicted"
-                                },
-                            }
-                        ],
+                    "exp_annotations": {
+                        "summary": "router on a keeps 120% of its disk budget and "
+                        "cannot evict: what is left is labelled; raise "
+                        "--keep-budget or purge by age"
                     },
-                    {
-                        "eval_time": "30m",
-                        "alertname": "LifeloopKeepBudgetExceeded",
-                        "exp_alerts": [],
-                    },
-                    {
-                        "eval_time": "37m",
-                        "alertname": "LifeloopKeepBudgetExceeded",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": "warning",
-                                    **where,
-                                },
-                                "exp_annotations": {
-                                    "summary": "router on a keeps 120% of its disk budget and "
-                                    "cannot evict: what is left is labelled; raise "
-                                    "--keep-budget or purge by age"
-                                },
-                            }
-                        ],
-                    },
-                ],
-            }
-        ],
-    }
-    path = tmp_path / "budget-alerts.test.yml"
-    path.write_text(yaml.safe_dump(tests))
-    done = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+                }
+            ],
+        },
+    ]
+    done = promtool_test(tmp_path, series, alerts)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
