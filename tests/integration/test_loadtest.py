@@ -135,6 +135,51 @@ def test_headless_locust_with_grpc_users_exits_by_itself(server, tmp_path) -> No
     assert "classifier v1" in result.stdout + result.stderr
 
 
+def _served(server, model: str = "classifier") -> int:
+    """Requests tritonserver has answered for `model`, over all its versions."""
+    import tritonclient.http as httpclient
+
+    stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics(model)
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
+
+
+def test_a_stopped_grpc_run_lets_the_requests_in_flight_finish(server, tmp_path) -> None:
+    # A user stopped mid-request would cancel its gRPC call, and tritonserver 2.51 can crash
+    # on a cancelled call (triton-inference-server/server#7368). So the run ends only after
+    # every request sent has been answered: the server answered exactly what Locust counted.
+    before = _served(server)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "3s",
+            "--host",
+            f"grpc://{server.grpc_url}",
+            "--json-file",
+            str(tmp_path / "run"),  # Locust adds .json
+            "TritonGrpcUser",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads((tmp_path / "run.json").read_text())
+    sent = sum(entry["num_requests"] for entry in stats)
+    assert sent > 20 and sum(entry["num_failures"] for entry in stats) == 0
+    assert _served(server) - before == sent
+
+
 def test_unreachable_url_unknown_model_and_bad_duration_fail_in_one_line(server, tmp_path) -> None:
     cases = [
         (["--url", "127.0.0.1:1"], "cannot reach a ready Triton at 127.0.0.1:1"),

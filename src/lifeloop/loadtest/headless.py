@@ -61,7 +61,11 @@ def run(config: LoadTestConfig) -> dict[str, Any]:
         arrival=config.arrival,
     )
     env = Environment(
-        user_classes=[user], host=config.host, events=locust.events, parsed_options=options
+        user_classes=[user],
+        host=config.host,
+        events=locust.events,
+        parsed_options=options,
+        stop_timeout=locustfile.IN_FLIGHT_GRACE_S,  # no request is cancelled mid-flight
     )
     samples: list[Sample] = []
 

@@ -36,6 +36,18 @@ grpc_gevent.init_gevent()
 
 _SYNTHETIC_POOL = 16
 
+# How long a stopping run waits for the requests in flight. A user killed mid-request cancels
+# its gRPC call, and tritonserver 2.51 (the one nvidia-pytriton carries, and NGC's 24.10) can
+# crash on a cancelled call: triton-inference-server/server#7368, fixed in 24.12.
+IN_FLIGHT_GRACE_S = 30.0
+
+
+@events.init.add_listener
+def _finish_in_flight(environment: Any, **_: Any) -> None:
+    """Unless --stop-timeout says otherwise, a stopping user finishes its request first."""
+    if not environment.stop_timeout:
+        environment.stop_timeout = IN_FLIGHT_GRACE_S
+
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
