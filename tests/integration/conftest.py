@@ -12,6 +12,7 @@ import pytest
 
 from lifeloop.retrain import TrainResult
 from lifeloop.serve import ServerConfig, TritonServer
+from lifeloop.serve.supervisor import describe_exit, keep_crash_log
 from tests.conftest import publish_trained
 
 
@@ -32,3 +33,21 @@ def repository(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, h
 def server(repository: Path) -> Iterator[TritonServer]:
     with TritonServer(server_config(repository)) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _servers_outlive_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A server fixture that died during a test fails that test, with its log, and is started
+    again, so one crash shows where it happened instead of failing every test after it."""
+    yield
+    for value in getattr(request.node, "funcargs", {}).values():
+        if not isinstance(value, TritonServer) or (code := value.exit_code()) is None:
+            continue
+        tail = value.log_tail(20)
+        kept = keep_crash_log(value.log_path)
+        value.stop()
+        value.start()
+        pytest.fail(
+            f"tritonserver {describe_exit(code)} during this test; it was started again for "
+            f"the tests after it. Its log is kept as {kept}; last lines:\n{tail}"
+        )

@@ -11,9 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
+from lifeloop.client import LifeloopClient
 from lifeloop.serve import free_port
 
 runner = CliRunner()
@@ -38,11 +40,13 @@ def test_versions_shows_the_server_state(server) -> None:
     assert "READY" in result.output
 
 
-def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: Path) -> None:
-    # Its own copy of the classifier: other tests leave broken versions of their own models
-    # in the shared repository on purpose, and `serve` loads every model it finds.
+def start_serve(
+    repository: Path, tmp_path: Path, *flags: str
+) -> tuple[subprocess.Popen[str], int, Path]:
+    """`lifeloop serve` in its own process on free ports, on its own copy of the classifier:
+    other tests leave broken versions of their own models in the shared repository on
+    purpose, and `serve` loads every model it finds."""
     shutil.copytree(repository / "classifier", tmp_path / "repository" / "classifier")
-    repository = tmp_path / "repository"
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
@@ -52,7 +56,7 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: 
             "lifeloop",
             "serve",
             "--repository",
-            str(repository),
+            str(tmp_path / "repository"),
             "--http-port",
             str(http),
             "--grpc-port",
@@ -61,23 +65,33 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: 
             str(metrics),
             "--log-file",
             str(log),
+            *flags,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return process, http, log
+
+
+def wait_serving(process: subprocess.Popen[str], http: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{http}/v2/models/classifier/ready", timeout=2
+            ) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(process.stdout.read() if process.poll() is not None else "not ready")
+
+
+def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: Path) -> None:
+    process, http, log = start_serve(repository, tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        ready = False
-        while not ready and time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{http}/v2/models/classifier/ready", timeout=2
-                ) as r:
-                    ready = r.status == 200
-            except OSError:
-                time.sleep(0.3)
-        assert ready, process.stdout.read() if process.poll() is not None else "not ready"
+        wait_serving(process, http)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -90,6 +104,39 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(repository: Path, tmp_path: 
         == 1
     )
     assert log.is_file() and "Started GRPCInferenceService" in log.read_text()
+
+
+def test_serve_starts_a_crashed_server_again_within_its_budget(
+    repository: Path, tmp_path: Path, served_held_out
+) -> None:
+    # SIGSEGV is how tritonserver 2.51 dies when a gRPC request is cancelled at the wrong
+    # moment (triton-inference-server/server#7368); here the signal is sent, not raced for.
+    process, http, log = start_serve(repository, tmp_path, "--max-restarts", "1")
+    try:
+        wait_serving(process, http)
+        first = psutil.Process(process.pid).children()[0]
+        first.send_signal(signal.SIGSEGV)
+        first.wait(timeout=30)
+        wait_serving(process, http)
+        with LifeloopClient(f"127.0.0.1:{http}", "http") as client:
+            assert len(client.classify(served_held_out[0][:4])) == 4
+        crashed = list(tmp_path.glob("serve.log.crashed-*"))
+        assert len(crashed) == 1 and "Started HTTPService" in crashed[0].read_text()
+        # The second crash within ten minutes spends the budget of one.
+        second = psutil.Process(process.pid).children()[0]
+        assert second.pid != first.pid
+        second.send_signal(signal.SIGSEGV)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, output
+    assert "tritonserver was killed by SIGSEGV" in output and "starting it again" in output
+    assert "tritonserver ready again" in output
+    assert "it was restarted at most 1 in 10 min already, so it is not started again" in output
+    # Both dead servers' logs are kept; the last one's path is in the error.
+    crashed = sorted(tmp_path.glob("serve.log.crashed-*"))
+    assert len(crashed) == 2 and not log.exists() and f"kept as {crashed[-1]}" in output
 
 
 def test_serve_names_a_busy_port(server) -> None:

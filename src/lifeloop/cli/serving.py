@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,12 +50,23 @@ def serve(
             "enables it (lifeloop export --response-cache)."
         ),
     ] = 0,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            help="Start tritonserver again when it dies by itself (2.51 can crash when a gRPC "
+            "request is cancelled), at most this many times in 10 minutes; 0: never."
+        ),
+    ] = 5,  # supervisor.DEFAULT_MAX_RESTARTS (this module imports lazily)
 ) -> None:
-    """Run the real tritonserver on a repository until Ctrl-C or SIGTERM."""
+    """Run the real tritonserver on a repository until Ctrl-C or SIGTERM, and start it again
+    if it crashes."""
     from lifeloop.serve import ControlMode, ServerConfig, ServerError, TritonServer
+    from lifeloop.serve.supervisor import RestartBudget, supervise
 
     if control_mode not in ("explicit", "poll"):
         raise ServerError(f"--control-mode {control_mode!r} is not explicit or poll")
+    if max_restarts < 0:
+        raise ServerError(f"--max-restarts must be 0 or more, got {max_restarts}")
     config = ServerConfig(
         repository=repository,
         http_port=http_port,
@@ -81,14 +92,12 @@ def serve(
                 f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url}, "
                 f"metrics {server.metrics_url}; log {server.log_path}. Ctrl-C stops it."
             )
-            try:
-                while not stopping and server.is_running():
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
-                pass
-            if not server.is_running():
-                raise ServerError(
-                    f"tritonserver exited unexpectedly; last log lines:\n{server.log_tail()}"
+            with contextlib.suppress(KeyboardInterrupt):
+                supervise(
+                    server,
+                    stopping=lambda: stopping,
+                    budget=RestartBudget(max_restarts),
+                    say=lambda line: console.print(line, markup=False, highlight=False),
                 )
             console.print("stopping tritonserver")
     finally:

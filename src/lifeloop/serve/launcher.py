@@ -130,7 +130,10 @@ class ServerConfig:
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse a port something listens on. Like tritonserver's own sockets this one reuses the
+    address, so the closing connections a crashed server leaves behind do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -252,6 +255,11 @@ class TritonServer:
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        """How a server this object started ended by itself (neither stop() nor kill() ended
+        it): its exit code, negative for the signal that killed it. None while it runs."""
+        return None if self.process is None else self.process.poll()
 
     def log_tail(self, lines: int = 12) -> str:
         """The log's error lines (Triton prefixes them with E) and its last lines: the part
