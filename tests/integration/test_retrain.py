@@ -22,6 +22,7 @@ from lifeloop.retrain import ImageFolder, TrainResult, cycle, train
 from lifeloop.retrain.cycle import RetrainSettings, retrain
 from lifeloop.retrain.training import predict
 from lifeloop.rollout import read_policy
+from lifeloop.rollout.rollout import Rollout
 from lifeloop.serve.install import install_router
 from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store, blobs
@@ -73,6 +74,7 @@ def send_feedback(
     fernet=None,
     pixels_from: int | None = None,
     encoded_from: int | None = None,
+    prefix: str = "r",
 ) -> list[str]:
     """What the router and the feedback model write for served images: a prediction with its
     input kept as a blob, then the true (or, with shuffle, a random) label. Inputs are kept as
@@ -107,7 +109,7 @@ def send_feedback(
         for i, sample in enumerate(batch):
             records.append(
                 Prediction(
-                    request_id=f"r{len(records):05d}",
+                    request_id=f"{prefix}{len(records):05d}",
                     model="digits",
                     version=1,
                     route="champion",
@@ -146,6 +148,34 @@ def test_retrain_learns_new_classes_and_starts_a_canary(repo, digits, splits, v1
     assert (policy.champion, policy.candidate, policy.canary_weight) == (1, 2, 0.2)
     assert record is not None and sorted(record["request_ids"]) == sorted(ids)
     assert record["counts"]["9"] > 0 and event.action == "candidate"
+
+
+def test_a_class_learned_from_feedback_is_replayed_by_the_next_retrain(
+    repo, digits, splits, v1, eval_dir, tmp_path
+):
+    # v1's training folder has no 8s: the only 8s are the feedback v2 was trained on.
+    eights = [s for s in splits[0] if digits.labels[s.label] == "8"]
+    nines = [s for s in splits[0] if digits.labels[s.label] == "9"]
+    settings = RetrainSettings(replay_per_class=100)
+    first_ids = send_feedback(repo, digits, eights, v1, prefix="a")
+    no_nines = [s for s in splits[1] if digits.labels[s.label] != "9"]
+    first_eval = link_folder(tmp_path / "eval", digits, no_nines)
+    with Store.for_repository(repo) as store:
+        first = retrain(
+            repo, "digits", store, eval_dir=first_eval, settings=settings, progress=False
+        )
+        Rollout(repo, store).promote(reason="test: v2 knows the 8s")
+        send_feedback(repo, digits, nines, v1, prefix="b")
+        second = retrain(
+            repo, "digits", store, eval_dir=eval_dir, settings=settings, progress=False
+        )
+    assert first.version == 2 and first.counts["8"] == len(first_ids), first.refused
+    assert second.version == 3, second.refused
+    # The second retrain trains on the new 9s and replays up to 100 of each digit, the 8s
+    # included: the only 8s it can replay are the first retrain's feedback.
+    assert len(eights) > 100 and second.counts["8"] == 100
+    assert second.counts["9"] == len(nines) and all(second.counts[d] == 100 for d in OLD)
+    assert second.feedback_used == len(nines) and second.replayed == 100 * 9
 
 
 def test_retraining_reads_inputs_kept_in_any_form_alike(tmp_path, digits, splits, v1, eval_dir):

@@ -459,8 +459,18 @@ def retrain(
     ] = 0.0,
     max_drop: Annotated[
         float,
-        typer.Option(help="Largest accuracy drop allowed for any old class (0.02 = 2 points)."),
+        typer.Option(
+            help="Largest drop allowed for any old class (0.02 = 2 points): of its accuracy, "
+            "or of its F1 when classes are added."
+        ),
     ] = 0.02,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            help="Weigh the loss by class, so that many labels of a new class do not "
+            "outweigh the replayed old ones."
+        ),
+    ] = True,
     canary_weight: Annotated[
         float, typer.Option("--canary", help="Canary weight of a passing candidate.")
     ] = 0.2,
@@ -487,6 +497,7 @@ def retrain(
         replay_per_class=replay_per_class,
         min_delta=min_delta,
         max_drop=max_drop,
+        balanced=balanced,
         canary_weight=canary_weight,
         shadow=shadow,
         seed=seed,

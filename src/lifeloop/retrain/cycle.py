@@ -1,8 +1,9 @@
 """`lifeloop retrain`: fine-tune the champion on labelled feedback, gate, publish, roll out.
 
 - Dataset: every labelled prediction no earlier version was trained on, whose input was kept,
-  plus a replay sample of the champion's own training data with a quota per class, so that
-  old classes are not forgotten.
+  plus a replay sample with a quota per class, so that old classes are not forgotten: drawn
+  from the first version's training data and from the feedback earlier versions were trained
+  on, so that a class learned from feedback is replayed too.
 - New classes: labels the champion does not know are appended (class indices only grow); the
   head grows and keeps its old rows.
 - Evaluation: per class, on a held-out set: a trusted labelled folder when given (`eval_dir`),
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lifeloop.datasets import ImageFolder, load_arrays, scan
+from lifeloop.datasets import ImageFolder, Sample, load_arrays, scan
 from lifeloop.errors import ImageError, RetrainError
 from lifeloop.export import Checkpoint
 from lifeloop.export.checkpoint import load as load_checkpoint
@@ -39,7 +41,7 @@ from lifeloop.rollout.policy import read_policy
 from lifeloop.rollout.rollout import Rollout
 from lifeloop.serve.preprocess import ImageLimits, decode
 from lifeloop.store import blobs
-from lifeloop.store.database import Store
+from lifeloop.store.database import Labelled, Store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,9 @@ class RetrainSettings:
     holdout: float = 0.2
     min_delta: float = 0.0  # accuracy the candidate must gain over the champion
     max_drop: float = 0.02  # largest per-class accuracy drop allowed for an old class
+    # Weigh the loss by class: replay holds up to replay_per_class of an old class, while a
+    # new class can come with far more feedback, which would teach the model to prefer it.
+    balanced: bool = True
     canary_weight: float = 0.2
     shadow: bool = False
     seed: int = 0
@@ -79,6 +84,12 @@ class RetrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "published": self.published}
+
+
+def grow_labels(known: tuple[str, ...], names: Iterable[str]) -> tuple[str, ...]:
+    """`known`, then each label of `names` it lacks in order of first appearance: class
+    indices only grow, so every earlier version's answers keep their meaning."""
+    return known + tuple(dict.fromkeys(n for n in names if n not in known))
 
 
 def grow_head(model: nn.Module, classes: int) -> nn.Module:
@@ -145,10 +156,9 @@ def retrain(
     champion, labels = data.champion, data.labels
     y_train, x_held, y_held = data.y_train, data.x_held, data.y_held
     network = _fit(model, data, settings, progress)
-    champion_acc, champion_pc = accuracy_report(
-        predict(champion.build_model(), x_held), y_held, labels
+    verdict = judge(
+        champion.build_model(), champion.labels, network, labels, x_held, y_held, settings
     )
-    candidate_acc, candidate_pc = accuracy_report(predict(network, x_held), y_held, labels)
     counts = {labels[i]: int(n) for i, n in sorted(Counter(y_train.tolist()).items())}
     report = RetrainReport(
         model=model,
@@ -159,25 +169,12 @@ def retrain(
         replayed=data.replayed,
         counts=counts,
         held_out=len(x_held),
-        champion_accuracy=champion_acc,
-        candidate_accuracy=candidate_acc,
-        champion_per_class=champion_pc,
-        candidate_per_class=candidate_pc,
+        champion_accuracy=verdict.champion_accuracy,
+        candidate_accuracy=verdict.candidate_accuracy,
+        champion_per_class=verdict.champion_per_class,
+        candidate_per_class=verdict.candidate_per_class,
+        refused=list(verdict.refused),
     )
-    if candidate_acc < champion_acc + settings.min_delta:
-        report.refused.append(
-            f"held-out accuracy {candidate_acc:.4f} is below the champion's {champion_acc:.4f} "
-            f"+ min_delta {settings.min_delta:g}"
-        )
-    for name in champion.labels:
-        if name in champion_pc and name in candidate_pc:
-            drop = champion_pc[name] - candidate_pc[name]
-            if drop > settings.max_drop + 1e-9:
-                report.refused.append(
-                    f"class {name!r} drops {drop * 100:.1f} points "
-                    f"({champion_pc[name]:.3f} -> {candidate_pc[name]:.3f}), more than "
-                    f"max_drop {settings.max_drop * 100:g}"
-                )
     if report.refused:
         return report
 
@@ -195,7 +192,7 @@ def retrain(
             "replayed": data.replayed,
             "epochs": settings.epochs,
             "seed": settings.seed,
-            "holdout_accuracy": candidate_acc,
+            "holdout_accuracy": verdict.candidate_accuracy,
         },
     )
     # The parity gate runs inside the export; a ParityError publishes nothing.
@@ -207,7 +204,11 @@ def retrain(
         model,
         input_kind=served.get("input_kind", NORMALIZED),
         samples=x_held[:64],
-        evaluation={"accuracy": candidate_acc, "per_class": candidate_pc, "held_out": len(x_held)},
+        evaluation={
+            "accuracy": verdict.candidate_accuracy,
+            "per_class": verdict.candidate_per_class,
+            "held_out": len(x_held),
+        },
     )
     version = exported.published.version
     store.record_training(
@@ -222,12 +223,95 @@ def retrain(
         canary_weight=settings.canary_weight,
         shadow=settings.shadow,
         reason=(
-            f"retrain: {candidate_acc:.4f} vs champion v{data.champion_version} {champion_acc:.4f} "
-            f"on {len(x_held)} held-out images"
+            f"retrain: {verdict.candidate_accuracy:.4f} vs champion v{data.champion_version} "
+            f"{verdict.champion_accuracy:.4f} on {len(x_held)} held-out images"
         ),
     )
     report.version = version
     return report
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's figures on the held-out set, and why it refused (empty: it passed)."""
+
+    champion_accuracy: float
+    champion_per_class: dict[str, float]
+    candidate_accuracy: float
+    candidate_per_class: dict[str, float]
+    refused: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.refused
+
+
+def judge(
+    champion: nn.Module,
+    champion_labels: tuple[str, ...],
+    candidate: nn.Module,
+    labels: tuple[str, ...],
+    x_held: np.ndarray,
+    y_held: np.ndarray,
+    settings: RetrainSettings,
+) -> Verdict:
+    """The accuracy gate: the candidate must reach the champion's held-out accuracy +
+    min_delta, and no class the champion knows may drop more than max_drop. The champion is
+    wrong on every image of a class it does not have (`labels` extends `champion_labels`).
+
+    When classes are added, an old class is compared by F1 instead of accuracy: the champion
+    calls every image of a new class by some old name, so its accuracy on an old class that
+    looks like a new one is high only because it cannot say the new name, and a candidate
+    that learns to tell them apart would be refused for it. F1 charges those wrong names to
+    the champion's precision, and still refuses a candidate that gives an old class away."""
+    champion_predicted = predict(champion, x_held)
+    candidate_predicted = predict(candidate, x_held)
+    champion_acc, champion_pc = accuracy_report(champion_predicted, y_held, labels)
+    candidate_acc, candidate_pc = accuracy_report(candidate_predicted, y_held, labels)
+    refused = []
+    if candidate_acc < champion_acc + settings.min_delta:
+        refused.append(
+            f"held-out accuracy {candidate_acc:.4f} is below the champion's {champion_acc:.4f} "
+            f"+ min_delta {settings.min_delta:g}"
+        )
+    grew = len(labels) > len(champion_labels)
+    if grew:
+        measure = "F1"
+        before = f1_scores(champion_predicted, y_held, labels)
+        after = f1_scores(candidate_predicted, y_held, labels)
+    else:
+        measure, before, after = "accuracy", champion_pc, candidate_pc
+    for name in champion_labels:
+        if name in before and name in after:
+            drop = before[name] - after[name]
+            if drop > settings.max_drop + 1e-9:
+                refused.append(
+                    f"class {name!r} {measure} drops {drop * 100:.1f} points "
+                    f"({before[name]:.3f} -> {after[name]:.3f}), more than "
+                    f"max_drop {settings.max_drop * 100:g}"
+                )
+    return Verdict(champion_acc, champion_pc, candidate_acc, candidate_pc, tuple(refused))
+
+
+def f1_scores(predicted: np.ndarray, y: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    """Per class present in `y`: the harmonic mean of precision and recall (0 when both are)."""
+    scores = {}
+    for i, name in enumerate(labels):
+        actual = y == i
+        if not actual.any():
+            continue
+        hits = float(np.sum(actual & (predicted == i)))
+        called = float(np.sum(predicted == i))
+        scores[name] = 2 * hits / (called + float(actual.sum()))
+    return scores
+
+
+def quota(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of at most `per_class` items of each class in `y`, drawn at random (seeded),
+    in their original order: the replay sample."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(y == cls))[:per_class] for cls in np.unique(y)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
 def retrain_follower(model: str, settings: RetrainSettings | None = None) -> None:
@@ -253,6 +337,7 @@ def _fit(model: str, data: _Dataset, settings: RetrainSettings, progress: bool) 
         seed=settings.seed,
         progress=progress,
         what=f"{model} v{data.champion_version} + {len(data.request_ids)} labelled",
+        balanced=settings.balanced,
     )
 
 
@@ -279,21 +364,24 @@ def _read_dataset(
     pre = champion.preprocessing.with_kind(NORMALIZED)  # what training takes
 
     used = store.trained_request_ids(model)
-    fresh = [r for r in store.labelled(model) if r.request_id not in used]
+    labelled = store.labelled(model)
+    fresh = [r for r in labelled if r.request_id not in used]
     usable = [r for r in fresh if r.blob and Path(r.blob).is_file()]
+    # What earlier versions learned from feedback, replayed beside their first training data.
+    earlier = [r for r in labelled if r.request_id in used and r.blob and Path(r.blob).is_file()]
     if not usable:
         raise RetrainError(
             f"no new labelled data for {model!r}: {len(fresh)} labels since the last retrain, "
             f"{len(usable)} with a stored input; nothing published"
         )
-    new_classes = tuple(dict.fromkeys(r.label for r in usable if r.label not in champion.labels))
-    labels = champion.labels + new_classes
+    labels = grow_labels(champion.labels, [r.label for r in usable])
+    new_classes = labels[len(champion.labels) :]
     index = {label: i for i, label in enumerate(labels)}
     x_feedback = np.stack([_kept_input(r.blob, r.blob_row, pre) for r in usable if r.blob])
     y_feedback = np.array([index[r.label] for r in usable], dtype=np.int64)
 
     x_replay, y_replay = _replay(
-        replay_dir or champion.training.get("data"), labels, pre, settings, progress
+        replay_dir or champion.training.get("data"), earlier, labels, pre, settings
     )
     x_all = np.concatenate([x_feedback, x_replay]) if len(x_replay) else x_feedback
     y_all = np.concatenate([y_feedback, y_replay]) if len(y_replay) else y_feedback
@@ -345,27 +433,41 @@ def _kept_input(blob: str, row: int | None, pre: Preprocessing) -> np.ndarray:
 
 
 def _replay(
-    data: Any, labels: tuple[str, ...], pre: Any, settings: RetrainSettings, progress: bool
+    data: Any,
+    earlier: list[Labelled],
+    labels: tuple[str, ...],
+    pre: Preprocessing,
+    settings: RetrainSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `replay_per_class` images of each known class from the champion's training data."""
-    if settings.replay_per_class <= 0 or not data:
-        return np.zeros((0, *pre.input_shape), np.float32), np.zeros(0, np.int64)
-    if not Path(data).is_dir():
-        raise RetrainError(
-            f"the champion's training data {data} is gone; pass --replay DIR, or "
-            "--replay-per-class 0 to train on feedback alone"
-        )
-    folder = scan(Path(data))
-    rng = np.random.default_rng(settings.seed)
-    chosen = []
-    for label in folder.labels:
-        if label not in labels:
-            continue
-        samples = [s for s in folder.samples if folder.labels[s.label] == label]
-        picks = rng.permutation(len(samples))[: settings.replay_per_class]
-        chosen += [samples[i] for i in sorted(picks)]
-    x, y_folder = load_arrays(chosen, pre)
-    return x, _model_indices(folder, y_folder, labels)
+    """Up to `replay_per_class` inputs of each known class, drawn from the training folder
+    and the feedback earlier versions were trained on, as one pool."""
+    empty = np.zeros((0, *pre.input_shape), np.float32), np.zeros(0, np.int64)
+    if settings.replay_per_class <= 0:
+        return empty
+    samples: list[Sample] = []
+    names: list[str] = []
+    if data:
+        if not Path(data).is_dir():
+            raise RetrainError(
+                f"the champion's training data {data} is gone; pass --replay DIR, or "
+                "--replay-per-class 0 to train on feedback alone"
+            )
+        folder = scan(Path(data))
+        samples = [s for s in folder.samples if folder.labels[s.label] in labels]
+        names = [folder.labels[s.label] for s in samples]
+    names += [r.label for r in earlier if r.label in labels]
+    rows = [r for r in earlier if r.label in labels]
+    if not names:
+        return empty
+    y = np.array([labels.index(name) for name in names], dtype=np.int64)
+    chosen = quota(y, settings.replay_per_class, settings.seed)
+    from_folder = [samples[i] for i in chosen if i < len(samples)]
+    from_feedback = [rows[i - len(samples)] for i in chosen if i >= len(samples)]
+    x_folder, _ = load_arrays(from_folder, pre)
+    parts = [x_folder] + [
+        _kept_input(r.blob, r.blob_row, pre)[None] for r in from_feedback if r.blob
+    ]
+    return np.concatenate(parts).astype(np.float32), y[chosen]
 
 
 def _folder_arrays(root: Path, labels: tuple[str, ...], pre: Any) -> tuple[np.ndarray, np.ndarray]:

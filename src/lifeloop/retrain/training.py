@@ -138,9 +138,12 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     what: str = "",
+    balanced: bool = False,
 ) -> nn.Module:
     """AdamW with a one-cycle schedule over shuffled mini-batches, in place; a progress bar
-    per step. Deterministic for a given seed.
+    per step. Deterministic for a given seed. `balanced` weighs each class's loss by the
+    inverse of its count (the weights average 1 over the images), so that a class with few
+    images counts as much as one with many.
 
     Under `torchrun` (see lifeloop.retrain.distributed) every rank must call this with the
     same arrays: each trains on its share of every mini-batch as DDP, and all ranks end with
@@ -154,7 +157,9 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     # Summed per shard and divided by the whole batch: DDP's average over ranks is then the
     # gradient of the batch's mean loss.
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = nn.CrossEntropyLoss(
+        weight=class_weights(y_train) if balanced else None, reduction="sum"
+    )
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
 
@@ -188,6 +193,15 @@ def fit(
         model.load_state_dict(synced.state_dict())
     model.eval()
     return model
+
+
+def class_weights(y: np.ndarray) -> torch.Tensor:
+    """Per class index, len(y) / (classes present * its count); 0 for a class absent."""
+    counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 0).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _fit_normalisation(pre: Preprocessing, samples: list[Any]) -> Preprocessing:
