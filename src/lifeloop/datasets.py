@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -119,3 +120,110 @@ def write_digits(out: Path) -> ImageFolder:
             image.save(folder / f"{index:04d}.png")
         marker.write_text("sklearn.datasets.load_digits\n")
     return scan(out)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Zalando's class names, as folder-safe labels.
+FASHION_LABELS = (
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
+_IDX_TYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    """Images as one uint8 array [n, H, W] (or [n, H, W, 3]) with their class indices."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def take(self, index: np.ndarray) -> ImageArrays:
+        return ImageArrays(self.images[index], self.targets[index], self.labels)
+
+    def to_inputs(self, pre: Preprocessing) -> np.ndarray:
+        """float32 [n, C, H, W] as `pre` makes them from an image file: the same resize and
+        conversion as serving and training."""
+        out = np.empty((len(self), *pre.input_shape), np.float32)
+        for i, pixels in enumerate(self.images):
+            out[i] = pre.to_array(Image.fromarray(pixels))
+        return out
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (LeCun's MNIST format; gzipped or not) as an array."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise DataError(f"{path} is not a readable IDX file ({exc}); replace it") from exc
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number); replace it")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=_IDX_TYPES[data[2]], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise DataError(f"{path} holds {array.size} values, not the {dims} its header says")
+    return array.reshape(dims)
+
+
+def fashion_mnist(split: str = "train", root: Path = FASHION_MNIST) -> ImageArrays:
+    """Fashion-MNIST's 60,000 training or 10,000 test images (28x28, 10 classes), read from
+    Debian's `dataset-fashion-mnist` package."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    paths = [
+        Path(root) / f"{prefix}-{kind}-idx{n}-ubyte.gz"
+        for kind, n in (("images", 3), ("labels", 1))
+    ]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST is not at {root} ({missing[0].name} is missing); install it with "
+            "`apt-get install dataset-fashion-mnist`, or pass another data set"
+        )
+    images, targets = read_idx(paths[0]), read_idx(paths[1])
+    if images.ndim != 3 or len(images) != len(targets):
+        raise DataError(f"{paths[0]} and {paths[1]} do not hold matching images and labels")
+    return ImageArrays(np.ascontiguousarray(images), targets.astype(np.int64), FASHION_LABELS)
+
+
+def folder_images(folder: ImageFolder, size: int | None = None) -> ImageArrays:
+    """An ImageFolder as arrays, each image converted to RGB at `size` (default: the first
+    image's size), so that folders of any images stack."""
+    first = None
+    images = []
+    for sample in folder.samples:
+        try:
+            with Image.open(sample.path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"{sample.path} is not a readable image ({exc}); replace or remove it"
+            ) from exc
+        first = first or size or rgb.size[0]
+        images.append(np.asarray(rgb.resize((first, first))))
+    return ImageArrays(
+        np.stack(images), np.array([s.label for s in folder.samples], np.int64), folder.labels
+    )

@@ -34,6 +34,7 @@ def one_line_error(result) -> str:
 COMMANDS = {
     "": {
         "bench",
+        "bench-learning",
         "canary",
         "candidate",
         "cascade",

@@ -1,4 +1,4 @@
-"""Commands that measure: `loadtest`, `bench`, `tune`, `soak`."""
+"""Commands that measure: `loadtest`, `bench`, `bench-learning`, `tune`, `soak`."""
 
 from __future__ import annotations
 
@@ -149,6 +149,72 @@ def bench(
         from lifeloop.loadtest.bench_result import update_page
 
         console.print(f"wrote {update_page(docs, result.to_markdown())}")
+
+
+@app.command("bench-learning")
+@_errors
+def bench_learning(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="fashion-mnist (Debian's dataset-fashion-mnist), digits, or an ImageFolder."
+        ),
+    ] = "fashion-mnist",
+    out: Annotated[Path, typer.Option(help="Folder for learning.json.")] = Path(
+        "runs/bench-learning"
+    ),
+    rounds: Annotated[int, typer.Option(help="Rounds, the first one training v1.")] = 5,
+    classes_per_round: Annotated[int, typer.Option(help="New classes per round.")] = 2,
+    feedback_share: Annotated[
+        float, typer.Option(help="Share of each round's traffic that comes back labelled.")
+    ] = 0.5,
+    limit_per_class: Annotated[
+        int | None, typer.Option(help="Training images per class (default: all).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of every training, all learners.")] = 4,
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated: clean, noisy (20% wrong labels), long_tailed.")
+    ] = "clean,noisy,long_tailed",
+    seed: Annotated[int, typer.Option(help="Seeds the class order and every draw.")] = 0,
+) -> None:
+    """A class-incremental stream: lifeloop's retrain against naive fine-tuning (the floor)
+    and joint training (the ceiling), round by round, with forgetting per class."""
+    from lifeloop.retrain.cycle import RetrainSettings
+    from lifeloop.retrain.learning import StreamSettings
+    from lifeloop.retrain.learning import bench_learning as run
+
+    settings = StreamSettings(
+        rounds=rounds,
+        classes_per_round=classes_per_round,
+        feedback_share=feedback_share,
+        limit_per_class=limit_per_class,
+        retrain=RetrainSettings(epochs=epochs, seed=seed),
+        seed=seed,
+    )
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+    result = run(data, out, settings, variants=chosen, say=console.print)
+    table = Table(title=f"lifeloop bench-learning on {data}: final round, test split")
+    for column in ("variant", "learner", "seen classes", "all classes", "worst forgetting"):
+        table.add_column(column)
+    for variant, figures in result["variants"].items():
+        final = figures["rounds"][-1]["learners"]
+        for learner, f in final.items():
+            worst = max(
+                (v["max_minus_final"] for v in figures["forgetting"][learner].values()),
+                default=0.0,
+            )
+            table.add_row(
+                variant,
+                learner,
+                f"{f['seen_accuracy']:.3f}",
+                f"{f['all_accuracy']:.3f}",
+                f"{worst:.3f}",
+            )
+    console.print(table)
+    for row in result["targets"]:
+        mark = "met" if row["met"] else "[red]missed[/]"
+        console.print(f"{mark}: {row['target']} ({row['value']})")
+    console.print(f"learning.json: {out / 'learning.json'}")
 
 
 def _print_bench(result: BenchResult, to: Console) -> None:
