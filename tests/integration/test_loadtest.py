@@ -104,8 +104,11 @@ def test_open_loop_reports_late_sends_when_the_rate_cannot_be_kept(server, tmp_p
     assert any("could not keep the rate" in w for w in report["warnings"]), report["warnings"]
 
 
-def test_headless_locust_with_grpc_users_exits_by_itself(server, tmp_path) -> None:
-    result = subprocess.run(
+def headless_grpc_locust(
+    server, tmp_path: Path, users: int, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`locust -f lifeloop's locustfile --headless` with gRPC users for 3 s."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -114,16 +117,14 @@ def test_headless_locust_with_grpc_users_exits_by_itself(server, tmp_path) -> No
             str(LOCUSTFILE),
             "--headless",
             "-u",
-            "2",
+            str(users),
             "-r",
-            "2",
+            str(users),
             "-t",
             "3s",
             "--host",
             f"grpc://{server.grpc_url}",
-            "--model",
-            "classifier",
-            "--only-summary",
+            *flags,
             "TritonGrpcUser",
         ],
         capture_output=True,
@@ -131,6 +132,10 @@ def test_headless_locust_with_grpc_users_exits_by_itself(server, tmp_path) -> No
         timeout=90,
         cwd=tmp_path,
     )
+
+
+def test_headless_locust_with_grpc_users_exits_by_itself(server, tmp_path) -> None:
+    result = headless_grpc_locust(server, tmp_path, 2, "--model", "classifier", "--only-summary")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "classifier v1" in result.stdout + result.stderr
 
@@ -148,31 +153,8 @@ def test_a_stopped_grpc_run_lets_the_requests_in_flight_finish(server, tmp_path)
     # on a cancelled call (triton-inference-server/server#7368). So the run ends only after
     # every request sent has been answered: the server answered exactly what Locust counted.
     before = _served(server)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(LOCUSTFILE),
-            "--headless",
-            "-u",
-            "4",
-            "-r",
-            "4",
-            "-t",
-            "3s",
-            "--host",
-            f"grpc://{server.grpc_url}",
-            "--json-file",
-            str(tmp_path / "run"),  # Locust adds .json
-            "TritonGrpcUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        cwd=tmp_path,
-    )
+    # Locust adds .json to the name.
+    result = headless_grpc_locust(server, tmp_path, 4, "--json-file", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-2000:]
     stats = json.loads((tmp_path / "run.json").read_text())
     sent = sum(entry["num_requests"] for entry in stats)
