@@ -175,6 +175,9 @@ def bench_learning(
     variants: Annotated[
         str, typer.Option(help="Comma-separated: clean, noisy (20% wrong labels), long_tailed.")
     ] = "clean,noisy,long_tailed",
+    balanced: Annotated[
+        bool, typer.Option(help="lifeloop's retrain weighs the loss by class, as by default.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seeds the class order and every draw.")] = 0,
 ) -> None:
     """A class-incremental stream: lifeloop's retrain against naive fine-tuning (the floor)
@@ -188,7 +191,7 @@ def bench_learning(
         classes_per_round=classes_per_round,
         feedback_share=feedback_share,
         limit_per_class=limit_per_class,
-        retrain=RetrainSettings(epochs=epochs, seed=seed),
+        retrain=RetrainSettings(epochs=epochs, seed=seed, balanced=balanced),
         seed=seed,
     )
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
