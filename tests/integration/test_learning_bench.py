@@ -41,6 +41,8 @@ def test_bench_learning_on_the_digits_writes_every_round_and_target(tmp_path) ->
     assert result.exit_code == 0, result.output
     assert "class order (seed 0):" in result.output and "learning.json" in result.output
     report = json.loads((tmp_path / "learning.json").read_text())
+    page = (tmp_path / "learning.html").read_text()
+    assert page.count("<svg") == 2 * 3 and 'id="noisy-forgetting"' in page
     clean = report["variants"]["clean"]
     assert [r["round"] for r in clean["rounds"]] == [0, 1, 2]
     assert [len(r["new_classes"]) for r in clean["rounds"]] == [3, 3, 3]

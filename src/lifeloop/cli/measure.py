@@ -160,7 +160,7 @@ def bench_learning(
             help="fashion-mnist (Debian's dataset-fashion-mnist), digits, or an ImageFolder."
         ),
     ] = "fashion-mnist",
-    out: Annotated[Path, typer.Option(help="Folder for learning.json.")] = Path(
+    out: Annotated[Path, typer.Option(help="Folder for learning.json and learning.html.")] = Path(
         "runs/bench-learning"
     ),
     rounds: Annotated[int, typer.Option(help="Rounds, the first one training v1.")] = 5,
@@ -217,7 +217,10 @@ def bench_learning(
     for row in result["targets"]:
         mark = "met" if row["met"] else "[red]missed[/]"
         console.print(f"{mark}: {row['target']} ({row['value']})")
-    console.print(f"learning.json: {out / 'learning.json'}")
+    from lifeloop.loadtest.learning_report import write_learning_report
+
+    page = write_learning_report(result, out / "learning.html")
+    console.print(f"learning.json: {out / 'learning.json'}; learning.html: {page}")
 
 
 def _print_bench(result: BenchResult, to: Console) -> None:

@@ -371,7 +371,7 @@ def _plots(
     plots.append(
         (
             "throughput",
-            _svg(fig, plt),
+            svg_text(fig, plt),
             "Throughput per window (shaded: the windows merged into the figures)",
         )
     )
@@ -391,7 +391,7 @@ def _plots(
     ax.set_ylim(bottom=0)
     ax.legend()
     _shade(ax, span)
-    plots.append(("latency", _svg(fig, plt), "Latency percentiles per window"))
+    plots.append(("latency", svg_text(fig, plt), "Latency percentiles per window"))
 
     server = report.get("server")
     if server and server.get("requests") and "latency_ms" in report:
@@ -416,7 +416,7 @@ def _plots(
         plots.append(
             (
                 "split",
-                _svg(fig, plt),
+                svg_text(fig, plt),
                 "Where a request's time goes: server-side (Triton counters) vs client side",
             )
         )
@@ -429,7 +429,7 @@ def _shade(ax: Any, span: tuple[float, float] | None) -> None:
     ax.grid(alpha=0.3)
 
 
-def _svg(fig: Any, plt: Any) -> str:
+def svg_text(fig: Any, plt: Any) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(fig)
