@@ -467,8 +467,8 @@ def retrain(
     balanced: Annotated[
         bool,
         typer.Option(
-            help="Weigh the loss by class, so that many labels of a new class do not "
-            "outweigh the replayed old ones."
+            help="No class counts for more than --replay-per-class images, so that many "
+            "labels of a new class do not outweigh the replayed old ones."
         ),
     ] = True,
     canary_weight: Annotated[

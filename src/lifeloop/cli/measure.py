@@ -176,7 +176,7 @@ def bench_learning(
         str, typer.Option(help="Comma-separated: clean, noisy (20% wrong labels), long_tailed.")
     ] = "clean,noisy,long_tailed",
     balanced: Annotated[
-        bool, typer.Option(help="lifeloop's retrain weighs the loss by class, as by default.")
+        bool, typer.Option(help="lifeloop's retrain caps each class at the replay quota.")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seeds the class order and every draw.")] = 0,
 ) -> None:

@@ -53,9 +53,15 @@ class RetrainSettings:
     holdout: float = 0.2
     min_delta: float = 0.0  # accuracy the candidate must gain over the champion
     max_drop: float = 0.02  # largest per-class accuracy drop allowed for an old class
-    # Weigh the loss by class: replay holds up to replay_per_class of an old class, while a
-    # new class can come with far more feedback, which would teach the model to prefer it.
+    # No class counts for more than replay_per_class images: replay holds that many of an
+    # old class, while a new class can come with far more feedback, which would teach the
+    # model to prefer the new names.
     balanced: bool = True
+
+    @property
+    def class_cap(self) -> int | None:
+        return self.replay_per_class if self.balanced and self.replay_per_class > 0 else None
+
     canary_weight: float = 0.2
     shadow: bool = False
     seed: int = 0
@@ -337,7 +343,7 @@ def _fit(model: str, data: _Dataset, settings: RetrainSettings, progress: bool) 
         seed=settings.seed,
         progress=progress,
         what=f"{model} v{data.champion_version} + {len(data.request_ids)} labelled",
-        balanced=settings.balanced,
+        class_cap=settings.class_cap,
     )
 
 

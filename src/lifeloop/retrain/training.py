@@ -138,12 +138,12 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     what: str = "",
-    balanced: bool = False,
+    class_cap: int | None = None,
 ) -> nn.Module:
     """AdamW with a one-cycle schedule over shuffled mini-batches, in place; a progress bar
-    per step. Deterministic for a given seed. `balanced` weighs each class's loss by the
-    inverse of its count (the weights average 1 over the images), so that a class with few
-    images counts as much as one with many.
+    per step. Deterministic for a given seed. With `class_cap`, no class counts for more
+    than that many images: a class with more has its loss scaled down to that (the weights
+    then average 1 over the images, so the step size stays).
 
     Under `torchrun` (see lifeloop.retrain.distributed) every rank must call this with the
     same arrays: each trains on its share of every mini-batch as DDP, and all ranks end with
@@ -158,7 +158,7 @@ def fit(
     # Summed per shard and divided by the whole batch: DDP's average over ranks is then the
     # gradient of the batch's mean loss.
     loss_fn = nn.CrossEntropyLoss(
-        weight=class_weights(y_train) if balanced else None, reduction="sum"
+        weight=class_weights(y_train, class_cap) if class_cap else None, reduction="sum"
     )
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
@@ -195,13 +195,13 @@ def fit(
     return model
 
 
-def class_weights(y: np.ndarray) -> torch.Tensor:
-    """Per class index, len(y) / (classes present * its count); 0 for a class absent."""
+def class_weights(y: np.ndarray, cap: int) -> torch.Tensor:
+    """Per class index: min(1, cap / its count), scaled so that the weights average 1 over
+    `y`; 0 for a class absent."""
     counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 0).astype(np.float64)
-    present = counts > 0
-    weights = np.zeros_like(counts)
-    weights[present] = len(y) / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
+    weights = np.where(counts > 0, np.minimum(1.0, cap / np.maximum(counts, 1)), 0.0)
+    mean = float((weights * counts).sum() / max(len(y), 1))
+    return torch.tensor(weights / mean if mean else weights, dtype=torch.float32)
 
 
 def _fit_normalisation(pre: Preprocessing, samples: list[Any]) -> Preprocessing:
