@@ -195,7 +195,7 @@ def test_retraining_reads_inputs_kept_in_any_form_alike(tmp_path, digits, splits
         with Store.for_repository(repository) as store:
             forms = {store.prediction(f"r{i:05d}")["kept_as"] for i in (0, third, len(samples) - 1)}
             data = cycle._read_dataset(
-                repository, "digits", store, "router", None, eval_dir, RetrainSettings(), False
+                repository, "digits", store, "router", None, eval_dir, RetrainSettings()
             )
         read.append((forms, data))
     (floats, a), (mixed, b) = read

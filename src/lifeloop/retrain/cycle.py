@@ -57,14 +57,13 @@ class RetrainSettings:
     # old class, while a new class can come with far more feedback, which would teach the
     # model to prefer the new names.
     balanced: bool = True
+    canary_weight: float = 0.2
+    shadow: bool = False
+    seed: int = 0
 
     @property
     def class_cap(self) -> int | None:
         return self.replay_per_class if self.balanced and self.replay_per_class > 0 else None
-
-    canary_weight: float = 0.2
-    shadow: bool = False
-    seed: int = 0
 
 
 @dataclass
@@ -151,9 +150,7 @@ def retrain(
     settings = settings or RetrainSettings()
     repository = Path(repository)
     try:
-        data = _read_dataset(
-            repository, model, store, router, replay_dir, eval_dir, settings, progress
-        )
+        data = _read_dataset(repository, model, store, router, replay_dir, eval_dir, settings)
     except Exception as error:
         # The other ranks wait for the data: tell them why none comes, then stop here too.
         broadcast(error if isinstance(error, RetrainError) else RetrainError(str(error)))
@@ -355,7 +352,6 @@ def _read_dataset(
     replay_dir: Path | None,
     eval_dir: Path | None,
     settings: RetrainSettings,
-    progress: bool,
 ) -> _Dataset:
     policy = read_policy(repository / router)
     if policy.model != model:
@@ -461,11 +457,12 @@ def _replay(
         folder = scan(Path(data))
         samples = [s for s in folder.samples if folder.labels[s.label] in labels]
         names = [folder.labels[s.label] for s in samples]
-    names += [r.label for r in earlier if r.label in labels]
     rows = [r for r in earlier if r.label in labels]
+    names += [r.label for r in rows]
     if not names:
         return empty
-    y = np.array([labels.index(name) for name in names], dtype=np.int64)
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[name] for name in names], dtype=np.int64)
     chosen = quota(y, settings.replay_per_class, settings.seed)
     from_folder = [samples[i] for i in chosen if i < len(samples)]
     from_feedback = [rows[i - len(samples)] for i in chosen if i >= len(samples)]

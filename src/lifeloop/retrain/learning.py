@@ -175,20 +175,17 @@ def run_stream(
         loop = learners["lifeloop"]
         labels = grow_labels(loop.labels, fresh_y)
         x_memory = np.concatenate(memory_x)
-        y_memory = np.array([labels.index(n) for n in memory_y], np.int64)
+        y_memory = _indices(memory_y, labels)
         picked = quota(y_memory, settings.retrain.replay_per_class, settings.retrain.seed)
         x_train = np.concatenate([*fresh_x, x_memory[picked]])
         y_train = np.concatenate([_indices(fresh_y, labels), y_memory[picked]])
         assert loop.model is not None
-        candidate = fit(
+        candidate = _train(
+            settings,
             grow_head(copy.deepcopy(loop.model), len(labels)),
             x_train,
             y_train,
-            epochs=settings.retrain.epochs,
-            batch_size=settings.retrain.batch_size,
             lr=settings.retrain.lr,
-            seed=settings.retrain.seed,
-            progress=False,
             class_cap=settings.retrain.class_cap,
         )
         held = [i for i, n in enumerate(y_valid_names) if n in labels]
@@ -213,14 +210,9 @@ def run_stream(
             # Does the gate's promise hold on the test split, which it never saw? Accuracy on
             # the classes seen, and F1 of each class the predecessor knew, as the gate
             # compares them when classes are added.
-            gate["test_accuracy"] = {
-                "seen_before": _scores(loop.model, loop.labels, x_test, y_test_names, seen),
-                "seen_after": _scores(candidate, labels, x_test, y_test_names, seen),
-                "old_f1_drop": _largest_f1_drop(
-                    (loop.model, loop.labels), (candidate, labels), x_test, y_test_names, seen
-                ),
-            }
-            learners["lifeloop"] = _Learner(candidate, labels)
+            accepted = _Learner(candidate, labels)
+            gate["test_accuracy"] = _test_check(loop, accepted, x_test, y_test_names, seen)
+            learners["lifeloop"] = accepted
             memory_x += fresh_x
             memory_y += fresh_y
             fresh_x, fresh_y = [], []
@@ -230,15 +222,12 @@ def run_stream(
         naive_labels = grow_labels(naive.labels, y_round)
         assert naive.model is not None
         learners["naive"] = _Learner(
-            fit(
+            _train(
+                settings,
                 grow_head(naive.model, len(naive_labels)),
                 x_round,
                 _indices(y_round, naive_labels),
-                epochs=settings.retrain.epochs,
-                batch_size=settings.retrain.batch_size,
                 lr=settings.retrain.lr,
-                seed=settings.retrain.seed,
-                progress=False,
             ),
             naive_labels,
         )
@@ -291,15 +280,31 @@ def _scratch(
     import torch
 
     torch.manual_seed(settings.seed)
+    model = build(settings.arch, len(labels), aux_heads=False)
+    return _train(settings, model, x, _indices(y, labels), lr=lr, seed=settings.seed)
+
+
+def _train(
+    settings: StreamSettings,
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    lr: float,
+    class_cap: int | None = None,
+    seed: int | None = None,
+) -> nn.Module:
+    """`fit` with the stream's epochs and batch size, as every learner trains."""
     return fit(
-        build(settings.arch, len(labels), aux_heads=False),
+        model,
         x,
-        _indices(y, labels),
+        y,
         epochs=settings.retrain.epochs,
         batch_size=settings.retrain.batch_size,
         lr=lr,
-        seed=settings.seed,
+        seed=settings.retrain.seed if seed is None else seed,
         progress=False,
+        class_cap=class_cap,
     )
 
 
@@ -324,19 +329,6 @@ def _noisy(
         others = [c for c in classes if c != names[i]]
         out[i] = others[int(rng.integers(len(others)))]
     return out
-
-
-def _scores(
-    model: nn.Module,
-    labels: tuple[str, ...],
-    x: np.ndarray,
-    y_names: list[str],
-    among: list[str],
-) -> float:
-    """Top-1 accuracy on the test images of the classes in `among`."""
-    keep = [i for i, n in enumerate(y_names) if n in among]
-    predicted = predict(model, x[keep])
-    return float(np.mean([labels[p] == y_names[i] for p, i in zip(predicted, keep, strict=True)]))
 
 
 def _round_figures(
@@ -501,16 +493,22 @@ def _worse(test: dict[str, Any], max_drop: float) -> bool:
     return test["seen_after"] < test["seen_before"] or test["old_f1_drop"] > max_drop + 1e-9
 
 
-def _largest_f1_drop(
-    before: tuple[nn.Module, tuple[str, ...]],
-    after: tuple[nn.Module, tuple[str, ...]],
-    x: np.ndarray,
-    y_names: list[str],
-    seen: list[str],
-) -> float:
-    """The largest drop in F1 of a class `before` knew, on the images of the classes seen."""
+def _test_check(
+    before: _Learner, after: _Learner, x: np.ndarray, y_names: list[str], seen: list[str]
+) -> dict[str, float]:
+    """On the test images of the classes seen: both versions' accuracy, and the largest drop
+    in F1 of a class `before` knew. Labels only grow, so `before`'s class indices mean the
+    same in `after.labels`."""
     keep = [i for i, n in enumerate(y_names) if n in seen]
-    labels = after[1]
-    y = _indices([y_names[i] for i in keep], labels)
-    scores = [f1_scores(predict(model, x[keep]), y, labels) for model, _ in (before, after)]
-    return max(scores[0][name] - scores[1][name] for name in before[1])
+    index = {n: i for i, n in enumerate(after.labels)}
+    y = np.array([index.get(y_names[i], -1) for i in keep], dtype=np.int64)
+    predicted = []
+    for learner in (before, after):
+        assert learner.model is not None
+        predicted.append(predict(learner.model, x[keep]))
+    f1 = [f1_scores(p, y, after.labels) for p in predicted]
+    return {
+        "seen_before": float(np.mean(predicted[0] == y)),
+        "seen_after": float(np.mean(predicted[1] == y)),
+        "old_f1_drop": max(f1[0][name] - f1[1][name] for name in before.labels),
+    }
