@@ -98,9 +98,11 @@ class CpuMeter:
         """Yields a list that holds the split once the block ends. Triton's success counter
         for `model` (read from `metrics_url`) gives the requests."""
         found: list[CpuSplit] = []
-        first, began, cpu = _scrape(metrics_url), time.perf_counter(), self.read()
+        first = _settled_scrape(metrics_url, model)
+        began, cpu = time.perf_counter(), self.read()
         yield found
-        last_cpu, ended, last = self.read(), time.perf_counter(), _scrape(metrics_url)
+        last_cpu, ended = self.read(), time.perf_counter()
+        last = _settled_scrape(metrics_url, model)
         requests = server_split(first, last, model).requests
         found.append(
             CpuSplit.of(cpu, last_cpu, requests=requests, wall_s=ended - began, cores=_cores())
@@ -110,6 +112,21 @@ class CpuMeter:
 def _scrape(url: str) -> Scrape:
     with urllib.request.urlopen(url, timeout=5) as response:
         return parse_metrics(response.read().decode())
+
+
+def _settled_scrape(url: str, model: str, *, pause_s: float = 0.02, limit_s: float = 2.0) -> Scrape:
+    """Triton counts a request once the model releases it, which for the python backend comes
+    after the client has its response: scrape until the model's success count holds still, so
+    a request answered just before (or at the end of) the span lands on the right side."""
+    last = _scrape(url)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(pause_s)
+        now = _scrape(url)
+        if server_split(last, now, model).requests == 0:
+            return now
+        last = now
+    return last
 
 
 def _seconds(process: psutil.Process) -> float:
