@@ -72,9 +72,12 @@ def publish_classifier(
     store_url: str | None = None,
     console: Console,
 ) -> Published:
-    """Export `checkpoint` behind the parity gate (checked on `samples` too) as `classifier`,
-    put the router and the feedback model in front of it and the image ensemble beside it."""
-    first = export_checkpoint(checkpoint, repository, MODEL, samples=samples, evaluation=evaluation)
+    """Export `checkpoint` behind the parity gate as `classifier`, with `samples` (held-out
+    images) in the parity check and as its drift reference; put the router and the feedback
+    model in front of it and the image ensemble beside it."""
+    first = export_checkpoint(
+        checkpoint, repository, MODEL, samples=samples, evaluation=evaluation, reference=samples
+    )
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
     # Every input kept: the demo labels a share of all its traffic, as a small deployment
     # may; `router init`'s default keeps a sample and the uncertain answers.

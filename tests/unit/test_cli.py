@@ -34,6 +34,7 @@ def one_line_error(result) -> str:
 COMMANDS = {
     "": {
         "bench",
+        "bench-drift",
         "bench-learning",
         "canary",
         "candidate",
@@ -41,6 +42,7 @@ COMMANDS = {
         "classify",
         "demo",
         "digits",
+        "drift",
         "export",
         "feedback",
         "history",

@@ -436,6 +436,65 @@ def history(
 
 @app.command()
 @_errors
+def drift(
+    repository: Repository = Path("model_repository"),
+    model: ModelName = "classifier",
+    window: Annotated[
+        int, typer.Option(help="Each version's newest answers to test.", min=2)
+    ] = 300,
+    alpha: Annotated[
+        float, typer.Option(help="Significance: a p-value below it is drift.", min=0, max=1)
+    ] = 0.05,
+    store: StoreUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead.")] = False,
+) -> None:
+    """Has served traffic drifted? Per version: its newest answers against its softmax on
+    held-out images (stored at publish), per-class KS, Bonferroni-corrected."""
+    import json
+
+    from lifeloop.rollout.served_drift import served_drift
+    from lifeloop.store import Store
+
+    with Store.for_repository(repository, store) as opened:
+        found = served_drift(repository, opened, model, window=window, alpha=alpha)
+    if as_json:
+        for f in found:
+            typer.echo(
+                json.dumps(
+                    {
+                        "model": model,
+                        "version": f.version,
+                        "answers": f.answers,
+                        "since": f.since.isoformat() if f.since else None,
+                        "verdict": f.verdict,
+                        **(f.result.to_dict() if f.result else {}),
+                    }
+                )
+            )
+        return
+    if not found:
+        console.print(f"no answers of {model!r} in the store yet: nothing to test")
+        return
+    table = Table(title=f"drift of {model}: newest {window} answers per version, alpha {alpha:g}")
+    for column in ("version", "answers", "since (UTC)", "KS statistic", "moved most", "p-value"):
+        table.add_column(column)
+    table.add_column("verdict")
+    for f in found:
+        r = f.result
+        table.add_row(
+            f"v{f.version}",
+            str(f.answers),
+            f.since.strftime("%Y-%m-%d %H:%M:%S") if f.since else "-",
+            f"{r.statistic:.3f}" if r else "-",
+            r.worst_class if r else "-",
+            f"{r.p_value:.2g}" if r else "-",
+            ("[red]drift[/]" if r.drifted else "no drift") if r else f.reason,
+        )
+    console.print(table)
+
+
+@app.command()
+@_errors
 def retrain(
     repository: Repository = Path("model_repository"),
     model: ModelName = "classifier",

@@ -1,4 +1,5 @@
-"""Commands that measure: `loadtest`, `bench`, `bench-learning`, `tune`, `soak`."""
+"""Commands that measure: `loadtest`, `bench`, `bench-learning`, `bench-drift`, `tune`,
+`soak`."""
 
 from __future__ import annotations
 
@@ -221,6 +222,58 @@ def bench_learning(
 
     page = write_learning_report(result, out / "learning.html")
     console.print(f"learning.json: {out / 'learning.json'}; learning.html: {page}")
+
+
+@app.command("bench-drift")
+@_errors
+def bench_drift(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="fashion-mnist (Debian's dataset-fashion-mnist), digits, or an ImageFolder."
+        ),
+    ] = "fashion-mnist",
+    out: Annotated[Path, typer.Option(help="Folder for drift.json.")] = Path("runs/bench-drift"),
+    windows: Annotated[int, typer.Option(help="Windows per shift.")] = 40,
+    window: Annotated[int, typer.Option(help="Answers per window.")] = 300,
+    reference: Annotated[int, typer.Option(help="Held-out images in the reference.")] = 1000,
+    top_k: Annotated[int, typer.Option(help="Scores per answer, as the router logs them.")] = 5,
+    limit_per_class: Annotated[
+        int | None, typer.Option(help="Training images per class (default: 1000).")
+    ] = 1000,
+    epochs: Annotated[int, typer.Option(help="Epochs of the small CNN's training.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seeds the training and every draw.")] = 0,
+) -> None:
+    """The drift test's detection rate on shifted traffic (blur, noise, brightness, class
+    prior) and its false-alarm rate on unshifted traffic, window by window."""
+    from lifeloop.retrain.drift_bench import DriftBenchSettings
+    from lifeloop.retrain.drift_bench import bench_drift as run
+
+    settings = DriftBenchSettings(
+        windows=windows,
+        window=window,
+        reference=reference,
+        top_k=top_k,
+        limit_per_class=limit_per_class,
+        epochs=epochs,
+        seed=seed,
+    )
+    result = run(data, out, settings, say=console.print)
+    table = Table(title=f"lifeloop bench-drift on {data}: {windows} windows of {window} answers")
+    for column in ("shift", "what", "alarm rate", "median p-value"):
+        table.add_column(column)
+    for name, found in result["shifts"].items():
+        table.add_row(
+            name,
+            found["what"],
+            f"{found['alarm_rate']:.0%}",
+            f"{found['median_p']:.2g}",
+        )
+    console.print(table)
+    for row in result["targets"]:
+        mark = "met" if row["met"] else "[red]missed[/]"
+        console.print(f"{mark}: {row['target']} ({row['value']:.0%})")
+    console.print(f"drift.json: {out / 'drift.json'}")
 
 
 def _print_bench(result: BenchResult, to: Console) -> None:

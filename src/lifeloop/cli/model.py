@@ -63,7 +63,10 @@ def export(
     ] = None,
     eval_dir: Annotated[
         Path | None,
-        typer.Option(help="Labelled images for the INT8/FP16 gate (default: the held-out split)."),
+        typer.Option(
+            help="Labelled images for the INT8/FP16 gate and the drift reference (default: the "
+            "checkpoint's held-out split)."
+        ),
     ] = None,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="INT8/FP16 gate: top-1 lost against fp32 (0.01 = 1 point).")
@@ -123,6 +126,9 @@ def export(
         precision = precision_data(
             loaded, calibration_dir=calibration, eval_dir=eval_dir, gate=gate
         )
+    from lifeloop.export.calibration import reference_images
+
+    reference = precision.x_held if precision else reference_images(loaded, eval_dir)
     result = export_checkpoint(
         loaded,
         repository,
@@ -135,6 +141,7 @@ def export(
         precision=precision,
         input_kind=PIXELS if normalize_in_graph else NORMALIZED,
         response_cache=response_cache,
+        reference=reference,
     )
     console.print(result.parity.summary())
     for fmt, report in result.quality.items():
@@ -147,6 +154,11 @@ def export(
             f"published {published.model} version {published.version} ({fmt}) at {published.path}"
         )
         print_replicas(load_published(server_url, published))
+    if reference is None:
+        console.print(
+            "no drift reference: the checkpoint's training data is not here; pass --eval-dir "
+            "DIR so that `lifeloop drift` can test this version's traffic"
+        )
 
 
 @app.command()
@@ -367,6 +379,7 @@ def prune(
         model,
         samples=result.x_held[:64],
         evaluation={"holdout_accuracy": result.report.accuracy, "pruning": figures},
+        reference=result.x_held,
     )
     console.print(exported.parity.summary())
     published = exported.published

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from lifeloop.drift import REFERENCE_IMAGES, REFERENCE_NAME, Reference
 from lifeloop.errors import ExportError, QualityGateError
 from lifeloop.export import checkpoint as ckpt
 from lifeloop.export.formats import (
@@ -36,6 +37,7 @@ from lifeloop.export.quantize import (
     QualityReport,
     check_quality,
     convert_fp16,
+    onnx_logits,
     quantize_int8,
 )
 from lifeloop.preprocessing import NORMALIZED, PIXELS, Preprocessing
@@ -87,6 +89,7 @@ def export_checkpoint(
     precision: PrecisionData | None = None,
     input_kind: str = PIXELS,
     response_cache: bool | None = None,
+    reference: np.ndarray | None = None,
 ) -> ExportResult:
     """Export a checkpoint and publish it as the next version of `model_name`, in each of
     `formats` (the reduced-precision ones as `<model>_int8`, `<model>_fp16`).
@@ -98,7 +101,10 @@ def export_checkpoint(
     gate runs before anything is published: one refused format publishes none.
 
     `response_cache` turns Triton's response cache on or off in each model's config; None
-    leaves an existing config as it is (off for a new model)."""
+    leaves an existing config as it is (off for a new model).
+
+    `reference` (held-out images, preprocessed like `samples`) gives every version its drift
+    reference: its own softmax on them, stored in the version folder (lifeloop.drift)."""
     ensure_repository(repository)  # fail on a bad path before minutes of export work
     formats = parse_formats(",".join(formats))
     reduced = [f for f in formats if f in REDUCED]
@@ -127,6 +133,8 @@ def export_checkpoint(
         )
     if samples is not None:
         samples = trained_on.convert(samples, served)
+    if reference is not None:
+        reference = trained_on.convert(reference[:REFERENCE_IMAGES], served)
     model = served_model(checkpoint.build_model(), served)
     shape = served.input_shape
     with tempfile.TemporaryDirectory(prefix="lifeloop-export-") as tmp:
@@ -149,6 +157,11 @@ def export_checkpoint(
                 onnx_path, Path(tmp), fmt, _require(precision), shape, max_batch_size
             )
             files[fmt], quality[fmt] = path, report
+        references = (
+            _drift_references(files, onnx_path, reference, checkpoint.labels, Path(tmp))
+            if reference is not None and len(reference)
+            else {}
+        )
         by_format: dict[str, PublishedVersion] = {}
         for fmt, path in files.items():
             by_format[fmt] = publish_format(
@@ -165,6 +178,7 @@ def export_checkpoint(
                 version=version or (by_format[ONNX].version if ONNX in by_format else None),
                 max_batch_size=max_batch_size,
                 response_cache=response_cache,
+                extra_files={REFERENCE_NAME: references[fmt]} if fmt in references else None,
             )
     first = next(iter(by_format.values()))
     # Retraining fine-tunes from the champion's PyTorch weights: keep them, outside the
@@ -172,6 +186,25 @@ def export_checkpoint(
     for published in by_format.values():
         checkpoint.save(archived_checkpoint(repository, published.model, published.version))
     return ExportResult(first, parity, by_format, quality)
+
+
+def _drift_references(
+    files: dict[str, Path],
+    onnx_path: Path,
+    images: np.ndarray,
+    labels: tuple[str, ...],
+    tmp: Path,
+) -> dict[str, Path]:
+    """Each format's softmax on the held-out images, written for its version folder. A
+    TensorRT plan cannot run here: its reference is the fp32 ONNX's, which the plan's gate
+    has held it close to."""
+    written = {}
+    for fmt, path in files.items():
+        source = onnx_path if fmt in TENSORRT else path
+        reference = Reference.of_logits(onnx_logits(source, images), labels)
+        written[fmt] = tmp / f"{fmt}-{REFERENCE_NAME}"
+        written[fmt].write_bytes(reference.to_bytes())
+    return written
 
 
 def _build_plan(
@@ -310,8 +343,10 @@ def publish_format(
     version: int | None,
     max_batch_size: int,
     response_cache: bool | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> PublishedVersion:
-    """Publish one exported file as a version that takes `preprocessing`'s inputs."""
+    """Publish one exported file as a version that takes `preprocessing`'s inputs, with
+    `extra_files` (names in the version folder -> files) beside it."""
     shape = preprocessing.input_shape
     config = classifier_config(
         model_name,
@@ -361,7 +396,8 @@ def publish_format(
         evaluation=evaluation,
         tools=tools,
     )
-    return publish(repository, config, {filename: path}, draft, version=version)
+    files = {filename: path, **(extra_files or {})}
+    return publish(repository, config, files, draft, version=version)
 
 
 def _recorded_evaluation(checkpoint: ckpt.Checkpoint) -> dict[str, object]:

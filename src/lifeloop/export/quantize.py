@@ -179,6 +179,13 @@ def predict_onnx(
     """Top-1 of an ONNX file on `x`. `simulate_quantization` runs Q/DQ nodes as written,
     dequantizing to fp32 arithmetic instead of fusing them into the CPU's int8 kernels: what
     a GPU computes from the same graph, without the CPU's saturation (see quantize_int8)."""
+    return onnx_logits(path, x, batch, simulate_quantization=simulate_quantization).argmax(1)
+
+
+def onnx_logits(
+    path: Path, x: np.ndarray, batch: int = 64, *, simulate_quantization: bool = False
+) -> np.ndarray:
+    """The logits of an ONNX file on `x`, as onnxruntime on this CPU computes them."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -191,7 +198,7 @@ def predict_onnx(
         session.run(None, {INPUT_NAME: np.ascontiguousarray(x[i : i + batch], np.float32)})[0]
         for i in range(0, len(x), batch)
     ]
-    return np.concatenate(parts).argmax(1)
+    return np.concatenate(parts)
 
 
 class _Calibration:

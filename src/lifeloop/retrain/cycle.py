@@ -207,6 +207,7 @@ def retrain(
         model,
         input_kind=served.get("input_kind", NORMALIZED),
         samples=x_held[:64],
+        reference=x_held,
         evaluation={
             "accuracy": verdict.candidate_accuracy,
             "per_class": verdict.candidate_per_class,

@@ -37,13 +37,18 @@ def evaluate(
 
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """The top-1 class index of each preprocessed image, in eval mode."""
+    return logits(model, x).argmax(1) if len(x) else np.zeros(0, np.int64)
+
+
+def logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The logits [n, classes] of preprocessed images, in eval mode, 256 at a time."""
     model.eval()
     with torch.no_grad():
         parts = [
-            model(torch.from_numpy(x[start : start + 256])).argmax(1).numpy()
+            model(torch.from_numpy(x[start : start + 256])).float().numpy()
             for start in range(0, len(x), 256)
         ]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def accuracy_report(

@@ -294,6 +294,38 @@ class Store:
             )
             return {r[0] for r in rows}
 
+    def answering_versions(self, model: str) -> list[int]:
+        """The versions of `model` that answered something themselves (not a cascade's
+        light model), oldest first."""
+        query = (
+            sa.select(predictions.c.version)
+            .where(predictions.c.model == model, predictions.c.answered_by.is_(None))
+            .distinct()
+            .order_by(predictions.c.version)
+        )
+        with self.engine.connect() as c:
+            return [int(v) for (v,) in c.execute(query)]
+
+    def recent_answers(
+        self, model: str, version: int, limit: int
+    ) -> tuple[list[tuple[list[str], list[float]]], datetime | None]:
+        """The newest `limit` answers `model` version `version` gave itself, as logged (top-k
+        labels and scores), and when the oldest of them was given."""
+        query = (
+            sa.select(predictions.c.labels, predictions.c.scores, predictions.c.created_at)
+            .where(
+                predictions.c.model == model,
+                predictions.c.version == version,
+                predictions.c.answered_by.is_(None),
+            )
+            .order_by(predictions.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        answers = [(json.loads(labels), json.loads(scores)) for labels, scores, _ in rows]
+        return answers, (rows[-1][2] if rows else None)
+
     def shadow_agreement(self, model: str, candidate: int) -> tuple[int, int]:
         """(predictions shadowed by `candidate`, of which the two agreed on top-1)."""
         query = sa.select(

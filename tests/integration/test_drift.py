@@ -1,0 +1,96 @@
+"""The drift alarm end to end: a version published with its reference, traffic through the
+real router into the real store, and `lifeloop drift` reading both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lifeloop.cli import app
+from lifeloop.client import LifeloopClient
+from lifeloop.drift import REFERENCE_NAME, Reference
+from lifeloop.repository.manifest import Manifest
+from lifeloop.retrain import TrainResult
+from lifeloop.rollout.served_drift import served_drift
+from lifeloop.serve import TritonServer
+from lifeloop.serve.install import install_router
+from lifeloop.store import Store
+from tests.conftest import publish_trained
+from tests.integration.conftest import server_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def drift_repo(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, held_out) -> Path:
+    """v1 with every other held-out image as its reference; v2 with none."""
+    repo = tmp_path_factory.mktemp("drift") / "model_repository"
+    x = held_out[0]
+    publish_trained(trained.checkpoint, repo, "digits", samples=x[:64], reference=x[::2])
+    publish_trained(trained.checkpoint, repo, "digits")
+    install_router(repo, "digits", champion=1)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def drift_server(drift_repo: Path) -> Iterator[TritonServer]:
+    with TritonServer(server_config(drift_repo)) as running:
+        yield running
+
+
+def drift_lines(repo: Path, window: int) -> dict[int, dict]:
+    result = runner.invoke(
+        app, ["drift", "--repository", str(repo), "-m", "digits", "--window", window, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    return {row["version"]: row for row in map(json.loads, result.output.splitlines())}
+
+
+def test_publish_stores_the_version_softmax_on_held_out_images(drift_repo: Path, held_out):
+    manifest = Manifest.read(drift_repo / "digits" / "1")
+    assert REFERENCE_NAME in {f.path for f in manifest.files}  # hashed with the model
+    reference = Reference.read(drift_repo / "digits" / "1" / REFERENCE_NAME)
+    assert reference.labels == manifest.labels
+    assert reference.scores.shape == (len(held_out[0][::2]), len(manifest.labels))
+    np.testing.assert_allclose(reference.scores.sum(axis=1), 1, atol=1e-5)
+    assert not (drift_repo / "digits" / "2" / REFERENCE_NAME).exists()
+
+
+def test_drift_stays_quiet_on_held_out_traffic_and_alarms_on_brighter_images(
+    drift_repo: Path, drift_server: TritonServer, served_held_out
+) -> None:
+    """Held-out images the reference did not hold: no drift. The same images 30% of the
+    pixel range brighter, as a camera's exposure change makes them: drift, and only the
+    newest window counts."""
+    x = served_held_out[0][1::2]
+    brighter = np.clip(x + 0.3 * 255, 0, 255).astype(np.float32)
+    window = len(x)
+    with LifeloopClient(drift_server.grpc_url, model="router") as client:
+        client.wait_until_ready(120, model="router")
+        for start in range(0, len(x), 16):
+            client.classify(x[start : start + 16])
+        calm = drift_lines(drift_repo, window)[1]
+        for start in range(0, len(x), 16):
+            client.classify(brighter[start : start + 16])
+        alarmed = drift_lines(drift_repo, window)[1]
+
+    assert (calm["answers"], calm["verdict"]) == (window, "no drift"), calm
+    assert calm["p_value"] >= 0.05 and calm["reference"] == len(served_held_out[0][::2])
+    assert (alarmed["answers"], alarmed["verdict"]) == (window, "drift"), alarmed
+    assert alarmed["p_value"] < 0.05
+
+    table = runner.invoke(app, ["drift", "--repository", str(drift_repo), "-m", "digits"])
+    assert table.exit_code == 0, table.output
+    assert "v1" in table.output and "drift" in table.output
+
+
+def test_a_version_without_a_reference_says_how_to_get_one(drift_repo: Path) -> None:
+    with Store.for_repository(drift_repo) as store:
+        (found,) = served_drift(drift_repo, store, "digits", versions=[2])
+    assert found.result is None and not found.drifted
+    assert "re-export with --eval-dir" in found.verdict
