@@ -16,6 +16,7 @@ from lifeloop.client import LifeloopClient
 from lifeloop.drift import REFERENCE_NAME, Reference
 from lifeloop.repository.manifest import Manifest
 from lifeloop.retrain import TrainResult
+from lifeloop.retrain.trigger import Trigger, decide
 from lifeloop.rollout.served_drift import served_drift
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
@@ -41,6 +42,12 @@ def drift_repo(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult, h
 def drift_server(drift_repo: Path) -> Iterator[TritonServer]:
     with TritonServer(server_config(drift_repo)) as running:
         yield running
+
+
+def retrain_when(repo: Path, when: str):
+    return runner.invoke(
+        app, ["retrain", "--repository", str(repo), "-m", "digits", "--when", when]
+    )
 
 
 def drift_lines(repo: Path, window: int) -> dict[int, dict]:
@@ -75,14 +82,23 @@ def test_drift_stays_quiet_on_held_out_traffic_and_alarms_on_brighter_images(
         for start in range(0, len(x), 16):
             client.classify(x[start : start + 16])
         calm = drift_lines(drift_repo, window)[1]
+        quiet = retrain_when(drift_repo, "drift")
         for start in range(0, len(x), 16):
             client.classify(brighter[start : start + 16])
         alarmed = drift_lines(drift_repo, window)[1]
+    with Store.for_repository(drift_repo) as store:
+        decision = decide(Trigger.parse("drift"), drift_repo, store, "digits", window=window)
 
     assert (calm["answers"], calm["verdict"]) == (window, "no drift"), calm
     assert calm["p_value"] >= 0.05 and calm["reference"] == len(served_held_out[0][::2])
     assert (alarmed["answers"], alarmed["verdict"]) == (window, "drift"), alarmed
     assert alarmed["p_value"] < 0.05
+
+    # The CronJob's `retrain --when drift`: one line each way.
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.startswith("not retraining: champion v1 has not drifted (p = ")
+    assert decision.retrain, decision
+    assert decision.why.startswith("retraining: champion v1 has drifted (p = ")
 
     table = runner.invoke(app, ["drift", "--repository", str(drift_repo), "-m", "digits"])
     assert table.exit_code == 0, table.output
@@ -94,3 +110,19 @@ def test_a_version_without_a_reference_says_how_to_get_one(drift_repo: Path) -> 
         (found,) = served_drift(drift_repo, store, "digits", versions=[2])
     assert found.result is None and not found.drifted
     assert "re-export with --eval-dir" in found.verdict
+
+
+def test_retrain_waits_for_enough_new_labels(drift_repo: Path) -> None:
+    result = retrain_when(drift_repo, "labels>=5")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "not retraining: 0 new labels, fewer than --when labels>=5"
+
+
+@pytest.mark.parametrize("when", ["sometimes", "labels>=0", "labels>5"])
+def test_an_unknown_trigger_is_a_one_line_error(drift_repo: Path, when: str) -> None:
+    result = retrain_when(drift_repo, when)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"error: --when {when!r} is not a trigger; use always, drift or labels>=N "
+        "(e.g. labels>=500)"
+    )

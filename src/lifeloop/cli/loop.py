@@ -537,6 +537,13 @@ def retrain(
     seed: Annotated[int, typer.Option(help="Seed for sampling and training.")] = 0,
     url: ServerUrl = None,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    when: Annotated[
+        str,
+        typer.Option(
+            help="always; labels>=N: only once N labels came back that no version trained on; "
+            "drift: only when the champion's newest answers drifted (see `lifeloop drift`)."
+        ),
+    ] = "always",
 ) -> None:
     """Fine-tune the champion on new labelled feedback (new classes too), gate it, roll it out.
 
@@ -548,8 +555,10 @@ def retrain(
     from lifeloop.retrain import distributed
     from lifeloop.retrain.cycle import RetrainSettings, retrain_follower
     from lifeloop.retrain.cycle import retrain as run_retrain
+    from lifeloop.retrain.trigger import Trigger, decide
     from lifeloop.store import Store
 
+    trigger = Trigger.parse(when)
     settings = RetrainSettings(
         epochs=epochs,
         lr=lr,
@@ -562,6 +571,14 @@ def retrain(
         seed=seed,
     )
     with distributed.process_group() as place:  # a return leaves it together, a raise at once
+        decision = None
+        if place.is_leader:
+            with Store.for_repository(repository, store) as opened:
+                decision = decide(trigger, repository, opened, model, router=router)
+            console.print(decision.why)
+        # Rank 0 decides for all: every rank goes on, or none does.
+        if not distributed.broadcast(decision).retrain:  # type: ignore[attr-defined]
+            return
         if not place.is_leader:
             retrain_follower(model, settings)
             return
