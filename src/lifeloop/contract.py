@@ -39,6 +39,9 @@ KEEP_BUDGET_EVERY_PARAM = "lifeloop.keep_budget_every_s"
 DEFAULT_KEEP_BUDGET = "10GB"
 DEFAULT_KEEP_BUDGET_EVERY_S = 60.0
 TOP_K_PARAM = "lifeloop.top_k"  # classes kept per logged prediction
+# answers per version the router's drift gauge tests (0: no gauge)
+DRIFT_WINDOW_PARAM = "lifeloop.drift_window"
+DEFAULT_DRIFT_WINDOW = 300
 SPOOL_DIR_PARAM = "lifeloop.spool_dir"  # the journal a store outage spools to
 STORE_TIMEOUT_PARAM = "lifeloop.store_timeout_ms"  # longest wait for the store per batch
 SPOOL_MAX_BYTES_PARAM = "lifeloop.spool_max_bytes"

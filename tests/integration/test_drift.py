@@ -4,6 +4,8 @@ real router into the real store, and `lifeloop drift` reading both."""
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from lifeloop.cli import app
 from lifeloop.client import LifeloopClient
 from lifeloop.drift import REFERENCE_NAME, Reference
+from lifeloop.loadtest.stats import parse_metrics
 from lifeloop.repository.manifest import Manifest
 from lifeloop.retrain import TrainResult
 from lifeloop.retrain.trigger import Trigger, decide
@@ -50,6 +53,25 @@ def retrain_when(repo: Path, when: str):
     )
 
 
+def gauge(url: str, until, timeout_s: float = 30) -> float | None:
+    """lifeloop_drift_p_value of digits v1 once `until` holds for it (the router tests on
+    its own thread); the last value read when it does not within `timeout_s`."""
+    value, deadline = None, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            scrape = parse_metrics(response.read().decode())
+        found = [
+            v
+            for (name, labels), v in scrape.items()
+            if name == "lifeloop_drift_p_value" and ("version", "1") in labels
+        ]
+        value = found[0] if found else None
+        if until(value):
+            return value
+        time.sleep(0.2)
+    return value
+
+
 def drift_lines(repo: Path, window: int) -> dict[int, dict]:
     result = runner.invoke(
         app, ["drift", "--repository", str(repo), "-m", "digits", "--window", window, "--json"]
@@ -82,10 +104,12 @@ def test_drift_stays_quiet_on_held_out_traffic_and_alarms_on_brighter_images(
         for start in range(0, len(x), 16):
             client.classify(x[start : start + 16])
         calm = drift_lines(drift_repo, window)[1]
+        calm_gauge = gauge(drift_server.metrics_url, lambda p: p is not None)
         quiet = retrain_when(drift_repo, "drift")
         for start in range(0, len(x), 16):
             client.classify(brighter[start : start + 16])
         alarmed = drift_lines(drift_repo, window)[1]
+        alarmed_gauge = gauge(drift_server.metrics_url, lambda p: p is not None and p < 0.05)
     with Store.for_repository(drift_repo) as store:
         decision = decide(Trigger.parse("drift"), drift_repo, store, "digits", window=window)
 
@@ -93,6 +117,10 @@ def test_drift_stays_quiet_on_held_out_traffic_and_alarms_on_brighter_images(
     assert calm["p_value"] >= 0.05 and calm["reference"] == len(served_held_out[0][::2])
     assert (alarmed["answers"], alarmed["verdict"]) == (window, "drift"), alarmed
     assert alarmed["p_value"] < 0.05
+
+    # The router's own gauge, from the answers it keeps in memory (its window of 300 holds
+    # calm and brighter answers by now).
+    assert calm_gauge >= 0.05 and alarmed_gauge < 0.05
 
     # The CronJob's `retrain --when drift`: one line each way.
     assert quiet.exit_code == 0, quiet.output
@@ -126,3 +154,20 @@ def test_an_unknown_trigger_is_a_one_line_error(drift_repo: Path, when: str) -> 
         f"error: --when {when!r} is not a trigger; use always, drift or labels>=N "
         "(e.g. labels>=500)"
     )
+
+
+def test_router_init_sets_the_drift_window_and_refuses_one_too_small(
+    tmp_path: Path, trained: TrainResult
+) -> None:
+    repo = tmp_path / "model_repository"
+    publish_trained(trained.checkpoint, repo, "digits")
+    base = ["router", "init", "--repository", str(repo), "-m", "digits"]
+    small = runner.invoke(app, [*base, "--drift-window", "10"])
+    assert small.exit_code == 1
+    assert small.output.strip() == (
+        "error: --drift-window must be 0 (no drift gauge) or >= 30, got 10"
+    )
+    done = runner.invoke(app, [*base, "--drift-window", "500"])
+    assert done.exit_code == 0, done.output
+    config = (repo / "router" / "config.pbtxt").read_text()
+    assert 'key: "lifeloop.drift_window"' in config and 'string_value: "500"' in config

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_the_autoscalers_adapter_query_passes_promtool(tmp_path: Path) -> None:
 def test_prometheus_rules_pass_promtool() -> None:
     rules = check("rules", str(PROMETHEUS / "rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 15 rules found" in rules.stdout
+    assert "SUCCESS: 16 rules found" in rules.stdout
 
 
 def test_the_spool_alerts_fire_while_predictions_wait_and_when_they_are_dropped(
@@ -249,6 +250,47 @@ def test_the_budget_alerts_fire_when_kept_inputs_fill_it_and_when_they_cannot_go
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_drift_alert_fires_only_on_drift_that_lasts(tmp_path: Path) -> None:
+    """promtool's rule unit test: one test below 0.05 among calm ones (a 1-in-20 event)
+    fires nothing; a p-value that stays below it for 15 minutes fires LifeloopTrafficDrifted."""
+    series = [
+        {
+            "series": 'lifeloop_drift_p_value{model="digits",version="3",router="router"}',
+            "values": "0.6 0.3 0.01 0.4 0.7 0.5 0.002x20",
+        }
+    ]
+    alerts = [
+        {"eval_time": "5m", "alertname": "LifeloopTrafficDrifted", "exp_alerts": []},
+        {"eval_time": "20m", "alertname": "LifeloopTrafficDrifted", "exp_alerts": []},
+        {
+            "eval_time": "22m",
+            "alertname": "LifeloopTrafficDrifted",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", "model": "digits", "version": "3"},
+                    "exp_annotations": {
+                        "summary": "digits v3: served answers have drifted from its held-out "
+                        "softmax (p = 0.002); `lifeloop drift` shows which class moved, and "
+                        "`lifeloop retrain --when drift` retrains"
+                    },
+                }
+            ],
+        },
+    ]
+    done = promtool_test(tmp_path, series, alerts)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def wait_for_metric(url: str, name: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            if any(line.startswith(name + "{") for line in response.read().decode().splitlines()):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not export {name} within {timeout_s:g} s")
+
+
 def test_a_broken_rule_file_fails_promtool(tmp_path: Path) -> None:
     broken = (
         (PROMETHEUS / "rules.yml")
@@ -278,7 +320,14 @@ def scraped(
     with the response cache on for the classifier and a light model cascaded before it."""
     x, _ = served_held_out
     repo = tmp_path_factory.mktemp("observed") / "model_repository"
-    publish_trained(trained.checkpoint, repo, "digits", samples=held_out[0], response_cache=True)
+    publish_trained(
+        trained.checkpoint,
+        repo,
+        "digits",
+        samples=held_out[0],
+        response_cache=True,
+        reference=held_out[0],
+    )
     publish_trained(trained.checkpoint, repo, "digits")
     publish_trained(trained.checkpoint, repo, "digits_light")
     install_router(repo, "digits", champion=1, keep=KeepRule.everything())
@@ -291,6 +340,12 @@ def scraped(
             client.wait_until_ready(120, model="router")
             for i in range(20):
                 client.classify(x[i : i + 1])
+            # Enough answers of the champion's own for a drift test, whose gauge is set
+            # from its own thread.
+            rollout.cascade_off(reason="observability test")
+            rollout.canary(0.0, reason="observability test")
+            client.classify(x[:160])
+            wait_for_metric(server.metrics_url, "lifeloop_drift_p_value")
         with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
             text = response.read().decode()
     yield {
@@ -326,6 +381,7 @@ def test_every_dashboard_query_names_an_exported_metric(scraped: set[str]) -> No
         "nv_cache_num_hits_per_model",
         "nv_cache_num_misses_per_model",
         "lifeloop_cascade_images_total",
+        "lifeloop_drift_p_value",
     } <= used
     assert metric_names("rate(nv_not_a_metric[1m])") - scraped == {"nv_not_a_metric"}
 

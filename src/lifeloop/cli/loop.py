@@ -21,7 +21,12 @@ from lifeloop.cli._common import (
     console,
     print_replicas,
 )
-from lifeloop.contract import DEFAULT_KEEP_BUDGET, DEFAULT_KEEP_UNCERTAIN_BELOW, DEFAULT_SAMPLE_RATE
+from lifeloop.contract import (
+    DEFAULT_DRIFT_WINDOW,
+    DEFAULT_KEEP_BUDGET,
+    DEFAULT_KEEP_UNCERTAIN_BELOW,
+    DEFAULT_SAMPLE_RATE,
+)
 
 app = typer.Typer()
 
@@ -90,6 +95,13 @@ def router_init(
         ),
     ] = DEFAULT_KEEP_BUDGET,
     top_k: Annotated[int, typer.Option(help="Labels and scores logged per prediction.")] = 5,
+    drift_window: Annotated[
+        int,
+        typer.Option(
+            help="Newest answers per version the router's drift gauge tests against the "
+            "version's held-out softmax (0: no gauge)."
+        ),
+    ] = DEFAULT_DRIFT_WINDOW,
     champion: Annotated[
         int | None, typer.Option(help="Champion version (default: the newest).")
     ] = None,
@@ -133,6 +145,7 @@ def router_init(
         ),
         keep_budget=keep_budget,
         top_k=top_k,
+        drift_window=drift_window,
         champion=champion,
         server_url=url,
         spool_dir=spool_dir,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lifeloop import contract
+from lifeloop.drift import MIN_WINDOW
 from lifeloop.errors import RolloutError
 from lifeloop.repository import config as cfg
 from lifeloop.repository.publish import (
@@ -56,6 +57,7 @@ def install_router(
     keep_budget: int | str = contract.DEFAULT_KEEP_BUDGET,
     keep_budget_every_s: float = contract.DEFAULT_KEEP_BUDGET_EVERY_S,
     top_k: int = 5,
+    drift_window: int = contract.DEFAULT_DRIFT_WINDOW,
     champion: int | None = None,
     server_url: ServerUrls = None,
     spool_dir: Path | None = None,
@@ -81,6 +83,11 @@ def install_router(
         )
     if top_k < 1:
         raise RolloutError(f"top_k must be >= 1, got {top_k}", setting="top_k")
+    if drift_window != 0 and drift_window < MIN_WINDOW:
+        raise RolloutError(
+            f"drift_window must be 0 (no drift gauge) or >= {MIN_WINDOW}, got {drift_window}",
+            setting="drift_window",
+        )
     if champion is not None and champion not in versions:
         raise RolloutError(
             f"model {classifier!r} has no version {champion}; pick one of {versions}",
@@ -163,6 +170,7 @@ def install_router(
                     contract.KEEP_BUDGET_PARAM: str(budget),
                     contract.KEEP_BUDGET_EVERY_PARAM: f"{keep_budget_every_s:g}",
                     contract.TOP_K_PARAM: str(top_k),
+                    contract.DRIFT_WINDOW_PARAM: str(drift_window),
                     contract.SPOOL_DIR_PARAM: str(spool.folder),
                     contract.STORE_TIMEOUT_PARAM: str(store_timeout_ms),
                     contract.SPOOL_MAX_BYTES_PARAM: str(spool.max_bytes),

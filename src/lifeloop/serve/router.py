@@ -37,7 +37,9 @@ from lifeloop.contract import (
     ANSWERED_BY_OUTPUT,
     BLOB_DIR_PARAM,
     CLASSIFIER_PARAM,
+    DEFAULT_DRIFT_WINDOW,
     DEFAULT_KEEP_BUDGET_EVERY_S,
+    DRIFT_WINDOW_PARAM,
     IMAGE_INPUT,
     KEEP_BUDGET_EVERY_PARAM,
     KEEP_BUDGET_PARAM,
@@ -53,11 +55,13 @@ from lifeloop.contract import (
     VERSION_OUTPUT,
     parameters,
 )
+from lifeloop.drift import DriftResult
 from lifeloop.errors import LifeloopError, LogUnavailable, RequestError
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository.manifest import Manifest
 from lifeloop.repository.publish import CONFIG_NAME, read_config
 from lifeloop.rollout.policy import Cascade, PolicyWatcher
+from lifeloop.serve.drift_watch import DriftWatch
 from lifeloop.serve.responses import error_for, log, unavailable
 from lifeloop.serve.routing import (
     LIGHT_ROUTE,
@@ -113,6 +117,7 @@ class RouterSettings:
     keep_budget: int = 0  # bytes the kept inputs may take (0: no limit)
     keep_budget_every_s: float = DEFAULT_KEEP_BUDGET_EVERY_S
     answers_by: bool = False  # the config declares the answered_by output (routers since 0.x)
+    drift_window: int = DEFAULT_DRIFT_WINDOW  # answers per version the drift gauge tests
 
     @classmethod
     def from_config(cls, config: dict[str, Any], repository: Path) -> RouterSettings:
@@ -128,6 +133,7 @@ class RouterSettings:
                 params.get(KEEP_BUDGET_EVERY_PARAM) or DEFAULT_KEEP_BUDGET_EVERY_S
             ),
             top_k=int(params.get(TOP_K_PARAM, "5")),
+            drift_window=int(params.get(DRIFT_WINDOW_PARAM) or DEFAULT_DRIFT_WINDOW),
             input_name=config["input"][0]["name"],
             output_name="logits",
             answers_by=any(o["name"] == ANSWERED_BY_OUTPUT for o in config.get("output", [])),
@@ -270,6 +276,17 @@ class Router:
             if hasattr(pb, "MetricFamily")
             else None
         )
+        # Each version's newest answers against its held-out softmax, on a gauge.
+        self.drift = (
+            DriftWatch(
+                classifier_dir,
+                settings.drift_window,
+                self.metrics.drift,
+                log=lambda line: log(pb, "warn", line),
+            )
+            if self.metrics is not None and settings.drift_window > 0
+            else None
+        )
         # The size trigger of retention: the oldest unlabelled kept inputs go past the budget.
         self.budget = (
             BudgetKeeper(
@@ -303,6 +320,8 @@ class Router:
         self.keeper.shutdown(wait=True)
         if self.budget is not None:
             self.budget.close()
+        if self.drift is not None:
+            self.drift.close()
         self.log.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -395,6 +414,8 @@ class Router:
             return [pb.InferenceResponse(error=error) for _ in requests]
         if self.metrics is not None:
             self.metrics.record(records, None if light is None else light.model)
+        if self.drift is not None:
+            self.drift.add(records)
 
         responses = []
         for request, answer, answer_ids in zip(requests, answers, batch.request_ids, strict=True):
@@ -591,6 +612,22 @@ class RouterMetrics:
             "Images under a cascade, by outcome: answered by the light model, escalated to the "
             "heavy arm, or escalated because the light model failed",
         )
+        self.drift_p = family(
+            "lifeloop_drift_p_value",
+            "Drift test of a version's newest answers against its softmax on held-out images "
+            "(per-class KS, Bonferroni): below 0.05, its traffic has drifted",
+            pb.MetricFamily.GAUGE,
+        )
+        self.drift_statistic = family(
+            "lifeloop_drift_statistic",
+            "The largest per-class KS distance of the last drift test",
+            pb.MetricFamily.GAUGE,
+        )
+        self.drift_answers = family(
+            "lifeloop_drift_window_answers",
+            "Answers in the window the last drift test used",
+            pb.MetricFamily.GAUGE,
+        )
         self._metrics: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
         self._published = Counters()
         self._published_at = 0.0
@@ -659,6 +696,13 @@ class RouterMetrics:
                 self._metric(self.evicted).increment(result.evicted_inputs)
             if result.evicted_bytes:
                 self._metric(self.evicted_bytes).increment(result.evicted_bytes)
+
+    def drift(self, version: int, result: DriftResult) -> None:
+        """A version's drift test (from the drift watch's thread)."""
+        with self._lock:
+            self._metric(self.drift_p, version=str(version)).set(result.p_value)
+            self._metric(self.drift_statistic, version=str(version)).set(result.statistic)
+            self._metric(self.drift_answers, version=str(version)).set(result.window)
 
     def kept_input_failed(self, n: int) -> None:
         self._metric(self.kept_failed).increment(n)
