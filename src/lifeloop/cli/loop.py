@@ -554,7 +554,8 @@ def retrain(
         str,
         typer.Option(
             help="always; labels>=N: only once N labels came back that no version trained on; "
-            "drift: only when the champion's newest answers drifted (see `lifeloop drift`)."
+            "drift: only when the champion's newest answers drifted (see `lifeloop drift`); "
+            "several, comma-separated: when any holds."
         ),
     ] = "always",
 ) -> None:
@@ -568,10 +569,10 @@ def retrain(
     from lifeloop.retrain import distributed
     from lifeloop.retrain.cycle import RetrainSettings, retrain_follower
     from lifeloop.retrain.cycle import retrain as run_retrain
-    from lifeloop.retrain.trigger import Trigger, decide
+    from lifeloop.retrain.trigger import decide, parse_when
     from lifeloop.store import Store
 
-    trigger = Trigger.parse(when)
+    triggers = parse_when(when)
     settings = RetrainSettings(
         epochs=epochs,
         lr=lr,
@@ -587,7 +588,7 @@ def retrain(
         decision = None
         if place.is_leader:
             with Store.for_repository(repository, store) as opened:
-                decision = decide(trigger, repository, opened, model, router=router)
+                decision = decide(triggers, repository, opened, model, router=router)
             console.print(decision.why)
         # Rank 0 decides for all: every rank goes on, or none does.
         if not distributed.broadcast(decision).retrain:  # type: ignore[attr-defined]

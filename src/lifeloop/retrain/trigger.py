@@ -4,7 +4,8 @@
 - `labels>=N`: at least N labels have come back on answers no published version was trained
   on yet;
 - `drift`: the champion's newest answers have drifted from its held-out softmax
-  (lifeloop.drift, as `lifeloop drift` tests them).
+  (lifeloop.drift, as `lifeloop drift` tests them);
+- several, comma-separated (`drift,labels>=500`): any of them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ class Trigger:
         if found and int(found.group(1)) >= 1:
             return cls("labels", int(found.group(1)))
         raise RetrainError(
-            f"--when {text!r} is not a trigger; use always, drift or labels>=N (e.g. labels>=500)"
+            f"--when {text!r} is not a trigger; use always, drift or labels>=N "
+            "(e.g. labels>=500), or several comma-separated"
         )
+
+
+def parse_when(text: str) -> tuple[Trigger, ...]:
+    """`--when`: one trigger or several, comma-separated (any of them retrains)."""
+    return tuple(Trigger.parse(part) for part in text.split(","))
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,28 @@ class Decision:
 
 
 def decide(
+    triggers: tuple[Trigger, ...],
+    repository: Path,
+    store: Store,
+    model: str,
+    *,
+    router: str = "router",
+    window: int = DEFAULT_WINDOW,
+    alpha: float = ALPHA,
+) -> Decision:
+    """Retrain on the first trigger that holds; when none does, say why for each."""
+    reasons = []
+    for trigger in triggers:
+        decision = _decide(
+            trigger, repository, store, model, router=router, window=window, alpha=alpha
+        )
+        if decision.retrain:
+            return decision
+        reasons.append(decision.why.removeprefix("not retraining: "))
+    return Decision(False, "not retraining: " + "; ".join(reasons))
+
+
+def _decide(
     trigger: Trigger,
     repository: Path,
     store: Store,
