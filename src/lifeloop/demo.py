@@ -13,6 +13,7 @@ repository that serves a classifier, the router, the feedback model and the imag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from lifeloop.client import ClientError, LifeloopClient
 from lifeloop.datasets import link_folder, load_arrays
 from lifeloop.errors import RepositoryError, RetrainError
 from lifeloop.export import Checkpoint, ExportResult, export_checkpoint
+from lifeloop.export.tracked import log_export
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.repository import ensure_repository
 from lifeloop.retrain import train, write_digits
@@ -41,6 +43,7 @@ from lifeloop.serve.ensemble import ImageEnsemble, install_image_ensemble
 from lifeloop.serve.install import Installed, install_router
 from lifeloop.serve.sampling import KeepRule
 from lifeloop.store import Store
+from lifeloop.tracking import Tracker
 
 MODEL = "classifier"
 ROUTER = "router"
@@ -71,13 +74,17 @@ def publish_classifier(
     evaluation: dict[str, object],
     store_url: str | None = None,
     console: Console,
+    tracker: Tracker | None = None,
 ) -> Published:
     """Export `checkpoint` behind the parity gate as `classifier`, with `samples` (held-out
     images) in the parity check and as its drift reference; put the router and the feedback
     model in front of it and the image ensemble beside it."""
-    first = export_checkpoint(
-        checkpoint, repository, MODEL, samples=samples, evaluation=evaluation, reference=samples
-    )
+    with _tracked(tracker, "export") as run:
+        first = export_checkpoint(
+            checkpoint, repository, MODEL, samples=samples, evaluation=evaluation, reference=samples
+        )
+        if run is not None:
+            log_export(run, first)
     console.print(f"published version {first.published.version}: {first.parity.summary()}")
     # Every input kept: the demo labels a share of all its traffic, as a small deployment
     # may; `router init`'s default keeps a sample and the uncertain answers.
@@ -99,6 +106,11 @@ class Quickstart:
     data: Path
     holdout_accuracy: float
     published: Published
+
+
+def _tracked(tracker: Tracker | None, command: str) -> Any:
+    """An MLflow run of `command` for the demo's model, or nothing without a tracker."""
+    return tracker.run(MODEL, command) if tracker else contextlib.nullcontext()
 
 
 def model_folders(repository: Path) -> list[str]:
@@ -190,7 +202,15 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     repository = out / "model_repository"
-    for stale in (repository, out / "model_repository.lifeloop.db", out / "v1data", out / "eval"):
+    stale_paths = (
+        repository,
+        out / "model_repository.lifeloop.db",
+        out / "model_repository.mlflow.db",
+        out / "model_repository.mlartifacts",
+        out / "v1data",
+        out / "eval",
+    )
+    for stale in stale_paths:
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
@@ -210,8 +230,13 @@ def run_demo(
         f"{', '.join(OLD_CLASSES)}; {len(held)} held-out images of all ten digits"
     )
 
+    # Each training, export and retrain is an MLflow run beside the repository; the rollout
+    # keeps the registry's champion and candidate aliases.
+    tracker = Tracker.for_repository(repository)
+
     console.rule("[bold]2. train v1 on digits 0-7")
-    v1 = train(v1_data, arch="small_cnn", epochs=epochs, out=out / "v1.pt")
+    with _tracked(tracker, "train") as run:
+        v1 = train(v1_data, arch="small_cnn", epochs=epochs, out=out / "v1.pt", run=run)
     pre = v1.checkpoint.preprocessing
     x_held, y_held = load_arrays(held, pre)
     x_traffic, y_traffic = load_arrays(train_set, pre)
@@ -223,6 +248,7 @@ def run_demo(
         x_held,
         evaluation={"holdout_accuracy": v1.holdout_accuracy},
         console=console,
+        tracker=tracker,
     )
     first, installed, images = published.export, published.installed, published.images
     # Clients send what the version takes: pixels, unless exported with normalized inputs.
@@ -237,7 +263,7 @@ def run_demo(
             f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url}; "
             f"log {server.log_path}"
         )
-        rollout = Rollout(repository, store, server_url=server.http_url)
+        rollout = Rollout(repository, store, server_url=server.http_url, tracker=tracker)
         console.rule("[bold]5. classify the held-out set through the router")
         served: dict[str, Any] = {}
         latencies: list[float] = []
@@ -287,6 +313,7 @@ def run_demo(
             eval_dir=eval_dir,
             settings=RetrainSettings(canary_weight=0.2, shadow=True),
             server_url=server.http_url,
+            tracker=tracker,
         )
         if report.version is None:
             raise RetrainError("the demo's candidate was refused: " + "; ".join(report.refused))
@@ -373,6 +400,8 @@ def run_demo(
         "latency_ms": percentiles(latencies),
         "history": history,
         "image_ensemble": encoded,
+        "tracking": None if tracker is None else tracker.display_uri,
+        "registry_aliases": {} if tracker is None else tracker.aliases(MODEL),
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -474,3 +503,9 @@ def _print_summary(console: Console, summary: dict[str, Any], path: Path) -> Non
     table.add_row("wall time (s)", f"{summary['seconds']}")
     console.print(table)
     console.print(f"summary written to {path}")
+    if summary["tracking"]:
+        aliases = ", ".join(f"{k} v{v}" for k, v in sorted(summary["registry_aliases"].items()))
+        console.print(
+            f"MLflow runs and the registry ({aliases}): "
+            f"mlflow ui --backend-store-uri {summary['tracking']}"
+        )

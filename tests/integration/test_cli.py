@@ -189,6 +189,9 @@ def test_demo_meets_its_acceptance_figures(tmp_path: Path) -> None:
     assert summary["failed_requests"] == 0
     assert (summary["version_before"], summary["version_after"]) == (1, 2)
     assert summary["history"] == ["init", "candidate", "promote"]
+    # Its runs and registry in MLflow beside the repository: v2 promoted is the champion.
+    assert summary["tracking"].endswith("demo/model_repository.mlflow.db")
+    assert summary["registry_aliases"] == {"champion": 2}
     # Encoded images through the ensemble reach v2, with the labels it added (8 and 9).
     png, jpeg = summary["image_ensemble"]["png"], summary["image_ensemble"]["jpeg"]
     assert png["agreement"] == 1.0 and png["accuracy"] == summary["v2_accuracy"]

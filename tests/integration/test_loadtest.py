@@ -21,6 +21,7 @@ from lifeloop.loadtest import LoadTestConfig, LoadTestError, run_loadtest
 from lifeloop.loadtest.cpu import CpuMeter
 from lifeloop.loadtest.tune import MIN_GAIN
 from lifeloop.repository import read_config
+from lifeloop.retrain.precision import cpu_bf16_flags
 from tests.conftest import publish_trained
 
 runner = CliRunner()
@@ -380,6 +381,13 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
     accuracy = bench["precision"]["accuracy"]
     for fmt in ("onnx-int8", "onnx-fp16"):
         assert accuracy[fmt]["held_out"] >= 300 and 0 < accuracy[fmt]["accuracy"] <= 1
+    training = bench["precision"]["training"]  # bf16 autocast against fp32, alternately
+    if cpu_bf16_flags():
+        assert [r["precision"] for r in training["runs"]] == ["fp32", "bf16"] * 2 + ["fp32"]
+        assert bench["ratios"]["bf16_over_fp32_training_small_cnn"] > 0
+        assert all(0.5 < r["accuracy"] <= 1 for r in training["runs"])
+    else:
+        assert "bf16_over_fp32_training_small_cnn" not in bench["ratios"]
     for model in ("resnet18", "small_cnn"):
         assert bench["routing"][model]["routed"]["failures"] == 0, bench["routing"][model]
     assert not (tmp_path / "model_repository.blobs").exists()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -143,6 +144,15 @@ StoreUrl = Annotated[
     ),
 ]
 RouterName = Annotated[str, typer.Option("--router", help="Name of the router model.")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking and registry store (default: SQLite beside the repository); "
+        "off: no tracking.",
+        envvar="LIFELOOP_TRACKING_URI",
+    ),
+]
 ServerUrl = Annotated[
     str | None,
     typer.Option(
@@ -155,6 +165,23 @@ ServerUrl = Annotated[
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the history.")]
+
+
+@contextlib.contextmanager
+def tracked(repository: Path, tracking_uri: str | None, model: str, command: str) -> Iterator[Any]:
+    """An MLflow run for `command` (a lifeloop.tracking.Run), or None with tracking off; a
+    block that raises leaves it FAILED, and prints nothing more than its error."""
+    from lifeloop.tracking import Tracker, experiment_name
+
+    tracker = Tracker.for_repository(repository, tracking_uri)
+    if tracker is None:
+        yield None
+        return
+    with tracker.run(model, command) as run:
+        yield run
+    console.print(
+        f"MLflow run {run.run_id} in experiment {experiment_name(model)!r} ({tracker.display_uri})"
+    )
 
 
 def print_replicas(results: Any) -> None:

@@ -17,6 +17,7 @@ from lifeloop.cli._common import (
     RouterName,
     ServerUrl,
     StoreUrl,
+    TrackingUri,
     _errors,
     console,
     print_replicas,
@@ -39,13 +40,34 @@ cascade_app = typer.Typer(
 app.add_typer(cascade_app, name="cascade")
 
 
-def _rollout(repository: Path, store: str | None, router: str, url: str | None):  # type: ignore[no-untyped-def]
+def _rollout(  # type: ignore[no-untyped-def]
+    repository: Path,
+    store: str | None,
+    router: str,
+    url: str | None,
+    tracking: str | None = None,
+):
+    """The rollout, keeping MLflow's champion and candidate aliases in step (in the store
+    `tracking` names; by default the one beside the repository)."""
     from lifeloop.rollout import Rollout
     from lifeloop.store import Store
+    from lifeloop.tracking import Tracker
 
     return Rollout(
-        repository, Store.for_repository(repository, store), router=router, server_url=url
+        repository,
+        Store.for_repository(repository, store),
+        router=router,
+        server_url=url,
+        tracker=Tracker.for_repository(repository, tracking),
     )
+
+
+def _done(rollout, *, sync: bool = False) -> None:  # type: ignore[no-untyped-def]
+    if sync:
+        rollout.sync_aliases()
+    print_replicas(rollout.replicas)
+    if rollout.registry_warning:
+        console.print(f"warning: {rollout.registry_warning}")
 
 
 def _show(policy) -> None:  # type: ignore[no-untyped-def]
@@ -126,6 +148,7 @@ def router_init(
             "(answer, log nothing, count it)."
         ),
     ] = "refuse",
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Put a router (canary, shadow, prediction log) and a feedback model before a classifier."""
     from lifeloop.serve.install import install_router
@@ -162,6 +185,8 @@ def router_init(
         f"{done.spool.max_bytes} bytes, then {done.spool.when_full.value})"
     )
     _show(done.policy)
+    # The registry's champion alias from the start, as each rollout change keeps it.
+    _done(_rollout(repository, store, router, None, tracking_uri), sync=True)
 
 
 @app.command()
@@ -211,11 +236,12 @@ def candidate(
     store: StoreUrl = None,
     url: ServerUrl = None,
     reason: Reason = "",
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Make a published version the candidate, as a canary, a shadow, or both."""
-    rollout = _rollout(repository, store, router, url)
+    rollout = _rollout(repository, store, router, url, tracking_uri)
     _show(rollout.start_candidate(version, canary_weight=weight, shadow=shadow, reason=reason))
-    print_replicas(rollout.replicas)
+    _done(rollout)
 
 
 @app.command()
@@ -258,11 +284,12 @@ def promote(
     store: StoreUrl = None,
     url: ServerUrl = None,
     reason: Reason = "",
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """The candidate becomes champion; the champion stays loaded for rollback."""
-    rollout = _rollout(repository, store, router, url)
+    rollout = _rollout(repository, store, router, url, tracking_uri)
     _show(rollout.promote(reason=reason))
-    print_replicas(rollout.replicas)
+    _done(rollout)
 
 
 @app.command()
@@ -273,11 +300,12 @@ def rollback(
     store: StoreUrl = None,
     url: ServerUrl = None,
     reason: Reason = "",
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """The previous champion answers again, at once (it never left memory)."""
-    rollout = _rollout(repository, store, router, url)
+    rollout = _rollout(repository, store, router, url, tracking_uri)
     _show(rollout.rollback(reason=reason))
-    print_replicas(rollout.replicas)
+    _done(rollout)
 
 
 LightModel = Annotated[str, typer.Option("--light", help="The light model (a served classifier).")]
@@ -558,6 +586,14 @@ def retrain(
             "several, comma-separated: when any holds."
         ),
     ] = "always",
+    tracking_uri: TrackingUri = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32; bf16 (CPUs with avx512_bf16 or AMX); fp16 (a CUDA GPU); auto: "
+            "measured, fp32 where the others are slower or missing."
+        ),
+    ] = "fp32",
 ) -> None:
     """Fine-tune the champion on new labelled feedback (new classes too), gate it, roll it out.
 
@@ -569,8 +605,9 @@ def retrain(
     from lifeloop.retrain import distributed
     from lifeloop.retrain.cycle import RetrainSettings, retrain_follower
     from lifeloop.retrain.cycle import retrain as run_retrain
-    from lifeloop.retrain.trigger import decide, parse_when
+    from lifeloop.retrain.trigger import Trigger, decide, parse_when
     from lifeloop.store import Store
+    from lifeloop.tracking import Tracker
 
     triggers = parse_when(when)
     settings = RetrainSettings(
@@ -583,19 +620,22 @@ def retrain(
         canary_weight=canary_weight,
         shadow=shadow,
         seed=seed,
+        precision=precision,
     )
     with distributed.process_group() as place:  # a return leaves it together, a raise at once
         decision = None
         if place.is_leader:
             with Store.for_repository(repository, store) as opened:
                 decision = decide(triggers, repository, opened, model, router=router)
-            console.print(decision.why)
+            if triggers != (Trigger("always"),):  # the default needs no saying
+                console.print(decision.why)
         # Rank 0 decides for all: every rank goes on, or none does.
         if not distributed.broadcast(decision).retrain:  # type: ignore[attr-defined]
             return
         if not place.is_leader:
             retrain_follower(model, settings)
             return
+        tracker = Tracker.for_repository(repository, tracking_uri)
         with Store.for_repository(repository, store) as opened:
             report = run_retrain(
                 repository,
@@ -606,6 +646,7 @@ def retrain(
                 eval_dir=eval_dir,
                 settings=settings,
                 server_url=url,
+                tracker=tracker,
             )
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -242,6 +242,16 @@ def bench_drift(
         int | None, typer.Option(help="Training images per class (default: 1000).")
     ] = 1000,
     epochs: Annotated[int, typer.Option(help="Epochs of the small CNN's training.")] = 4,
+    blur_sigma: Annotated[float, typer.Option(help="Blur: Gaussian sigma in pixels.")] = 1.0,
+    noise_std: Annotated[
+        float, typer.Option(help="Noise: Gaussian std as a share of the pixel range.")
+    ] = 0.1,
+    brightness: Annotated[
+        float, typer.Option(help="Brightness: added, as a share of the pixel range.")
+    ] = 0.2,
+    prior_share: Annotated[
+        float, typer.Option(help="Class prior: share of a window drawn from one class.")
+    ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seeds the training and every draw.")] = 0,
 ) -> None:
     """The drift test's detection rate on shifted traffic (blur, noise, brightness, class
@@ -256,6 +266,10 @@ def bench_drift(
         top_k=top_k,
         limit_per_class=limit_per_class,
         epochs=epochs,
+        blur_sigma=blur_sigma,
+        noise_std=noise_std,
+        brightness=brightness,
+        prior_share=prior_share,
         seed=seed,
     )
     result = run(data, out, settings, say=console.print)

@@ -15,9 +15,11 @@ from lifeloop.cli._common import (
     PublishServers,
     Repository,
     StoreUrl,
+    TrackingUri,
     _errors,
     console,
     print_replicas,
+    tracked,
 )
 
 app = typer.Typer()
@@ -90,6 +92,7 @@ def export(
             "it is; off for a new model). The server needs `lifeloop serve --cache-mb N`.",
         ),
     ] = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Export a checkpoint to ONNX, gate it on parity with PyTorch, publish the next version.
 
@@ -129,20 +132,26 @@ def export(
     from lifeloop.export.calibration import reference_images
 
     reference = precision.x_held if precision else reference_images(loaded, eval_dir)
-    result = export_checkpoint(
-        loaded,
-        repository,
-        model,
-        samples=sample_arrays,
-        tolerance=Tolerance(atol, rtol),
-        version=version,
-        max_batch_size=max_batch_size,
-        formats=chosen,
-        precision=precision,
-        input_kind=PIXELS if normalize_in_graph else NORMALIZED,
-        response_cache=response_cache,
-        reference=reference,
-    )
+    with tracked(repository, tracking_uri, model, "export") as run:
+        result = export_checkpoint(
+            loaded,
+            repository,
+            model,
+            samples=sample_arrays,
+            tolerance=Tolerance(atol, rtol),
+            version=version,
+            max_batch_size=max_batch_size,
+            formats=chosen,
+            precision=precision,
+            input_kind=PIXELS if normalize_in_graph else NORMALIZED,
+            response_cache=response_cache,
+            reference=reference,
+        )
+        if run is not None:
+            from lifeloop.export.tracked import log_export
+
+            run.link("checkpoint", checkpoint)
+            log_export(run, result)
     console.print(result.parity.summary())
     for fmt, report in result.quality.items():
         console.print(
@@ -317,22 +326,46 @@ def train(
         float, typer.Option(help="Share of each class held out for evaluation.")
     ] = 0.2,
     seed: int = 0,
+    repository: Annotated[
+        Path,
+        typer.Option(
+            "--repository", "-r", help="The repository whose MLflow store records the run."
+        ),
+    ] = Path("model_repository"),
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model it is for: the MLflow experiment.")
+    ] = "classifier",
+    tracking_uri: TrackingUri = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32; bf16 (autocast, on CPUs with avx512_bf16 or AMX); fp16 (autocast and "
+            "a gradient scaler, on a CUDA GPU); auto: measured, fp32 where the others are "
+            "slower or missing."
+        ),
+    ] = "fp32",
 ) -> None:
-    """Train a classifier on CPU and save a lifeloop checkpoint."""
+    """Train a classifier and save a lifeloop checkpoint."""
     from lifeloop.retrain import train as run_train
 
-    result = run_train(
-        data,
-        arch=arch,
-        epochs=epochs,
-        out=out,
-        input_size=input_size,
-        batch_size=batch_size,
-        lr=lr,
-        holdout=holdout,
-        seed=seed,
+    with tracked(repository, tracking_uri, model, "train") as run:
+        result = run_train(
+            data,
+            arch=arch,
+            epochs=epochs,
+            out=out,
+            input_size=input_size,
+            batch_size=batch_size,
+            lr=lr,
+            holdout=holdout,
+            seed=seed,
+            run=run,
+            precision=precision,
+        )
+    console.print(
+        f"precision {result.precision.name} ({result.precision.why}); held-out accuracy "
+        f"{result.holdout_accuracy:.3f}; checkpoint {result.path}"
     )
-    console.print(f"held-out accuracy {result.holdout_accuracy:.3f}; checkpoint {result.path}")
 
 
 @app.command()
@@ -350,6 +383,7 @@ def prune(
     repository: Repository = Path("model_repository"),
     model: ModelName = "classifier",
     server_url: PublishServers = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Remove channels with Torch-Pruning, fine-tune, gate on held-out accuracy against the
     dense model, then export and publish the next version. A refused cut publishes nothing."""
@@ -365,22 +399,39 @@ def prune(
         epochs=epochs,
         gate=QualityGate(max_accuracy_drop=max_accuracy_drop, min_agreement=0.0),
     )
-    result = run_prune(dense, data, out, settings)
-    figures = result.figures()
-    console.print(
-        f"pruned {ratio:.0%}: params {figures['params_before']:,} -> {figures['params_after']:,}, "
-        f"MACs {figures['macs_before']:,} -> {figures['macs_after']:,}; held-out top-1 "
-        f"{result.report.accuracy:.4f} against the dense model's {result.report.fp32_accuracy:.4f} "
-        f"on {result.report.held_out} images: passed; checkpoint {result.path}"
-    )
-    exported = export_checkpoint(
-        result.checkpoint,
-        repository,
-        model,
-        samples=result.x_held[:64],
-        evaluation={"holdout_accuracy": result.report.accuracy, "pruning": figures},
-        reference=result.x_held,
-    )
+    with tracked(repository, tracking_uri, model, "prune") as run:
+        if run is not None:
+            run.params({"ratio": ratio, "epochs": epochs, "max_accuracy_drop": max_accuracy_drop})
+            run.link("dense_checkpoint", checkpoint)
+        result = run_prune(dense, data, out, settings)
+        figures = result.figures()
+        console.print(
+            f"pruned {ratio:.0%}: params {figures['params_before']:,} -> "
+            f"{figures['params_after']:,}, MACs {figures['macs_before']:,} -> "
+            f"{figures['macs_after']:,}; held-out top-1 {result.report.accuracy:.4f} against "
+            f"the dense model's {result.report.fp32_accuracy:.4f} on "
+            f"{result.report.held_out} images: passed; checkpoint {result.path}"
+        )
+        exported = export_checkpoint(
+            result.checkpoint,
+            repository,
+            model,
+            samples=result.x_held[:64],
+            evaluation={"holdout_accuracy": result.report.accuracy, "pruning": figures},
+            reference=result.x_held,
+        )
+        if run is not None:
+            from lifeloop.export.tracked import log_export
+
+            run.metrics(
+                {
+                    k: float(v)
+                    for k, v in figures.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
+            run.link("checkpoint", result.path)
+            log_export(run, exported)
     console.print(exported.parity.summary())
     published = exported.published
     console.print(f"published {published.model} version {published.version} at {published.path}")

@@ -127,6 +127,7 @@ HARNESS_MODEL = MODELS[1]  # the cheapest request: the client's cost weighs most
 PRECISION_ROUNDS = 2
 ENCODED_PHOTOS = 64  # JPEG crops through the routed image ensemble
 ACCURACY_EPOCHS = 3
+TRAINING_EPOCHS = 2  # per run of the training-precision row
 # The router at its heaviest: every input kept (`router init --sample-rate 1`), top-5.
 ROUTER_KEEP = KeepRule.everything()
 ROUTER_TOP_K = 5
@@ -373,6 +374,9 @@ def run_bench(
             precision_ratios += [
                 runs.ratio(model, fmt, accuracy[fmt], trained_as, c) for fmt in (INT8, FP16)
             ]
+        say("training the same small CNN in fp32 and bf16, alternately")
+        details["precision"]["training"], trained_in = _training_precision(out)
+        precision_ratios += trained_in
     pruning_ratios: list[Ratio] = []
     if pruning_runs:
         say("training ResNet-18 on the digits for the accuracy that pruning costs")
@@ -950,6 +954,62 @@ def _precision_accuracy(out: Path) -> tuple[dict[str, QualityReport], str]:
         f"{trained.checkpoint.arch} trained {ACCURACY_EPOCHS} epochs on the digits, {size}x{size}"
     )
     return dict(result.quality), trained_as
+
+
+def _training_precision(out: Path) -> tuple[dict[str, Any], list[Ratio]]:
+    """Training speed in bf16 autocast over fp32 on this CPU, and the held-out top-1 change:
+    the small CNN `_precision_accuracy` trained, from scratch on the same digits, fp32 and
+    bf16 alternately (fp32, bf16, fp32, bf16, fp32) against the machine's drift."""
+    from lifeloop.datasets import load_arrays, scan
+    from lifeloop.export.checkpoint import load
+    from lifeloop.retrain.precision import FP32, choose, cpu_bf16_flags
+    from lifeloop.retrain.training import train_in_each
+
+    if not cpu_bf16_flags():
+        return {"note": "this CPU has neither avx512_bf16 nor AMX: bf16 is not measured"}, []
+    work = out / "precision"
+    checkpoint = load(work / "small_cnn.pt")
+    folder = scan(work / "digits")
+    train_set, held = folder.split(0.2, 0)
+    x, y = load_arrays(train_set, checkpoint.preprocessing)
+    x_held, y_held = load_arrays(held, checkpoint.preprocessing)
+    bf16 = choose("bf16")
+    runs = train_in_each(
+        checkpoint.arch,
+        x,
+        y,
+        x_held,
+        y_held,
+        folder.labels,
+        precisions=(FP32, bf16, FP32, bf16, FP32),
+        epochs=TRAINING_EPOCHS,
+    )
+
+    def mean(name: str, key: str) -> float:
+        return float(np.mean([r[key] for r in runs if r["precision"] == name]))
+
+    fp32_rate, bf16_rate = mean("fp32", "images_per_s"), mean("bf16", "images_per_s")
+    change = (mean("bf16", "accuracy") - mean("fp32", "accuracy")) * 100
+    row = Row(
+        model=checkpoint.arch,
+        numerator=Figure(label="bf16 autocast", value=bf16_rate),
+        denominator=Figure(label="fp32", value=fp32_rate),
+        unit="training images/s",
+        notes=(
+            f"held-out top-1 {mean('fp32', 'accuracy'):.4f} -> {mean('bf16', 'accuracy'):.4f} "
+            f"({change:+.2f} points) on {len(x_held)} digits, {TRAINING_EPOCHS} epochs",
+            bf16.why,
+        ),
+    )
+    ratio = _ratio(
+        f"bf16_over_fp32_training_{checkpoint.arch}",
+        bf16_rate,
+        fp32_rate,
+        row,
+        f"training images/s of {checkpoint.arch} on the digits in bf16 autocast ÷ fp32, "
+        "alternately in one process",
+    )
+    return {"runs": runs, "accuracy_change_points": change}, [ratio]
 
 
 def _routing(

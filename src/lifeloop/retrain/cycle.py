@@ -17,11 +17,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,12 +38,14 @@ from lifeloop.export.structure import structure_of
 from lifeloop.preprocessing import NORMALIZED, Preprocessing
 from lifeloop.repository.manifest import Manifest
 from lifeloop.retrain.distributed import broadcast, world
-from lifeloop.retrain.training import accuracy_report, fit, predict
+from lifeloop.retrain.precision import Precision
+from lifeloop.retrain.training import accuracy_report, fit, pick_precision, predict
 from lifeloop.rollout.policy import read_policy
 from lifeloop.rollout.rollout import Rollout
 from lifeloop.serve.preprocess import ImageLimits, decode
 from lifeloop.store import blobs
 from lifeloop.store.database import Labelled, Store
+from lifeloop.tracking import Run, Tracker
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +64,7 @@ class RetrainSettings:
     canary_weight: float = 0.2
     shadow: bool = False
     seed: int = 0
+    precision: str = "fp32"  # fp32, bf16, fp16 or auto (lifeloop.retrain.precision)
 
     @property
     def class_cap(self) -> int | None:
@@ -143,11 +148,46 @@ def retrain(
     settings: RetrainSettings | None = None,
     server_url: str | None = None,
     progress: bool = True,
+    tracker: Tracker | None = None,
 ) -> RetrainReport:
     """Retrain, gate, publish and start the rollout. Under `torchrun` this runs on rank 0: it
     reads the data, sends it to the other ranks (`retrain_follower`), trains its share as
-    DDP, and alone gates, publishes and reports."""
+    DDP, and alone gates, publishes and reports.
+
+    With `tracker`, the whole cycle is one MLflow run (settings, per-epoch loss, the gate's
+    figures and verdict, the export), the published version is registered, and the
+    candidate alias follows the rollout."""
     settings = settings or RetrainSettings()
+    with tracker.run(model, "retrain") if tracker else contextlib.nullcontext() as run:
+        return _retrain(
+            repository,
+            model,
+            store,
+            router=router,
+            replay_dir=replay_dir,
+            eval_dir=eval_dir,
+            settings=settings,
+            server_url=server_url,
+            progress=progress,
+            run=run,
+        )
+
+
+def _retrain(
+    repository: Path,
+    model: str,
+    store: Store,
+    *,
+    router: str,
+    replay_dir: Path | None,
+    eval_dir: Path | None,
+    settings: RetrainSettings,
+    server_url: str | None,
+    progress: bool,
+    run: Run | None,
+) -> RetrainReport:
+    if run is not None:
+        run.params({f"retrain.{k}": v for k, v in dataclasses.asdict(settings).items()})
     repository = Path(repository)
     try:
         data = _read_dataset(repository, model, store, router, replay_dir, eval_dir, settings)
@@ -158,7 +198,7 @@ def retrain(
     broadcast(data)
     champion, labels = data.champion, data.labels
     y_train, x_held, y_held = data.y_train, data.x_held, data.y_held
-    network = _fit(model, data, settings, progress)
+    network = _fit(model, data, settings, progress, run)
     verdict = judge(
         champion.build_model(), champion.labels, network, labels, x_held, y_held, settings
     )
@@ -178,6 +218,8 @@ def retrain(
         candidate_per_class=verdict.candidate_per_class,
         refused=list(verdict.refused),
     )
+    if run is not None:
+        _log_verdict(run, report)
     if report.refused:
         return report
 
@@ -215,6 +257,10 @@ def retrain(
         },
     )
     version = exported.published.version
+    if run is not None:
+        from lifeloop.export.tracked import log_export
+
+        log_export(run, exported)
     store.record_training(
         model,
         version,
@@ -222,7 +268,10 @@ def retrain(
         counts,
         {"champion": data.champion_version, **report.to_dict()},
     )
-    Rollout(repository, store, router=router, server_url=server_url).start_candidate(
+    tracker = run.tracker if run is not None else None
+    Rollout(
+        repository, store, router=router, server_url=server_url, tracker=tracker
+    ).start_candidate(
         version,
         canary_weight=settings.canary_weight,
         shadow=settings.shadow,
@@ -233,6 +282,32 @@ def retrain(
     )
     report.version = version
     return report
+
+
+def _log_verdict(run: Run, report: RetrainReport) -> None:
+    run.params(
+        {
+            "champion_version": report.champion,
+            "feedback_used": report.feedback_used,
+            "replayed": report.replayed,
+            "held_out": report.held_out,
+            "new_classes": ",".join(report.new_classes),
+        }
+    )
+    run.metrics(
+        {
+            "gate.champion_accuracy": report.champion_accuracy,
+            "gate.candidate_accuracy": report.candidate_accuracy,
+        }
+    )
+    run.per_class("gate.champion", report.champion_per_class)
+    run.per_class("gate.candidate", report.candidate_per_class)
+    run.tags(
+        {
+            "lifeloop.verdict": "refused" if report.refused else "accepted",
+            "lifeloop.refused_because": "; ".join(report.refused) or "-",
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -329,8 +404,24 @@ def retrain_follower(model: str, settings: RetrainSettings | None = None) -> Non
     _fit(model, data, settings or RetrainSettings(), progress=False)
 
 
-def _fit(model: str, data: _Dataset, settings: RetrainSettings, progress: bool) -> nn.Module:
+def _fit(
+    model: str,
+    data: _Dataset,
+    settings: RetrainSettings,
+    progress: bool,
+    run: Run | None = None,
+) -> nn.Module:
     network = grow_head(data.champion.build_model(), len(data.labels))
+    # Rank 0 picks (auto measures) and every rank trains in what it picked.
+    picked = (
+        pick_precision(settings.precision, network, data.x_train, data.y_train, settings.batch_size)
+        if world().is_leader
+        else None
+    )
+    precision = cast(Precision, broadcast(picked))
+    if run is not None:
+        run.params({"precision": precision.name})
+        run.tags({"lifeloop.precision_why": precision.why})
     return fit(
         network,
         data.x_train,
@@ -342,6 +433,8 @@ def _fit(model: str, data: _Dataset, settings: RetrainSettings, progress: bool) 
         progress=progress,
         what=f"{model} v{data.champion_version} + {len(data.request_ids)} labelled",
         class_cap=settings.class_cap,
+        on_epoch=None if run is None else (lambda epoch, f: run.metrics(f, step=epoch)),
+        precision=precision,
     )
 
 

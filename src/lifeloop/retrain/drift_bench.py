@@ -54,6 +54,10 @@ class DriftBenchSettings:
     def check(self, test_images: int) -> None:
         if self.windows < 1 or self.window < 2:
             raise DataError("--windows must be >= 1 and --window >= 2")
+        if self.blur_sigma < 0 or self.noise_std < 0 or not -1 <= self.brightness <= 1:
+            raise DataError("--blur-sigma and --noise-std must be >= 0 and --brightness in [-1, 1]")
+        if not 0 < self.prior_share <= 1:
+            raise DataError(f"--prior-share must be in (0, 1], got {self.prior_share}")
         if self.reference + self.window > test_images:
             raise DataError(
                 f"a reference of {self.reference} and windows of {self.window} need "

@@ -26,7 +26,8 @@ from lifeloop.repository.publish import (
 from lifeloop.rollout.cascade import check_light
 from lifeloop.rollout.policy import Cascade, RoutingPolicy, read_policy, write_policy
 from lifeloop.rollout.replicas import ReplicaResult, ServerUrls, load_everywhere
-from lifeloop.store.database import Event, Store, now
+from lifeloop.store.database import Event, Store, first_line, now
+from lifeloop.tracking import Tracker
 
 
 class Rollout:
@@ -37,6 +38,7 @@ class Rollout:
         *,
         router: str = "router",
         server_url: ServerUrls = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.router_dir = self.repository / router
@@ -44,6 +46,10 @@ class Rollout:
         self.server_url = server_url
         # Each server's result of the last change that made servers load something.
         self.replicas: list[ReplicaResult] = []
+        # The MLflow registry's aliases follow champion and candidate; a registry that fails
+        # leaves the rollout done and says so here.
+        self.tracker = tracker
+        self.registry_warning: str | None = None
 
     @property
     def policy(self) -> RoutingPolicy:
@@ -173,7 +179,24 @@ class Rollout:
                 )
             )
             self._keep_loaded(new.model, set(new.loaded_versions))
-            return new
+        if (new.champion, new.candidate) != (old.champion, old.candidate):
+            self.sync_aliases()
+        return new
+
+    def sync_aliases(self) -> None:
+        """Point the aliases where the policy on disk says, outside the lock: read afresh, so
+        that of two changes racing here the later state wins."""
+        if self.tracker is None:
+            return
+        policy = self.policy
+        try:
+            self.tracker.follow(policy.model, policy.champion, policy.candidate)
+            self.registry_warning = None
+        except Exception as exc:  # the registry mirrors the rollout; it never blocks it
+            self.registry_warning = (
+                f"the rollout is done, but MLflow's aliases of {policy.model!r} were not "
+                f"updated ({first_line(exc)}); the next rollout change updates them"
+            )
 
     def _keep_loaded(self, model: str, versions: set[int]) -> None:
         results = sync_version_policy(self.repository, model, versions, server_url=self.server_url)

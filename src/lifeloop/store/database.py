@@ -236,7 +236,7 @@ class Store:
                 self._ensure_tables()
         except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
             raise StoreError(
-                f"cannot open the store at {_safe(url)} ({_first_line(exc)}); fix --store, "
+                f"cannot open the store at {safe_url(url)} ({first_line(exc)}); fix --store, "
                 "or start the database"
             ) from exc
 
@@ -490,7 +490,7 @@ class Store:
             raise
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(
-                f"write to the store at {_safe(self.url)} failed: {_first_line(exc)}"
+                f"write to the store at {safe_url(self.url)} failed: {first_line(exc)}"
             ) from exc
 
 
@@ -551,14 +551,14 @@ def _connect_timeout(url: sa.engine.URL) -> dict[str, Any]:
     }
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:
         return url
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
     return " ".join(text.strip().splitlines()[0].split()) if text.strip() else type(exc).__name__
 
