@@ -6,17 +6,26 @@ rollback on a real tritonserver, checked against `lifeloop history`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from lifeloop.cli import app
 from lifeloop.datasets import ImageFolder
 from lifeloop.serve import TritonServer
+from lifeloop.serve.launcher import free_port
 from lifeloop.tracking import VERSION_TAG, Tracker, experiment_name, sha256_of
 from tests.integration.conftest import server_config
+from tests.integration.debian import require_tool
 
 runner = CliRunner()
 EPOCHS = 2
@@ -164,3 +173,65 @@ def test_tracking_off_writes_no_store(tmp_path: Path, digits: ImageFolder) -> No
         *("-r", repo, "--tracking-uri", "off"),
     )
     assert not (tmp_path / "model_repository.mlflow.db").exists()
+
+
+@pytest.fixture
+def mlflow_ui(tracker: Tracker, tmp_path: Path) -> Iterator[str]:
+    """`mlflow ui` on the store, as a user starts it; its URL once it answers."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri"]
+    command += [tracker.uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = (tmp_path / "mlflow-ui.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"mlflow ui did not start: {(tmp_path / 'mlflow-ui.log').read_text()}"
+                    ) from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_mlflow_ui_shows_a_train_run_in_chromium(
+    tracker: Tracker, mlflow_ui: str, tmp_path: Path
+) -> None:
+    """The run page of a train run, rendered by a real headless Chromium: its DOM names the
+    run's parameters and metrics, and its screenshot is a drawn page, not a blank one."""
+    chromium = require_tool("chromium", "chromium")
+    run = runs(tracker, "train")[0]
+    page = f"{mlflow_ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    shot = tmp_path / "run.png"
+    flags = [
+        *("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"),
+        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=20000",  # the page is a React app: let it fetch and draw
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120
+    ).stdout
+    for shown in ("lifeloop/classifier", "Parameters", "small_cnn", "holdout_accuracy"):
+        assert shown in dom, shown
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", page],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (1000, 1400)
+    assert (image < 200).mean() > 0.01  # text and controls, not an empty page
