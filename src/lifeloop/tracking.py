@@ -40,6 +40,10 @@ class TrackingError(LifeloopError):
     """The MLflow store cannot be reached or refused a write."""
 
 
+class Stopped(Exception):
+    """A run cut short on purpose (a pruned search trial): KILLED, not FAILED."""
+
+
 def default_tracking_uri(repository: Path) -> str:
     repository = Path(repository).resolve()
     return f"sqlite:///{repository.parent / (repository.name + '.mlflow.db')}"
@@ -179,13 +183,17 @@ class Tracker:
             return str(found.experiment_id)
 
     @contextmanager
-    def run(self, model: str, command: str, *, name: str | None = None) -> Iterator[Run]:
-        """An MLflow run for one command; FAILED if the block raises."""
+    def run(
+        self, model: str, command: str, *, name: str | None = None, parent: Run | None = None
+    ) -> Iterator[Run]:
+        """An MLflow run for one command (a child of `parent`, as MLflow nests them); FAILED
+        if the block raises, KILLED if it was cut short on purpose (a pruned trial)."""
+        tags = {"lifeloop.command": command, "lifeloop.model": model}
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.run_id
         try:
             created = self.client.create_run(
-                self._experiment(model),
-                run_name=name or command,
-                tags={"lifeloop.command": command, "lifeloop.model": model},
+                self._experiment(model), run_name=name or command, tags=tags
             )
         except TrackingError:
             raise
@@ -194,6 +202,9 @@ class Tracker:
         run = Run(self, created.info.run_id)
         try:
             yield run
+        except Stopped:
+            self.client.set_terminated(run.run_id, status="KILLED")
+            raise
         except BaseException:
             self.client.set_terminated(run.run_id, status="FAILED")
             raise

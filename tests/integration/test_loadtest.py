@@ -388,6 +388,9 @@ def test_quick_bench_writes_every_ratio(tmp_path) -> None:
         assert all(0.5 < r["accuracy"] <= 1 for r in training["runs"])
     else:
         assert "bf16_over_fp32_training_small_cnn" not in bench["ratios"]
+    search = bench["precision"]["search"]  # train --search's best against its defaults
+    assert len(search["trials"]) == 4 and search["trials"][0]["state"] == "COMPLETE"
+    assert bench["ratios"]["search_over_defaults_small_cnn"] > 0
     for model in ("resnet18", "small_cnn"):
         assert bench["routing"][model]["routed"]["failures"] == 0, bench["routing"][model]
     assert not (tmp_path / "model_repository.blobs").exists()

@@ -344,10 +344,49 @@ def train(
             "slower or missing."
         ),
     ] = "fp32",
+    search: Annotated[
+        int,
+        typer.Option(
+            help="Search the hyperparameters over N trials (Optuna TPE, pruned on validation "
+            "accuracy); the defaults are the first trial and --epochs the most any trial gets."
+        ),
+    ] = 0,
+    study_storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage of the search (default: SQLite beside the repository)."),
+    ] = None,
 ) -> None:
     """Train a classifier and save a lifeloop checkpoint."""
     from lifeloop.retrain import train as run_train
 
+    if search:
+        from lifeloop.retrain.search import describe
+
+        with tracked(repository, tracking_uri, model, "train-search") as run:
+            found = _search(
+                data,
+                out,
+                arch=arch,
+                epochs=epochs,
+                input_size=input_size,
+                holdout=holdout,
+                seed=seed,
+                precision=precision,
+                trials=search,
+                storage=study_storage or _default_storage(repository),
+                run=run,
+            )
+        pruned = sum(t["state"] == "PRUNED" for t in found.trials)
+        console.print(
+            f"search: {len(found.trials)} trials ({pruned} pruned) in study {found.study!r} "
+            f"at {found.storage}; best: {describe(found.best)}"
+        )
+        console.print(
+            f"held-out accuracy {found.trained.holdout_accuracy:.3f} (best of {search}) against "
+            f"{found.defaults_held_out:.3f} (the defaults): {found.gain:+.1f} points; "
+            f"checkpoint {found.trained.path}"
+        )
+        return
     with tracked(repository, tracking_uri, model, "train") as run:
         result = run_train(
             data,
@@ -366,6 +405,68 @@ def train(
         f"precision {result.precision.name} ({result.precision.why}); held-out accuracy "
         f"{result.holdout_accuracy:.3f}; checkpoint {result.path}"
     )
+
+
+def _default_storage(repository: Path) -> str:
+    from lifeloop.retrain.search import default_storage
+
+    return default_storage(repository)
+
+
+def _search(  # type: ignore[no-untyped-def]
+    data: Path,
+    out: Path,
+    *,
+    arch: str,
+    epochs: int,
+    input_size: int | None,
+    holdout: float,
+    seed: int,
+    precision: str,
+    trials: int,
+    storage: str,
+    run,
+):
+    """`train --search`: the study, in one MLflow run with a child run per trial."""
+    from lifeloop.export.architectures import build
+    from lifeloop.retrain.precision import FP32
+    from lifeloop.retrain.search import search_train
+    from lifeloop.retrain.training import pick_precision, prepare
+
+    chosen = FP32
+    if precision != "fp32":  # chosen once, on the defaults' model, for every trial
+        prepared = prepare(data, arch=arch, input_size=input_size, holdout=holdout, seed=seed)
+        model = build(arch, len(prepared.labels), aux_heads=False)
+        chosen = pick_precision(precision, model, prepared.x_train, prepared.y_train)
+    if run is not None:
+        run.params({"arch": arch, "max_epochs": epochs, "trials": trials})
+        run.params({"precision": chosen.name})
+        run.tags({"lifeloop.study_storage": storage})
+    found = search_train(
+        data,
+        arch=arch,
+        out=out,
+        trials=trials,
+        max_epochs=epochs,
+        storage=storage,
+        input_size=input_size,
+        holdout=holdout,
+        seed=seed,
+        precision=chosen,
+        run=run,
+        say=console.print,
+    )
+    if run is not None:
+        run.params({f"best.{k}": v for k, v in found.best.items()})
+        run.metrics(
+            {
+                "best_validation_accuracy": found.best_validation,
+                "defaults_holdout_accuracy": found.defaults_held_out,
+                "gain_points": found.gain,
+            }
+        )
+        run.tags({"lifeloop.study": found.study})
+    return found
 
 
 @app.command()

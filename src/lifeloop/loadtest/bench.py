@@ -128,6 +128,7 @@ PRECISION_ROUNDS = 2
 ENCODED_PHOTOS = 64  # JPEG crops through the routed image ensemble
 ACCURACY_EPOCHS = 3
 TRAINING_EPOCHS = 2  # per run of the training-precision row
+SEARCH_TRIALS = 4  # of the search row
 # The router at its heaviest: every input kept (`router init --sample-rate 1`), top-5.
 ROUTER_KEEP = KeepRule.everything()
 ROUTER_TOP_K = 5
@@ -377,6 +378,9 @@ def run_bench(
         say("training the same small CNN in fp32 and bf16, alternately")
         details["precision"]["training"], trained_in = _training_precision(out)
         precision_ratios += trained_in
+        say(f"a {SEARCH_TRIALS}-trial hyperparameter search against the defaults")
+        details["precision"]["search"], searched = _search_gain(out)
+        precision_ratios.append(searched)
     pruning_ratios: list[Ratio] = []
     if pruning_runs:
         say("training ResNet-18 on the digits for the accuracy that pruning costs")
@@ -1010,6 +1014,39 @@ def _training_precision(out: Path) -> tuple[dict[str, Any], list[Ratio]]:
         "alternately in one process",
     )
     return {"runs": runs, "accuracy_change_points": change}, [ratio]
+
+
+def _search_gain(out: Path) -> tuple[dict[str, Any], Ratio]:
+    """`train --search`'s best of a few trials over the defaults (its first trial), both
+    scored on the held-out digits no trial was chosen by."""
+    from lifeloop.retrain.search import describe, search_train
+
+    work = out / "precision"
+    found = search_train(
+        work / "digits",
+        arch="small_cnn",
+        out=work / "searched.pt",
+        trials=SEARCH_TRIALS,
+        max_epochs=ACCURACY_EPOCHS,
+        storage=f"sqlite:///{work / 'search.optuna.db'}",
+    )
+    row = Row(
+        model="small_cnn",
+        numerator=Figure(label=f"best of {SEARCH_TRIALS}", value=found.trained.holdout_accuracy),
+        denominator=Figure(label="defaults", value=found.defaults_held_out),
+        unit="held-out top-1",
+        notes=(f"best: {describe(found.best)}", f"{found.gain:+.2f} points"),
+    )
+    ratio = _ratio(
+        "search_over_defaults_small_cnn",
+        found.trained.holdout_accuracy,
+        found.defaults_held_out,
+        row,
+        f"held-out top-1 of `train --search {SEARCH_TRIALS}`'s best trial ÷ the defaults' "
+        f"(its first trial), at most {ACCURACY_EPOCHS} epochs each",
+    )
+    figures = {"best": found.best, "trials": found.trials, "gain_points": found.gain}
+    return figures, ratio
 
 
 def _routing(

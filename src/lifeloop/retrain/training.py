@@ -67,6 +67,51 @@ def accuracy_report(
     return (float(correct.mean()) if len(y) else 0.0), per_class
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An ImageFolder split and preprocessed as `train` trains on it."""
+
+    data_dir: Path
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_held: np.ndarray
+    y_held: np.ndarray
+    holdout: float
+    seed: int
+
+
+def prepare(
+    data_dir: Path,
+    *,
+    arch: str,
+    input_size: int | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+    init_from: Checkpoint | None = None,
+) -> Prepared:
+    """The training and held-out arrays: the held-out split is stratified and stable for a
+    seed; normalisation is measured on the training split (or `init_from`'s is kept)."""
+    check_architecture(arch)
+    folder = scan(data_dir)
+    train_set, held_set = folder.split(holdout, seed)
+    if init_from is not None:
+        pre = init_from.preprocessing
+    else:
+        size = input_size or (32 if arch == SMALL_CNN else 224)
+        pre = _fit_normalisation(Preprocessing(size=size, mean=(0, 0, 0), std=(1, 1, 1)), train_set)
+    return Prepared(
+        Path(data_dir).resolve(),
+        folder.labels,
+        pre,
+        *load_arrays(train_set, pre),
+        *load_arrays(held_set, pre),
+        holdout=holdout,
+        seed=seed,
+    )
+
+
 def train(
     data_dir: Path,
     *,
@@ -88,19 +133,16 @@ def train(
     With `init_from`, training continues from that checkpoint's weights and preprocessing.
     With `run` (MLflow), its parameters, per-epoch loss, held-out accuracy (all and per
     class) and the checkpoint's path and hash are logged there."""
-    check_architecture(arch)
     if epochs < 1:
         raise DataError(f"epochs must be >= 1, got {epochs}", setting="epochs")
-    folder = scan(data_dir)
-    train_set, held_set = folder.split(holdout, seed)
-    if init_from is not None:
-        pre = init_from.preprocessing
-    else:
-        size = input_size or (32 if arch == SMALL_CNN else 224)
-        pre = _fit_normalisation(Preprocessing(size=size, mean=(0, 0, 0), std=(1, 1, 1)), train_set)
-    x_train, y_train = load_arrays(train_set, pre)
-    x_held, y_held = load_arrays(held_set, pre)
-
+    data = prepare(
+        data_dir,
+        arch=arch,
+        input_size=input_size,
+        holdout=holdout,
+        seed=seed,
+        init_from=init_from,
+    )
     if run is not None:
         run.params(
             {
@@ -108,66 +150,86 @@ def train(
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "lr": lr,
-                "holdout": holdout,
-                "seed": seed,
-                "input_size": pre.size,
-                "data": Path(data_dir).resolve(),
-                "classes": len(folder.labels),
-                "train_images": len(x_train),
-                "held_out_images": len(x_held),
+                **data_params(data),
                 "init_from": init_from.sha256 if init_from else None,
             }
         )
     torch.manual_seed(seed)
     # Trained without the aux heads of googlenet and inception_v3: in train mode they would
     # answer a tuple, and they are never served.
-    model = build(arch, len(folder.labels), aux_heads=False)
+    model = build(arch, len(data.labels), aux_heads=False)
     if init_from is not None:
         model.load_state_dict(without_aux_heads(arch, init_from.state_dict))
-    chosen = pick_precision(precision, model, x_train, y_train, batch_size)
+    chosen = pick_precision(precision, model, data.x_train, data.y_train, batch_size)
     if run is not None:
         run.params({"precision": chosen.name})
         run.tags({"lifeloop.precision_why": chosen.why})
     fit(
         model,
-        x_train,
-        y_train,
+        data.x_train,
+        data.y_train,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
         progress=progress,
-        what=f"{arch} on {len(x_train)} images",
+        what=f"{arch} on {len(data.x_train)} images",
         on_epoch=None if run is None else (lambda epoch, f: run.metrics(f, step=epoch)),
         precision=chosen,
     )
+    extra = {"init_from": init_from.sha256 if init_from else None, "precision": chosen.name}
+    return finish(model, arch, data, out, {"epochs": epochs, **extra}, run=run, precision=chosen)
 
-    accuracy, per_class = evaluate(model, x_held, y_held, folder.labels)
-    training: dict[str, Any] = {
-        "data": str(Path(data_dir).resolve()),
-        "epochs": epochs,
-        "seed": seed,
-        "holdout": holdout,
+
+def data_params(data: Prepared) -> dict[str, Any]:
+    """What a run records of the data it trained on."""
+    return {
+        "holdout": data.holdout,
+        "seed": data.seed,
+        "input_size": data.preprocessing.size,
+        "data": data.data_dir,
+        "classes": len(data.labels),
+        "train_images": len(data.x_train),
+        "held_out_images": len(data.x_held),
+    }
+
+
+def finish(
+    model: nn.Module,
+    arch: str,
+    data: Prepared,
+    out: Path,
+    training: dict[str, Any],
+    *,
+    run: Run | None = None,
+    precision: Precision = FP32,
+) -> TrainResult:
+    """Score a trained model on the held-out split and save it as a checkpoint at `out`;
+    `training` joins what the checkpoint records of how it was made."""
+    accuracy, per_class = evaluate(model, data.x_held, data.y_held, data.labels)
+    record: dict[str, Any] = {
+        "data": str(data.data_dir),
+        "seed": data.seed,
+        "holdout": data.holdout,
         "holdout_accuracy": accuracy,
         "train_counts": {
-            folder.labels[i]: int((y_train == i).sum()) for i in range(len(folder.labels))
+            data.labels[i]: int((data.y_train == i).sum()) for i in range(len(data.labels))
         },
-        "init_from": init_from.sha256 if init_from else None,
-        "precision": chosen.name,
+        **training,
     }
     checkpoint = Checkpoint(
         arch=arch,
-        labels=folder.labels,
-        preprocessing=pre,
+        labels=data.labels,
+        preprocessing=data.preprocessing,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        training=training,
+        training=record,
     )
     path = checkpoint.save(out)
     if run is not None:
         run.metrics({"holdout_accuracy": accuracy})
         run.per_class("holdout_accuracy", per_class)
         run.link("checkpoint", path)
-    return TrainResult(checkpoint, path, accuracy, per_class, chosen)
+    return TrainResult(checkpoint, path, accuracy, per_class, precision)
 
 
 def fit(
@@ -184,6 +246,8 @@ def fit(
     class_cap: int | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     precision: Precision = FP32,
+    weight_decay: float = 1e-4,
+    augment: float = 0.0,
 ) -> nn.Module:
     """AdamW with a one-cycle schedule over shuffled mini-batches, in place; a progress bar
     per step. Deterministic for a given seed. With `class_cap`, no class counts for more
@@ -192,6 +256,8 @@ def fit(
     told each epoch's mean loss and last learning rate (on rank 0 only). `precision` (see
     `pick_precision`) is the arithmetic: fp32, bf16 autocast on the CPU, or fp16 autocast
     with a gradient scaler on a CUDA GPU; the model is back on the CPU when this returns.
+    `augment` shifts each training image by up to that share of its size, at random (edges
+    repeated): 0 trains on the images as they are.
 
     Under `torchrun` (see lifeloop.retrain.distributed) every rank must call this with the
     same arrays: each trains on its share of every mini-batch as DDP, and all ranks end with
@@ -215,6 +281,8 @@ def fit(
             class_cap=class_cap,
             on_epoch=on_epoch,
             precision=precision,
+            weight_decay=weight_decay,
+            augment=augment,
         )
 
 
@@ -232,6 +300,8 @@ def _fit(
     class_cap: int | None,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     precision: Precision,
+    weight_decay: float,
+    augment: float,
 ) -> nn.Module:
     place = world()
     device = torch.device(precision.device)
@@ -239,7 +309,7 @@ def _fit(
     torch.manual_seed(seed)
     synced = synchronise_batch_norm(model) if place.distributed else model
     trainee = DistributedDataParallel(synced) if place.distributed else model
-    optimizer = torch.optim.AdamW(trainee.parameters(), lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, -(-len(x_train) // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     # Summed per shard and divided by the whole batch: DDP's average over ranks is then the
@@ -270,8 +340,9 @@ def _fit(
                     continue  # batch norm cannot train on one sample; every rank needs one
                 shard = index[place.rank :: place.size]
                 optimizer.zero_grad()
+                batch = shifted(xt[shard], augment, generator) if augment > 0 else xt[shard]
                 with precision.autocast():
-                    logits = trainee(xt[shard].to(device))
+                    logits = trainee(batch.to(device))
                 # The loss in fp32 whatever the arithmetic before it.
                 loss = loss_fn(logits.float(), yt[shard].to(device)) * (place.size / len(index))
                 if scaler is None:
@@ -361,3 +432,18 @@ def train_in_each(
             }
         )
     return found
+
+
+def shifted(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Each image [n, C, H, W] moved by up to `share` of its size in each direction, at
+    random, its edges repeated into the space it leaves."""
+    height, width = images.shape[-2:]
+    pad = max(1, round(share * max(height, width)))
+    padded = nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (len(images), 2), generator=generator)
+    return torch.stack(
+        [
+            padded[i, :, int(dy) : int(dy) + height, int(dx) : int(dx) + width]
+            for i, (dy, dx) in enumerate(offsets)
+        ]
+    )
