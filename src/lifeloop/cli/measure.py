@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -215,9 +216,7 @@ def bench_learning(
                 f"{worst:.3f}",
             )
     console.print(table)
-    for row in result["targets"]:
-        mark = "met" if row["met"] else "[red]missed[/]"
-        console.print(f"{mark}: {row['target']} ({row['value']})")
+    _print_targets(result["targets"], str)
     from lifeloop.loadtest.learning_report import write_learning_report
 
     page = write_learning_report(result, out / "learning.html")
@@ -284,10 +283,14 @@ def bench_drift(
             f"{found['median_p']:.2g}",
         )
     console.print(table)
-    for row in result["targets"]:
-        mark = "met" if row["met"] else "[red]missed[/]"
-        console.print(f"{mark}: {row['target']} ({row['value']:.0%})")
+    _print_targets(result["targets"], lambda value: f"{value:.0%}")
     console.print(f"drift.json: {out / 'drift.json'}")
+
+
+def _print_targets(targets: list[dict[str, Any]], shown: Callable[[Any], str]) -> None:
+    for row in targets:
+        mark = "met" if row["met"] else "[red]missed[/]"
+        console.print(f"{mark}: {row['target']} ({shown(row['value'])})")
 
 
 def _print_bench(result: BenchResult, to: Console) -> None:
