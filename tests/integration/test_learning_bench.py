@@ -36,6 +36,8 @@ def test_bench_learning_on_the_digits_writes_every_round_and_target(tmp_path) ->
             "3",
             "--variants",
             "clean,noisy",
+            "--replay-per-class",
+            "120",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -59,9 +61,11 @@ def test_bench_learning_on_the_digits_writes_every_round_and_target(tmp_path) ->
     assert set(naive) == set(first_classes + clean["rounds"][1]["new_classes"])
     assert max(f["max_minus_final"] for f in naive.values()) > 0.5
     assert final["lifeloop"]["seen_accuracy"] > final["naive"]["seen_accuracy"] + 0.3
+    assert clean["settings"]["retrain"]["replay_per_class"] == 120
     for r in clean["rounds"][1:]:
         gate = r["gate"]
         assert gate["feedback"] > 0 and gate["accepted"] == (not gate["refused"])
+        assert 0 < gate["replayed"] <= 120 * (len(r["seen"]) - len(r["new_classes"]))
     assert len(report["targets"]) == 4
     assert all(isinstance(row["met"], bool) for row in report["targets"])
     assert len(report["variants"]["noisy"]["rounds"]) == 3

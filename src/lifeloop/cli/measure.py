@@ -180,6 +180,9 @@ def bench_learning(
     balanced: Annotated[
         bool, typer.Option(help="lifeloop's retrain caps each class at the replay quota.")
     ] = True,
+    replay_per_class: Annotated[
+        int, typer.Option(help="lifeloop's replay quota per known class, as in retrain.")
+    ] = 150,
     seed: Annotated[int, typer.Option(help="Seeds the class order and every draw.")] = 0,
 ) -> None:
     """A class-incremental stream: lifeloop's retrain against naive fine-tuning (the floor)
@@ -193,7 +196,9 @@ def bench_learning(
         classes_per_round=classes_per_round,
         feedback_share=feedback_share,
         limit_per_class=limit_per_class,
-        retrain=RetrainSettings(epochs=epochs, seed=seed, balanced=balanced),
+        retrain=RetrainSettings(
+            epochs=epochs, seed=seed, balanced=balanced, replay_per_class=replay_per_class
+        ),
         seed=seed,
     )
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
