@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,8 @@ def search_train(
     x_valid, y_valid = data.x_train[valid_idx], data.y_train[valid_idx]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = f"lifeloop/{arch}/{time.strftime('%Y%m%d-%H%M%S')}"
+    # Unique even for two searches started in the same second into one storage.
+    name = f"lifeloop/{arch}/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     study = optuna.create_study(
         study_name=name,
         storage=storage,

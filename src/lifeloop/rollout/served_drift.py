@@ -53,7 +53,7 @@ def served_drift(
         if not path.is_file():
             reason = (
                 "no reference: its publish had no held-out images; re-export with --eval-dir"
-                if (path.parent).is_dir()
+                if path.parent.is_dir()
                 else "no reference: the version is no longer in the repository"
             )
             found.append(VersionDrift(version, len(answers), since, None, reason))
