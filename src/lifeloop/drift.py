@@ -10,7 +10,7 @@ there are. A class neither sample ever ranks in its top k is not tested.
 
 The prediction log keeps each answer's top-k scores, not the whole softmax. Both samples are
 therefore put through the same map before the test: a class's score where it is among the
-top k, and 0 where it is not (`top_k_scores`). With k at least the number of classes this is
+top k, and 0 where it is not (`top_k_softmax`). With k at least the number of classes this is
 the softmax itself; with fewer it is a fixed function of it, and a shift that moves the
 softmax moves it too. The test is exact either way, because both samples are mapped alike.
 """

@@ -64,10 +64,11 @@ def sha256_of(path: Path) -> str:
 class Run:
     """One MLflow run, open; what the commands log into."""
 
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, model: str) -> None:
         self.tracker = tracker
         self.client = tracker.client
         self.run_id = run_id
+        self.model = model
 
     def params(self, values: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -199,7 +200,7 @@ class Tracker:
             raise
         except Exception as exc:
             raise self._unreachable(exc) from exc
-        run = Run(self, created.info.run_id)
+        run = Run(self, created.info.run_id, model)
         try:
             yield run
         except Stopped:

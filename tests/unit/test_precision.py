@@ -64,8 +64,21 @@ def digits_arrays(digits: ImageFolder, trained):
     return (*load_arrays(train_set, pre), *load_arrays(held, pre))
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither avx512_bf16 nor AMX")
-def test_bf16_training_learns_and_leaves_fp32_weights(digits, trained) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            "bf16",
+            marks=pytest.mark.skipif(
+                not HAS_BF16, reason="this CPU has neither avx512_bf16 nor AMX"
+            ),
+        ),
+        pytest.param("fp16", marks=pytest.mark.gpu),  # on CUDA, with a gradient scaler
+    ],
+)
+def test_reduced_precision_training_learns_and_leaves_fp32_weights_on_the_cpu(
+    digits, trained, name: str
+) -> None:
     x, y, x_held, y_held = digits_arrays(digits, trained)
     torch.manual_seed(0)
     model = fit(
@@ -74,9 +87,11 @@ def test_bf16_training_learns_and_leaves_fp32_weights(digits, trained) -> None:
         y,
         epochs=3,
         progress=False,
-        precision=choose("bf16"),
+        precision=choose(name),
     )
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert next(model.parameters()).device.type == "cpu"  # back for export and the gate
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     accuracy, _ = evaluate(model, x_held, y_held, digits.labels)
     assert accuracy > 0.9
 
@@ -102,21 +117,3 @@ def test_train_through_the_cli_says_which_precision_and_why(tmp_path, digits) ->
     )
     assert result.exit_code == 0, result.output
     assert "precision fp32 (auto: " in result.output or "precision bf16 (auto: " in result.output
-
-
-@pytest.mark.gpu
-def test_fp16_training_on_cuda_learns_with_a_gradient_scaler(digits, trained) -> None:
-    x, y, x_held, y_held = digits_arrays(digits, trained)
-    torch.manual_seed(0)
-    model = fit(
-        build(SMALL_CNN, 10, aux_heads=False),
-        x,
-        y,
-        epochs=3,
-        progress=False,
-        precision=choose("fp16"),
-    )
-    assert next(model.parameters()).device.type == "cpu"  # back for export and the gate
-    accuracy, _ = evaluate(model, x_held, y_held, digits.labels)
-    assert accuracy > 0.9
-    assert all(torch.isfinite(p).all() for p in model.parameters())

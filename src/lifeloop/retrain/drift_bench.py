@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from lifeloop.errors import DataError
 from lifeloop.export.architectures import SMALL_CNN, build
 from lifeloop.preprocessing import Preprocessing
 from lifeloop.retrain.learning import load_data
-from lifeloop.retrain.training import fit, logits
+from lifeloop.retrain.training import fit, logits, normalised_by
+from lifeloop.scoring import softmax
 
 # The targets: detected within 300 answers in 90% of windows; 5% false alarms.
 MIN_DETECTION = 0.90
@@ -122,18 +123,14 @@ def run_drift_bench(
         ]
     )
     raw = Preprocessing(size=settings.size, mean=(0, 0, 0), std=(1, 1, 1))
-    x_raw = train.take(chosen).to_inputs(raw)  # the normalisation, measured as train does
-    pre = replace(
-        raw,
-        mean=tuple(float(v) for v in x_raw.mean(axis=(0, 2, 3))),
-        std=tuple(max(float(v), 1e-3) for v in x_raw.std(axis=(0, 2, 3))),
-    )
+    x_raw = train.take(chosen).to_inputs(raw)
+    pre = normalised_by(raw, x_raw)  # the normalisation, measured as train does
     torch.manual_seed(settings.seed)
     model = build(SMALL_CNN, len(train.labels), aux_heads=False)
     say(f"training the small CNN on {len(chosen)} images, {settings.epochs} epochs")
     model = fit(
         model,
-        train.take(chosen).to_inputs(pre),
+        raw.convert(x_raw, pre),  # the same images, not decoded again
         train.targets[chosen],
         epochs=settings.epochs,
         seed=settings.seed,
@@ -141,7 +138,7 @@ def run_drift_bench(
     )
 
     def softmax_of(images: ImageArrays) -> np.ndarray:
-        return Reference.of_logits(logits(model, images.to_inputs(pre)), test.labels).scores
+        return softmax(logits(model, images.to_inputs(pre)))
 
     order = rng.permutation(len(test))
     reference = Reference.of_logits(

@@ -45,7 +45,7 @@ from lifeloop.retrain.cycle import (
     judge,
     quota,
 )
-from lifeloop.retrain.training import fit, predict
+from lifeloop.retrain.training import fit, normalised_by, predict
 
 LEARNERS = ("lifeloop", "naive", "joint")
 # lifeloop train's learning rate, for the learners that start from scratch.
@@ -121,12 +121,7 @@ def run_stream(
     # One normalisation, measured on round 0's images, as `lifeloop train` measures it.
     first = np.concatenate([pool_idx[c] for c in chunks[0]])
     raw = Preprocessing(size=settings.size, mean=(0, 0, 0), std=(1, 1, 1))
-    x_first = train.take(first).to_inputs(raw)
-    pre = replace(
-        raw,
-        mean=tuple(float(v) for v in x_first.mean(axis=(0, 2, 3))),
-        std=tuple(max(float(v), 1e-3) for v in x_first.std(axis=(0, 2, 3))),
-    )
+    pre = normalised_by(raw, train.take(first).to_inputs(raw))
 
     def inputs(images: ImageArrays) -> np.ndarray:
         return images.to_inputs(pre)

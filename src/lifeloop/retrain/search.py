@@ -222,8 +222,7 @@ def _child(run: Run | None, name: str) -> Any:
 
     if run is None:
         return contextlib.nullcontext()
-    model = run.client.get_run(run.run_id).data.tags["lifeloop.model"]
-    return run.tracker.run(model, "train-trial", name=name, parent=run)
+    return run.tracker.run(run.model, "train-trial", name=name, parent=run)
 
 
 def describe(params: dict[str, Any]) -> str:

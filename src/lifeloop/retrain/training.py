@@ -376,9 +376,15 @@ def class_weights(y: np.ndarray, cap: int) -> torch.Tensor:
 def _fit_normalisation(pre: Preprocessing, samples: list[Any]) -> Preprocessing:
     """Per-channel mean and std of the training images, measured in [0, 1]."""
     x, _ = load_arrays(samples[:2000], pre)
+    return normalised_by(pre, x)
+
+
+def normalised_by(unit: Preprocessing, x: np.ndarray) -> Preprocessing:
+    """`unit` (mean 0, std 1: inputs in [0, 1]) with the per-channel mean and std of the
+    inputs `x` [n, C, H, W] it made: the normalisation training measures."""
     mean = tuple(float(v) for v in x.mean(axis=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in x.std(axis=(0, 2, 3)))
-    return Preprocessing.from_dict({**pre.to_dict(), "mean": mean, "std": std})
+    return Preprocessing.from_dict({**unit.to_dict(), "mean": mean, "std": std})
 
 
 def pick_precision(
