@@ -428,19 +428,10 @@ def _search(  # type: ignore[no-untyped-def]
     run,
 ):
     """`train --search`: the study, in one MLflow run with a child run per trial."""
-    from lifeloop.export.architectures import build
-    from lifeloop.retrain.precision import FP32
     from lifeloop.retrain.search import search_train
-    from lifeloop.retrain.training import pick_precision, prepare
 
-    chosen = FP32
-    if precision != "fp32":  # chosen once, on the defaults' model, for every trial
-        prepared = prepare(data, arch=arch, input_size=input_size, holdout=holdout, seed=seed)
-        model = build(arch, len(prepared.labels), aux_heads=False)
-        chosen = pick_precision(precision, model, prepared.x_train, prepared.y_train)
     if run is not None:
         run.params({"arch": arch, "max_epochs": epochs, "trials": trials})
-        run.params({"precision": chosen.name})
         run.tags({"lifeloop.study_storage": storage})
     found = search_train(
         data,
@@ -452,7 +443,7 @@ def _search(  # type: ignore[no-untyped-def]
         input_size=input_size,
         holdout=holdout,
         seed=seed,
-        precision=chosen,
+        precision=precision,
         run=run,
         say=console.print,
     )

@@ -28,12 +28,12 @@ from torch import nn
 
 from lifeloop.errors import DataError
 from lifeloop.export.architectures import build
-from lifeloop.retrain.precision import FP32, Precision
 from lifeloop.retrain.training import (
     TrainResult,
     evaluate,
     finish,
     fit,
+    pick_precision,
     prepare,
 )
 from lifeloop.tracking import Run, Stopped
@@ -84,7 +84,7 @@ def search_train(
     input_size: int | None = None,
     holdout: float = 0.2,
     seed: int = 0,
-    precision: Precision = FP32,
+    precision: str = "fp32",
     run: Run | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> SearchResult:
@@ -98,6 +98,11 @@ def search_train(
     fit_idx, valid_idx = validation_split(data.y_train, VALIDATION, seed)
     x_fit, y_fit = data.x_train[fit_idx], data.y_train[fit_idx]
     x_valid, y_valid = data.x_train[valid_idx], data.y_train[valid_idx]
+    # Chosen once (auto measures on the defaults' model) for every trial.
+    chosen = pick_precision(precision, build(arch, len(data.labels), aux_heads=False), x_fit, y_fit)
+    if run is not None:
+        run.params({"precision": chosen.name})
+        run.tags({"lifeloop.precision_why": chosen.why})
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Unique even for two searches started in the same second into one storage.
@@ -149,7 +154,7 @@ def search_train(
                     seed=seed,
                     progress=False,
                     on_epoch=report,
-                    precision=precision,
+                    precision=chosen,
                 )
                 accuracy, _ = evaluate(model, x_valid, y_valid, data.labels)
                 if child is not None:
@@ -186,6 +191,7 @@ def search_train(
             },
         },
         run=run,
+        precision=chosen,
     )
     return SearchResult(
         trained=trained,
